@@ -1,0 +1,1 @@
+//! kiln: NixOS image builder.

@@ -1,0 +1,1 @@
+//! The Linux kernel command line as a type.
