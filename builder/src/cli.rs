@@ -1,0 +1,297 @@
+//! The command line, as clap types. Doc comments here are the `--help` text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+/// Build NixOS disk images from a system closure: no VM, no root, no loop devices.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build an image of a NixOS system.
+    Build(BuildArgs),
+    /// Show what an image holds: partition table, filesystems, bootloader and entries.
+    Inspect(InspectArgs),
+    /// Check an image's store against its Nix database and profile.
+    Verify(VerifyArgs),
+}
+
+/// `kiln build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The system's toplevel: `/nix/store/…-nixos-system-…`, its path under --store-dir, or a link to it
+    /// such as nix-build's `result`.
+    #[arg(long, value_name = "TOPLEVEL")]
+    pub system: PathBuf,
+
+    /// Where to write the image (written beside it under a temporary name, renamed when complete).
+    #[arg(long, short, value_name = "PATH", required_unless_present = "dry_run")]
+    pub output: Option<PathBuf>,
+
+    /// A built-in profile name or a profile file (TOML).
+    #[arg(long, value_name = "NAME|FILE")]
+    pub profile: Option<String>,
+
+    /// The directory on this machine that holds the logical /nix/store (a chroot's or a fixture's store).
+    #[arg(long, value_name = "DIR", default_value = "/nix/store")]
+    pub store_dir: PathBuf,
+
+    /// A nixpkgs closureInfo directory (`store-paths` and `registration`) to take the closure from.
+    #[arg(long, value_name = "DIR")]
+    pub closure_info: Option<PathBuf>,
+
+    /// Output format.
+    #[arg(long, value_enum, value_name = "F")]
+    pub format: Option<Format>,
+
+    /// Partition layout.
+    #[arg(long, value_enum, value_name = "L")]
+    pub layout: Option<Layout>,
+
+    /// Bootloader.
+    #[arg(long, value_enum, value_name = "B")]
+    pub bootloader: Option<Bootloader>,
+
+    /// Image size: `auto` (exactly what the plan needs plus --extra-space) or a size such as `8G`.
+    #[arg(long, value_name = "auto|SIZE", value_parser = parse_size_spec)]
+    pub size: Option<SizeSpec>,
+
+    /// Free space to leave in the root filesystem with `--size auto`, e.g. `512M`.
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    pub extra_space: Option<u64>,
+
+    /// Seed for every GUID, UUID and volume id in the image (default: derived from the toplevel).
+    #[arg(long, value_name = "STR")]
+    pub seed: Option<String>,
+
+    /// Worker threads (default: one per CPU).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+
+    /// Add a kernel parameter to every boot entry (repeatable).
+    #[arg(long = "kernel-param", value_name = "P")]
+    pub kernel_params: Vec<String>,
+
+    /// Resolve everything and print the plan; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// How to report progress: bars on a terminal, plain lines, JSON lines on stdout, or nothing.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+}
+
+/// `kiln inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The image to read.
+    pub image: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `kiln verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The image to check.
+    pub image: PathBuf,
+    /// The toplevel the image should boot.
+    #[arg(long, value_name = "TOPLEVEL")]
+    pub system: Option<PathBuf>,
+    /// The store directory holding the system (see `kiln build --store-dir`).
+    #[arg(long, value_name = "DIR")]
+    pub store_dir: Option<PathBuf>,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// A sparse raw disk image.
+    Raw,
+    /// A raw image compressed with zstd.
+    #[value(name = "raw.zst")]
+    #[serde(rename = "raw.zst")]
+    RawZst,
+    /// QEMU copy-on-write v3.
+    Qcow2,
+    /// Fixed VHD (Azure).
+    Vhd,
+    /// VHDX (Hyper-V).
+    Vhdx,
+    /// Stream-optimized VMDK (VMware, AWS import).
+    Vmdk,
+    /// A GCE image: `*.raw.tar.gz` holding `disk.raw`.
+    Gce,
+    /// An AMI bundle: disk plus `image-info.json`.
+    Ami,
+}
+
+/// Partition layouts, named as in nixpkgs' make-disk-image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Layout {
+    /// GPT: ESP + root.
+    Efi,
+    /// MBR: one root partition, GRUB in the gap after the MBR.
+    Legacy,
+    /// GPT: BIOS boot partition + root.
+    #[value(name = "legacy+gpt")]
+    #[serde(rename = "legacy+gpt")]
+    LegacyGpt,
+    /// GPT: BIOS boot + ESP + root, boots both ways.
+    Hybrid,
+    /// GPT: ESP + XBOOTLDR + root.
+    Efixbootldr,
+    /// No partition table: a bare root filesystem.
+    None,
+}
+
+/// Bootloaders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Bootloader {
+    /// systemd-boot (UEFI).
+    SystemdBoot,
+    /// GRUB (BIOS).
+    Grub,
+    /// No bootloader.
+    None,
+}
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProgressMode {
+    /// Bars on a terminal, plain lines otherwise.
+    Auto,
+    /// Plain lines on stderr.
+    Plain,
+    /// Versioned JSON lines on stdout.
+    Json,
+    /// Nothing.
+    None,
+}
+
+/// `--size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SizeSpec {
+    /// Exactly what is needed, plus the extra space.
+    Auto,
+    /// A fixed size in bytes.
+    Fixed(u64),
+}
+
+fn parse_size_spec(s: &str) -> Result<SizeSpec, String> {
+    if s == "auto" { Ok(SizeSpec::Auto) } else { parse_bytes(s).map(SizeSpec::Fixed) }
+}
+
+/// Parses a size: a number of bytes, or a number with a binary suffix `K`/`KiB`, `M`/`MiB`, `G`/`GiB`,
+/// `T`/`TiB` (all powers of 1024). Decimal-looking suffixes such as `MB` are refused as ambiguous.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, suffix) = s.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size (e.g. 4096, 512M, 8GiB)"))?;
+    let shift = match suffix {
+        "" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        "T" | "TiB" => 40,
+        _ => return Err(format!("{s:?}: unknown size suffix {suffix:?} (use K, M, G, T or KiB, MiB, GiB, TiB)")),
+    };
+    n.checked_mul(1 << shift).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn stable_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "kiln",
+            "build",
+            "--system",
+            "/nix/store/x",
+            "--output",
+            "out.img",
+            "--profile",
+            "amazon",
+            "--store-dir",
+            "/s",
+            "--closure-info",
+            "/ci",
+            "--format",
+            "raw.zst",
+            "--layout",
+            "legacy+gpt",
+            "--bootloader",
+            "systemd-boot",
+            "--size",
+            "auto",
+            "--extra-space",
+            "512M",
+            "--seed",
+            "s",
+            "--threads",
+            "2",
+            "--kernel-param",
+            "a=1",
+            "--kernel-param",
+            "b",
+            "--progress",
+            "json",
+        ])
+        .unwrap();
+        let Command::Build(b) = cli.command else { panic!("not build") };
+        assert_eq!(b.format, Some(Format::RawZst));
+        assert_eq!(b.layout, Some(Layout::LegacyGpt));
+        assert_eq!(b.size, Some(SizeSpec::Auto));
+        assert_eq!(b.extra_space, Some(512 << 20));
+        assert_eq!(b.kernel_params, ["a=1", "b"]);
+        assert!(Cli::try_parse_from(["kiln", "build", "--system", "/x", "--dry-run"]).is_ok());
+        assert!(Cli::try_parse_from(["kiln", "build", "--system", "/x"]).is_err(), "--output required");
+        assert!(Cli::try_parse_from(["kiln", "build", "--system", "/x", "--dry-run", "--threads", "0"]).is_err());
+        assert!(Cli::try_parse_from(["kiln", "inspect", "img", "--json"]).is_ok());
+        assert!(Cli::try_parse_from(["kiln", "verify", "img", "--system", "/t", "--store-dir", "/d"]).is_ok());
+    }
+
+    #[test]
+    fn value_enums_and_serde_agree() {
+        for f in Format::value_variants() {
+            let name = f.to_possible_value().unwrap().get_name().to_owned();
+            assert_eq!(serde_json::to_value(f).unwrap(), serde_json::Value::String(name));
+        }
+        for l in Layout::value_variants() {
+            let name = l.to_possible_value().unwrap().get_name().to_owned();
+            assert_eq!(serde_json::to_value(l).unwrap(), serde_json::Value::String(name));
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("8G"), Ok(8 << 30));
+        assert_eq!(parse_bytes("1TiB"), Ok(1 << 40));
+        assert!(parse_bytes("1MB").is_err());
+        assert!(parse_bytes("x").is_err());
+        assert!(parse_bytes("99999999999999T").is_err());
+    }
+}

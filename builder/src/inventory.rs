@@ -1,0 +1,277 @@
+//! The inventory: every file of the closure with its size, mode, symlink target and hard-link identity, read
+//! from metadata only (parallel `lstat` across store paths). Symlinks are recorded, never followed.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::store::{StoreDir, StorePath};
+
+/// What an entry is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// A regular file.
+    File {
+        /// Length in bytes.
+        size: u64,
+        /// Whether the owner may execute it (Nix's `executable` flag).
+        executable: bool,
+    },
+    /// A directory.
+    Dir,
+    /// A symbolic link, with its target as stored (bytes, not followed).
+    Symlink {
+        /// The link target.
+        target: PathBuf,
+    },
+}
+
+/// One file, directory or symlink inside a store path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Path relative to the store path; empty for the store path itself.
+    pub rel: PathBuf,
+    /// What it is.
+    pub kind: Kind,
+    /// Permission bits on the build host (the image uses canonical ones).
+    pub mode: u32,
+    /// Hard-link group: entries of the closure that are one inode on the host share a group number.
+    pub link_group: Option<u32>,
+    /// Host (device, inode), kept only while the inode has other links.
+    host_inode: Option<(u64, u64)>,
+}
+
+/// The entries of one store path, in NAR order (depth first, names sorted bytewise); the first is the root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathInventory {
+    /// The store path.
+    pub path: StorePath,
+    /// Its entries.
+    pub entries: Vec<Entry>,
+}
+
+impl PathInventory {
+    /// Walks one store path in the store directory.
+    pub fn walk(store: &StoreDir, path: &StorePath) -> Result<Self> {
+        let root = store.physical(path);
+        let mut entries = Vec::new();
+        let meta = std::fs::symlink_metadata(&root)
+            .with_context(|| format!("{}: missing from store directory {}", path, store.root().display()))?;
+        visit(&root, PathBuf::new(), meta, path, &mut entries)?;
+        Ok(Self { path: path.clone(), entries })
+    }
+
+    /// Counts of this path's entries.
+    #[must_use]
+    pub fn counts(&self) -> Counts {
+        let mut c = Counts::default();
+        for e in &self.entries {
+            match &e.kind {
+                Kind::File { size, .. } => {
+                    c.files += 1;
+                    c.bytes += size;
+                }
+                Kind::Dir => c.dirs += 1,
+                Kind::Symlink { .. } => c.symlinks += 1,
+            }
+        }
+        c
+    }
+}
+
+fn visit(physical: &Path, rel: PathBuf, meta: std::fs::Metadata, sp: &StorePath, out: &mut Vec<Entry>) -> Result<()> {
+    let ft = meta.file_type();
+    let host_inode = (meta.nlink() > 1 && !ft.is_dir()).then(|| (meta.dev(), meta.ino()));
+    let mode = meta.mode() & 0o7777;
+    let kind = if ft.is_file() {
+        // Opening proves the file can be read now, before anything is written.
+        std::fs::File::open(physical).with_context(|| format!("{}: cannot read", physical.display()))?;
+        Kind::File { size: meta.len(), executable: mode & 0o100 != 0 }
+    } else if ft.is_symlink() {
+        let target =
+            std::fs::read_link(physical).with_context(|| format!("{}: cannot read symlink", physical.display()))?;
+        Kind::Symlink { target }
+    } else if ft.is_dir() {
+        Kind::Dir
+    } else {
+        let what = if ft.is_fifo() {
+            "fifo"
+        } else if ft.is_socket() {
+            "socket"
+        } else if ft.is_block_device() {
+            "block device"
+        } else if ft.is_char_device() {
+            "character device"
+        } else {
+            "unknown"
+        };
+        bail!(
+            "{}: unsupported file type {what} in store path {sp} (a store holds only regular files, directories \
+             and symlinks)",
+            physical.display()
+        );
+    };
+    let is_dir = kind == Kind::Dir;
+    out.push(Entry { rel: rel.clone(), kind, mode, link_group: None, host_inode });
+    if is_dir {
+        let mut names: Vec<OsString> = std::fs::read_dir(physical)
+            .and_then(|rd| rd.map(|e| e.map(|e| e.file_name())).collect())
+            .with_context(|| format!("{}: cannot read directory", physical.display()))?;
+        names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        for name in names {
+            let child = physical.join(&name);
+            let meta =
+                std::fs::symlink_metadata(&child).with_context(|| format!("{}: cannot stat", child.display()))?;
+            visit(&child, rel.join(&name), meta, sp, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Entry counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// Regular files (each hard link counted).
+    pub files: u64,
+    /// Directories, including store paths that are directories.
+    pub dirs: u64,
+    /// Symbolic links.
+    pub symlinks: u64,
+    /// Sum of regular file sizes (each hard link counted).
+    pub bytes: u64,
+}
+
+/// Totals over the whole closure.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    /// Store paths.
+    pub paths: u64,
+    /// Entry counts.
+    #[serde(flatten)]
+    pub counts: Counts,
+    /// Bytes of file data with each hard-linked inode counted once.
+    pub unique_bytes: u64,
+    /// Groups of entries that are one inode (hard links within the closure).
+    pub hardlink_groups: u64,
+    /// Entries that are an extra name of an inode already counted.
+    pub hardlink_extra: u64,
+}
+
+/// The whole closure's entries, store paths sorted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inventory {
+    /// Per store path.
+    pub paths: Vec<PathInventory>,
+    /// Totals.
+    pub totals: Totals,
+}
+
+impl Inventory {
+    /// Walks every store path in parallel (in the current rayon pool).
+    pub fn walk<'a>(store: &StoreDir, paths: impl IntoParallelIterator<Item = &'a StorePath>) -> Result<Self> {
+        let paths = paths.into_par_iter().map(|p| PathInventory::walk(store, p)).collect::<Result<Vec<_>>>()?;
+        Ok(Self::from_paths(paths))
+    }
+
+    /// Assembles per-path inventories: sorts them and resolves hard-link groups across the closure.
+    #[must_use]
+    pub fn from_paths(mut paths: Vec<PathInventory>) -> Self {
+        paths.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut groups: HashMap<(u64, u64), (u32, u64)> = HashMap::new();
+        let mut first_seen = Vec::new();
+        for (pi, p) in paths.iter().enumerate() {
+            for (ei, e) in p.entries.iter().enumerate() {
+                if let Some(id) = e.host_inode {
+                    let n = groups.len() as u32;
+                    let slot = groups.entry(id).or_insert((n, 0));
+                    slot.1 += 1;
+                    if slot.1 == 1 {
+                        first_seen.push((pi, ei));
+                    }
+                }
+            }
+        }
+        // Number groups in order of first appearance; inodes seen once in the closure are no group at all.
+        let mut numbering = HashMap::new();
+        for &(pi, ei) in &first_seen {
+            let id = paths[pi].entries[ei].host_inode.expect("recorded above");
+            if groups[&id].1 > 1 {
+                let next = numbering.len() as u32;
+                numbering.insert(id, next);
+            }
+        }
+        let mut totals = Totals { paths: paths.len() as u64, ..Totals::default() };
+        let mut counted = std::collections::HashSet::new();
+        for p in &mut paths {
+            let c = p.counts();
+            totals.counts.files += c.files;
+            totals.counts.dirs += c.dirs;
+            totals.counts.symlinks += c.symlinks;
+            totals.counts.bytes += c.bytes;
+            for e in &mut p.entries {
+                e.link_group = e.host_inode.and_then(|id| numbering.get(&id).copied());
+                let size = match e.kind {
+                    Kind::File { size, .. } => size,
+                    _ => 0,
+                };
+                match e.link_group {
+                    Some(g) if !counted.insert(g) => totals.hardlink_extra += 1,
+                    _ => totals.unique_bytes += size,
+                }
+            }
+        }
+        totals.hardlink_groups = numbering.len() as u64;
+        Self { paths, totals }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walks_in_nar_order_with_hard_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = "0123456789abcdfghijklmnpqrsvwxyz-a";
+        let b = "1123456789abcdfghijklmnpqrsvwxyz-b";
+        let pa = dir.path().join(a);
+        std::fs::create_dir_all(pa.join("dir")).unwrap();
+        std::fs::write(pa.join("Z"), "zz").unwrap();
+        std::fs::write(pa.join("dir/x"), "xxx").unwrap();
+        std::fs::hard_link(pa.join("dir/x"), pa.join("y")).unwrap();
+        std::os::unix::fs::symlink("dir/x", pa.join("link")).unwrap();
+        std::fs::hard_link(pa.join("Z"), dir.path().join(b)).unwrap();
+        let store = StoreDir::new(dir.path()).unwrap();
+        let sp = |s: &str| StorePath::from_base_name(s).unwrap();
+        let paths = [sp(a), sp(b)];
+        let inv = Inventory::walk(&store, &paths).unwrap();
+        let rels: Vec<_> = inv.paths[0].entries.iter().map(|e| e.rel.to_str().unwrap().to_owned()).collect();
+        assert_eq!(rels, ["", "Z", "dir", "dir/x", "link", "y"]);
+        let t = inv.totals;
+        assert_eq!((t.paths, t.counts.files, t.counts.dirs, t.counts.symlinks), (2, 4, 2, 1));
+        assert_eq!(t.counts.bytes, 2 + 3 + 3 + 2);
+        assert_eq!((t.hardlink_groups, t.hardlink_extra, t.unique_bytes), (2, 2, 5));
+        let groups: Vec<_> = inv.paths.iter().flat_map(|p| p.entries.iter().map(|e| e.link_group)).collect();
+        assert_eq!(groups, [None, Some(0), None, Some(1), None, Some(1), Some(0)]);
+    }
+
+    #[test]
+    fn rejects_fifos() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = "0123456789abcdfghijklmnpqrsvwxyz-a";
+        std::fs::create_dir(dir.path().join(a)).unwrap();
+        let fifo = dir.path().join(a).join("pipe");
+        let ok = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success();
+        assert!(ok, "mkfifo failed");
+        let store = StoreDir::new(dir.path()).unwrap();
+        let err = PathInventory::walk(&store, &StorePath::from_base_name(a).unwrap()).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("pipe: unsupported file type fifo"), "{msg}");
+    }
+}
