@@ -1,3 +1,3 @@
 //! Byte-level writers for disk images, generic over positioned sinks. Knows nothing about Nix.
 
-pub mod units;
+pub mod sparse;

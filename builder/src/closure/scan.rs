@@ -2,10 +2,11 @@
 //! 32-character hash part appears in its files, symlink targets or file names.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 
 use anyhow::{Context, Result};
+use kiln_formats::sparse::DataRanges;
 use rayon::prelude::*;
 
 use crate::inventory::{Kind, PathInventory};
@@ -34,47 +35,53 @@ impl Candidates {
         Ok(Self { by_hash })
     }
 
-    /// Scans `chunk`, which continues a byte stream whose trailing run of nix32 digits (at most 31 of them)
-    /// is in `carry`; leaves the new trailing run in `carry`.
-    fn find_in(&self, carry: &mut Vec<u8>, chunk: &[u8], found: &mut BTreeSet<StorePath>) {
-        let mut run = carry.len();
-        for (i, &b) in chunk.iter().enumerate() {
-            if !nix32::is_digit(b) {
-                run = 0;
-                continue;
+    /// Finds every candidate hash in `s`. Like Nix's scanner: test the last byte of a 32-byte window first and
+    /// jump past any byte outside the alphabet, so most input is skipped 32 bytes at a time.
+    fn find_in(&self, s: &[u8], found: &mut BTreeSet<StorePath>) {
+        let mut i = 0;
+        'windows: while i + HASH_LEN <= s.len() {
+            for j in (0..HASH_LEN).rev() {
+                if !nix32::is_digit(s[i + j]) {
+                    i += j + 1;
+                    continue 'windows;
+                }
             }
-            run += 1;
-            if run < HASH_LEN {
-                continue;
-            }
-            let end = i + 1;
-            let hit = if end >= HASH_LEN {
-                self.by_hash.get(&chunk[end - HASH_LEN..end])
-            } else {
-                let mut key = [0u8; HASH_LEN];
-                let from_carry = HASH_LEN - end;
-                key[..from_carry].copy_from_slice(&carry[carry.len() - from_carry..]);
-                key[from_carry..].copy_from_slice(&chunk[..end]);
-                self.by_hash.get(&key[..])
-            };
-            if let Some(sp) = hit {
+            if let Some(sp) = self.by_hash.get(&s[i..i + HASH_LEN]) {
                 found.insert(sp.clone());
             }
+            i += 1;
         }
-        let keep = run.min(HASH_LEN - 1);
-        if keep <= chunk.len() {
-            carry.clear();
-            carry.extend_from_slice(&chunk[chunk.len() - keep..]);
-        } else {
-            let old = carry.len();
-            carry.drain(..old - (keep - chunk.len()));
-            carry.extend_from_slice(chunk);
+    }
+
+    /// Scans a file's data ranges (holes are zeros, which hold no hash). Each read lands after the last
+    /// `HASH_LEN - 1` bytes of the previous one, so a hash split across reads is still seen whole.
+    fn scan_file(&self, path: &std::path::Path, found: &mut BTreeSet<StorePath>) -> Result<()> {
+        const READ: usize = 1 << 18;
+        const KEEP: usize = HASH_LEN - 1;
+        let cannot = || format!("{}: cannot read", path.display());
+        let file = std::fs::File::open(path).with_context(cannot)?;
+        let mut buf = vec![0u8; KEEP + READ];
+        for range in DataRanges::new(&file).with_context(cannot)? {
+            let range = range.with_context(cannot)?;
+            let (mut pos, mut kept) = (range.start, 0);
+            while pos < range.end {
+                let want = READ.min(usize::try_from(range.end - pos).unwrap_or(READ));
+                let n = file.read_at(&mut buf[KEEP..KEEP + want], pos).with_context(cannot)?;
+                if n == 0 {
+                    break; // The file shrank; the build's own checks catch that later.
+                }
+                self.find_in(&buf[KEEP - kept..KEEP + n], found);
+                kept = KEEP.min(kept + n);
+                buf.copy_within(KEEP + n - kept..KEEP + n, KEEP - kept);
+                pos += n as u64;
+            }
         }
+        Ok(())
     }
 
     /// Scans one byte string (a name, a symlink target) on its own.
     fn scan_bytes(&self, bytes: &[u8], found: &mut BTreeSet<StorePath>) {
-        self.find_in(&mut Vec::new(), bytes, found);
+        self.find_in(bytes, found);
     }
 
     /// The references of one store path (including itself, if its hash appears in it). Files are read in
@@ -91,17 +98,7 @@ impl Candidates {
                     Kind::Symlink { target } => self.scan_bytes(target.as_os_str().as_bytes(), &mut found),
                     Kind::File { size, .. } if *size > 0 => {
                         let path = if e.rel.as_os_str().is_empty() { root.clone() } else { root.join(&e.rel) };
-                        let mut file =
-                            std::fs::File::open(&path).with_context(|| format!("{}: cannot read", path.display()))?;
-                        let mut buf = vec![0u8; 1 << 18];
-                        let mut carry = Vec::with_capacity(HASH_LEN);
-                        loop {
-                            let n = file.read(&mut buf).with_context(|| format!("{}: cannot read", path.display()))?;
-                            if n == 0 {
-                                break;
-                            }
-                            self.find_in(&mut carry, &buf[..n], &mut found);
-                        }
+                        self.scan_file(&path, &mut found)?;
                     }
                     _ => {}
                 }
@@ -136,23 +133,14 @@ mod tests {
         std::fs::write(pa.join(format!("{}.conf", &d[..32])), "").unwrap();
         // A 31-char prefix of e's hash is not a reference.
         std::fs::write(pa.join("near"), &e[..31]).unwrap();
-        // Chunk boundaries: every split of a hash across two chunks is found.
-        let cands_for_split = {
-            let store = StoreDir::new(dir.path()).unwrap();
-            Candidates::list(&store).unwrap()
-        };
-        for split in 0..=HASH_LEN + 2 {
-            let text = format!("xx{}yy", &e[..32]);
-            let (l, r) = text.as_bytes().split_at(split.min(text.len()));
-            let (mut carry, mut found) = (Vec::new(), BTreeSet::new());
-            cands_for_split.find_in(&mut carry, l, &mut found);
-            cands_for_split.find_in(&mut carry, r, &mut found);
-            assert_eq!(found.len(), 1, "split at {split}");
-        }
+        // A hash right after a hole, and one straddling two reads of a sparse file.
+        let sparse = std::fs::File::create(pa.join("sparse")).unwrap();
+        sparse.write_all_at(e.as_bytes(), (8 << 20) + (1 << 18) - 5).unwrap();
+        sparse.set_len(16 << 20).unwrap();
         let store = StoreDir::new(dir.path()).unwrap();
         let cands = Candidates::list(&store).unwrap();
         let inv = PathInventory::walk(&store, &StorePath::from_base_name(a).unwrap()).unwrap();
         let refs: Vec<String> = cands.references(&store, &inv).unwrap().iter().map(|p| p.name().to_owned()).collect();
-        assert_eq!(refs, ["a", "b", "c", "d"]);
+        assert_eq!(refs, ["a", "b", "c", "d", "e"]);
     }
 }
