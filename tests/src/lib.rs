@@ -4,4 +4,5 @@
 //! tool is missing: a test that cannot check what it claims must not pass.
 
 pub mod boot;
+pub mod nix;
 pub mod tools;
