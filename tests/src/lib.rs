@@ -4,5 +4,6 @@
 //! tool is missing: a test that cannot check what it claims must not pass.
 
 pub mod boot;
+pub mod fixtures;
 pub mod nix;
 pub mod tools;

@@ -1,0 +1,112 @@
+//! Fixtures, generated on demand by the scripts in `tests/fixtures/` and cached under
+//! `target/kiln-fixtures/<name>-<script hash>/`, so a changed script regenerates its fixture. Generation runs
+//! under a file lock: concurrent test processes (nextest) wait for one generator instead of racing.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use crate::tools;
+
+/// The workspace root (the parent of this crate).
+#[must_use]
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// The directory holding the generator scripts.
+#[must_use]
+pub fn scripts_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from)
+}
+
+/// FNV-1a over the script, so the cache key changes when the script does.
+fn content_key(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Runs `tests/fixtures/<script> OUT` once per script version and returns OUT.
+pub fn generated(script: &str) -> PathBuf {
+    let path = scripts_dir().join(script);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let name = script.trim_end_matches(".gen.sh");
+    let cache = target_dir().join("kiln-fixtures");
+    std::fs::create_dir_all(&cache).unwrap_or_else(|e| panic!("creating {}: {e}", cache.display()));
+    let out = cache.join(format!("{name}-{}", content_key(&bytes)));
+    let lock_path = cache.join(format!("{name}.lock"));
+    let lock = File::create(&lock_path).unwrap_or_else(|e| panic!("creating {}: {e}", lock_path.display()));
+    lock.lock().unwrap_or_else(|e| panic!("locking {}: {e}", lock_path.display()));
+    if !out.exists() {
+        tools::run_ok(Command::new("bash").arg(&path).arg(&out));
+        assert!(out.exists(), "{} did not create {}", path.display(), out.display());
+    }
+    out
+}
+
+/// A fixture's `toplevel` file: the logical toplevel path.
+#[must_use]
+pub fn toplevel_of(fixture: &Path) -> String {
+    let file = fixture.join("toplevel");
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+    text.trim_end().to_owned()
+}
+
+/// The bootable demo closure assembled from Debian packages (`demo-closure.gen.sh`).
+pub fn demo_closure() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        for (tool, package) in [
+            ("busybox", "busybox-static"),
+            ("cpio", "cpio"),
+            ("modprobe", "kmod"),
+            ("grub-mkimage", "grub-common"),
+            ("nix-hash", "nix-bin"),
+        ] {
+            tools::require(tool, package);
+        }
+        generated("demo-closure.gen.sh")
+    })
+    .clone()
+}
+
+/// The real Nix closure built offline with nix-bin (`nix-closure.gen.sh`).
+pub fn nix_closure() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        tools::require("nix-build", "nix-bin");
+        generated("nix-closure.gen.sh")
+    })
+    .clone()
+}
+
+/// The synthetic edge-case store (`synthetic-store.gen.sh`).
+pub fn synthetic_store() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| generated("synthetic-store.gen.sh")).clone()
+}
+
+/// The `kiln` binary, built once per test process with the same cargo and profile as the tests.
+pub fn kiln_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(workspace_root()).args(["build", "--quiet", "-p", "kiln", "--bin", "kiln"]);
+        let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+        if profile == "release" {
+            cmd.arg("--release");
+        }
+        tools::run_ok(&mut cmd);
+        target_dir().join(profile).join("kiln")
+    })
+    .clone()
+}

@@ -1,0 +1,80 @@
+//! Running the real `kiln` binary and checking what it says.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+
+use kiln_tests::fixtures;
+
+/// What one `kiln` run did.
+#[derive(Debug)]
+pub struct Run {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// A `kiln` command with the binary under test.
+pub fn kiln_cmd() -> Command {
+    Command::new(fixtures::kiln_bin())
+}
+
+/// Runs `kiln` with `args`.
+pub fn kiln<I, S>(args: I) -> Run
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    run(kiln_cmd().args(args))
+}
+
+/// Runs a prepared command.
+pub fn run(cmd: &mut Command) -> Run {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    Run {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+impl Run {
+    /// Asserts success and returns stdout.
+    pub fn ok(self) -> String {
+        assert!(self.status.success(), "kiln failed ({}):\n{}\n{}", self.status, self.stdout, self.stderr);
+        self.stdout
+    }
+
+    /// Asserts exit status 1 with exactly one line on stderr, `kiln: error: …`, containing every `want`.
+    pub fn fails_with(&self, want: &[&str]) {
+        assert_eq!(self.status.code(), Some(1), "want exit 1; stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        let lines: Vec<&str> = self.stderr.lines().filter(|l| !l.starts_with('[')).collect();
+        assert_eq!(lines.len(), 1, "want one error line, got:\n{}", self.stderr);
+        assert!(lines[0].starts_with("kiln: error: "), "{}", lines[0]);
+        for w in want {
+            assert!(lines[0].contains(w), "error line lacks {w:?}:\n{}", lines[0]);
+        }
+    }
+}
+
+/// The JSON report of `kiln build --dry-run --progress json`: the last stdout line's `report`.
+pub fn dry_run_json(args: &[&OsStr]) -> serde_json::Value {
+    let mut full: Vec<&OsStr> =
+        vec![OsStr::new("build"), OsStr::new("--dry-run"), OsStr::new("--progress"), OsStr::new("json")];
+    full.extend_from_slice(args);
+    let stdout = kiln(&full).ok();
+    let mut lines = stdout.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"));
+    let all: Vec<_> = lines.by_ref().collect();
+    for line in &all {
+        assert_eq!(line["v"], 1, "every line is versioned: {line}");
+    }
+    let last = all.last().expect("some output").clone();
+    assert_eq!(last["type"], "dry-run");
+    assert!(all.iter().any(|l| l["type"] == "phase-end" && l["phase"] == "closure"));
+    last["report"].clone()
+}
+
+/// `--store-dir` for a fixture whose store is `<dir>/nix/store`.
+pub fn store_of(dir: &Path) -> PathBuf {
+    dir.join("nix/store")
+}
