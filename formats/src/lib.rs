@@ -1,3 +1,5 @@
 //! Byte-level writers for disk images, generic over positioned sinks. Knows nothing about Nix.
 
+pub mod ext4;
+pub mod sink;
 pub mod sparse;

@@ -9,8 +9,7 @@ use std::process::{Command, Output};
 /// checker must fail, not pass silently.
 pub fn require(name: &str, package: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let dirs = std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from));
+    let dirs = std::env::split_paths(&path).chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from));
     for dir in dirs {
         let candidate = dir.join(name);
         if candidate.is_file() {
@@ -22,8 +21,7 @@ pub fn require(name: &str, package: &str) -> PathBuf {
 
 /// Runs a command and returns its output, panicking with the command line if it cannot start.
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
 /// Runs a command and panics, with its stdout and stderr, unless it exits 0.

@@ -1,0 +1,208 @@
+//! Writing a plan: file data copied by rayon workers with positioned writes at planned offsets, metadata
+//! serialised per block group in parallel. Nothing is locked and nothing is decided here.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+
+use rayon::prelude::*;
+
+use super::Error;
+use super::csum::{crc32c, fs_seed, inode_seed};
+use super::layout::{BLOCK, BLOCKS_PER_GROUP, KnownBlock, has_super};
+use super::plan::{DataJob, Plan};
+use super::superblock::{descriptors, superblock};
+use super::tree::{Node, Source, Tree};
+use crate::sink::WriteAt;
+use crate::sparse::DataRanges;
+
+/// Largest single read or write of file data.
+const CHUNK: usize = 1 << 20;
+
+thread_local! {
+    static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+fn write(sink: &dyn WriteAt, buf: &[u8], offset: u64, what: &'static str) -> Result<(), Error> {
+    sink.write_all_at(buf, offset).map_err(|source| Error::Write { offset, what, source })
+}
+
+impl Plan {
+    /// Writes the filesystem into `sink` at byte offset `base`. The sink must read as zeros where nothing is
+    /// written (a new sparse file, a zeroed partition): unused inode tables, the journal and all-zero file
+    /// blocks are left as they are.
+    pub fn write(&self, tree: &Tree, sink: &dyn WriteAt, base: u64) -> Result<(), Error> {
+        let (data, meta) = rayon::join(
+            || self.data.par_iter().try_for_each(|job| copy_file(tree, job, sink, base)),
+            || self.write_metadata(sink, base),
+        );
+        data?;
+        meta
+    }
+
+    fn write_metadata(&self, sink: &dyn WriteAt, base: u64) -> Result<(), Error> {
+        // Known blocks, coalesced into runs of adjacent blocks.
+        let runs = coalesce(&self.blocks);
+        runs.par_iter().try_for_each(|(start, bytes)| write(sink, bytes, base + start * BLOCK, "metadata block"))?;
+        let csums: Vec<(u32, u32)> = (0..self.geometry.groups)
+            .into_par_iter()
+            .map(|g| self.write_group(sink, base, g))
+            .collect::<Result<_, _>>()?;
+        let gdt = descriptors(self, &csums);
+        (0..self.geometry.groups).into_par_iter().filter(|&g| has_super(g)).try_for_each(|g| {
+            let at = base + self.geometry.group_start(g) * BLOCK;
+            let sb = superblock(self, g);
+            // The primary superblock sits 1024 bytes into block 0; backups start their group's first block.
+            let sb_at = if g == 0 { at + 1024 } else { at };
+            write(sink, &sb, sb_at, "superblock")?;
+            write(sink, &gdt, at + BLOCK, "group descriptors")
+        })
+    }
+
+    /// Writes group `g`'s bitmaps and inode table; returns the bitmaps' checksums.
+    fn write_group(&self, sink: &dyn WriteAt, base: u64, g: u64) -> Result<(u32, u32), Error> {
+        let geo = &self.geometry;
+        let gp = &self.groups[g as usize];
+        let seed = fs_seed(&self.opts.uuid);
+        // Block bitmap: used ranges within the group; bits past the end of a short last group are set.
+        let start = geo.group_start(g);
+        let end = start + geo.group_len(g);
+        let mut bb = vec![0u8; BLOCK as usize];
+        let first = self.used.partition_point(|r| r.end <= start);
+        for r in &self.used[first..] {
+            if r.start >= end {
+                break;
+            }
+            set_bits(&mut bb, r.start.max(start) - start..r.end.min(end) - start);
+        }
+        set_bits(&mut bb, end - start..BLOCKS_PER_GROUP);
+        write(sink, &bb, base + gp.block_bitmap * BLOCK, "block bitmap")?;
+        // Inode bitmap: the used inodes (always the lowest numbers of the group), padding bits set.
+        let ipg = geo.inodes_per_group;
+        let used = ipg - gp.free_inodes;
+        let mut ib = vec![0u8; BLOCK as usize];
+        set_bits(&mut ib, 0..used);
+        set_bits(&mut ib, ipg..BLOCK * 8);
+        write(sink, &ib, base + gp.inode_bitmap * BLOCK, "inode bitmap")?;
+        // Inode table: only the blocks holding used inodes.
+        if used > 0 {
+            let first_ino = g * ipg + 1;
+            let bytes = (used * 256).next_multiple_of(BLOCK) as usize;
+            let mut table = vec![0u8; bytes];
+            for i in 0..used {
+                let ino = first_ino + i;
+                if let Some(Some(rec)) = self.inodes.get(ino as usize - 1) {
+                    let raw = rec.to_bytes(inode_seed(seed, ino as u32, 0));
+                    table[(i * 256) as usize..(i * 256 + 256) as usize].copy_from_slice(&raw);
+                }
+            }
+            write(sink, &table, base + gp.inode_table * BLOCK, "inode table")?;
+        }
+        let bcsum = crc32c(seed, &bb);
+        let icsum = crc32c(seed, &ib[..(ipg / 8) as usize]);
+        Ok((bcsum, icsum))
+    }
+}
+
+fn set_bits(bitmap: &mut [u8], range: Range<u64>) {
+    for bit in range {
+        bitmap[(bit / 8) as usize] |= 1 << (bit % 8);
+    }
+}
+
+/// Groups sorted blocks into runs of physically adjacent blocks, at most `CHUNK` bytes each.
+fn coalesce(blocks: &[KnownBlock]) -> Vec<(u64, Vec<u8>)> {
+    let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
+    for (at, bytes) in blocks {
+        match out.last_mut() {
+            Some((start, buf)) if *start + buf.len() as u64 / BLOCK == *at && buf.len() < CHUNK => {
+                buf.extend_from_slice(bytes);
+            }
+            _ => out.push((*at, bytes.to_vec())),
+        }
+    }
+    out
+}
+
+/// Copies one file's bytes to its planned blocks, skipping holes in the source and all-zero chunks.
+fn copy_file(tree: &Tree, job: &DataJob, sink: &dyn WriteAt, base: u64) -> Result<(), Error> {
+    let Node::File { source, .. } = &tree.nodes[job.node as usize] else {
+        unreachable!("data jobs are files");
+    };
+    match source {
+        Source::Bytes(bytes) => {
+            let mut logical = 0u64;
+            for run in &job.runs {
+                let len = ((run.end - run.start) * BLOCK).min(job.size - logical);
+                let part = &bytes[logical as usize..(logical + len) as usize];
+                if part.iter().any(|&b| b != 0) {
+                    write(sink, part, base + run.start * BLOCK, "file data")?;
+                }
+                logical += len;
+            }
+            Ok(())
+        }
+        Source::Host(path) => {
+            let read_err = |offset: u64, source: std::io::Error| Error::Read { path: path.clone(), offset, source };
+            let file = File::open(path).map_err(|e| read_err(0, e))?;
+            let found = file.metadata().map_err(|e| read_err(0, e))?.len();
+            if found != job.size {
+                return Err(Error::SourceChanged { path: path.clone(), expected: job.size, found });
+            }
+            let data: Vec<Range<u64>> = DataRanges::new(&file)
+                .map_err(|e| read_err(0, e))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| read_err(0, e))?;
+            BUF.with_borrow_mut(|buf| -> Result<(), Error> {
+                let mut logical = 0u64;
+                for run in &job.runs {
+                    let run_end = logical + ((run.end - run.start) * BLOCK).min(job.size - logical);
+                    let mut pos = logical;
+                    while pos < run_end {
+                        let len = (run_end - pos).min(CHUNK as u64);
+                        let window = pos..pos + len;
+                        let phys = base + run.start * BLOCK + (pos - logical);
+                        pos += len;
+                        if !data.iter().any(|d| d.start < window.end && window.start < d.end) {
+                            continue; // a hole in the source: zeros, already there
+                        }
+                        buf.resize(len as usize, 0);
+                        read_full(&file, &mut buf[..len as usize], window.start)
+                            .map_err(|e| read_err(window.start, e))?
+                            .then_some(())
+                            .ok_or_else(|| Error::SourceChanged {
+                                path: path.clone(),
+                                expected: job.size,
+                                found: window.start,
+                            })?;
+                        if buf.iter().any(|&b| b != 0) {
+                            write(sink, &buf[..len as usize], phys, "file data")?;
+                        }
+                    }
+                    logical = run_end;
+                }
+                Ok(())
+            })?;
+            let after = file.metadata().map_err(|e| read_err(0, e))?.len();
+            if after != job.size {
+                return Err(Error::SourceChanged { path: path.clone(), expected: job.size, found: after });
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Fills `buf` from `offset`; false if the file ended first.
+fn read_full(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<bool> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => return Ok(false),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
