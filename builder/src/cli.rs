@@ -81,6 +81,10 @@ pub struct BuildArgs {
     #[arg(long = "kernel-param", value_name = "P")]
     pub kernel_params: Vec<String>,
 
+    /// Replace the output if it exists.
+    #[arg(long)]
+    pub force: bool,
+
     /// Resolve everything and print the plan; write nothing.
     #[arg(long)]
     pub dry_run: bool,

@@ -76,10 +76,25 @@ pub struct Report {
     pub totals: Totals,
     /// Every store path.
     pub paths: Vec<PathSummary>,
+    /// The image planned, when a layout was given.
+    pub image: Option<crate::build::ImageSummary>,
 }
 
-/// Runs the stages that exist so far and reports.
-pub fn run(req: &Request, progress: &dyn Progress) -> Result<Report> {
+/// What resolving a request finds: the system, its closure and the inventory of its files.
+#[derive(Debug)]
+pub struct Resolved {
+    /// The store directory.
+    pub store: StoreDir,
+    /// The system.
+    pub system: System,
+    /// Its closure.
+    pub closure: Closure,
+    /// Every file of the closure.
+    pub inventory: Inventory,
+}
+
+/// Reads the system and finds and inventories its closure.
+pub fn resolve(req: &Request, progress: &dyn Progress) -> Result<Resolved> {
     let store = StoreDir::new(&req.store_dir)?;
     let system = progress::phase(
         progress,
@@ -102,7 +117,13 @@ pub fn run(req: &Request, progress: &dyn Progress) -> Result<Report> {
         },
     )?;
     check_boot_files(&system, &closure)?;
-    Ok(report(&store, &system, &closure, &inventory, &req.kernel_params))
+    Ok(Resolved { store, system, closure, inventory })
+}
+
+/// Resolves and reports, with no image planned.
+pub fn run(req: &Request, progress: &dyn Progress) -> Result<Report> {
+    let r = resolve(req, progress)?;
+    Ok(report(&r, &req.kernel_params))
 }
 
 fn check_boot_files(system: &System, closure: &Closure) -> Result<()> {
@@ -128,7 +149,10 @@ fn command_line(boot: &BootEntry, extra: &[String]) -> String {
         .join(" ")
 }
 
-fn report(store: &StoreDir, system: &System, closure: &Closure, inv: &Inventory, extra: &[String]) -> Report {
+/// The report of what was resolved (no image yet: see [`Report::image`]).
+#[must_use]
+pub fn report(r: &Resolved, extra: &[String]) -> Report {
+    let (store, system, closure, inv) = (&r.store, &r.system, &r.closure, &r.inventory);
     let mut entries = vec![EntrySummary {
         specialisation: None,
         boot: system.boot.clone(),
@@ -164,6 +188,7 @@ fn report(store: &StoreDir, system: &System, closure: &Closure, inv: &Inventory,
         closure_source: closure.source.clone(),
         totals: inv.totals,
         paths,
+        image: None,
     }
 }
 
@@ -222,6 +247,9 @@ impl Report {
             t.unique_bytes,
             human_bytes(t.unique_bytes)
         );
+        if let Some(image) = &self.image {
+            s.push_str(&image.to_text());
+        }
         let _ = writeln!(s, "\n{:>8} {:>6} {:>6} {:>12} {:>5}  store path", "files", "dirs", "links", "bytes", "refs");
         for p in &self.paths {
             let _ = writeln!(

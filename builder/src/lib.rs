@@ -2,13 +2,18 @@
 //!
 //! The pipeline: [`system`] reads the toplevel's bootspec, [`closure`] finds every store path it needs and
 //! [`inventory`] lists their files; later stages plan the image and write it. [`dry_run`] runs the stages that
-//! exist and reports what they found.
+//! exist and reports what they found; [`build`] plans the root filesystem ([`rootfs`]) and writes it
+//! atomically ([`output`]).
 
+pub mod build;
 pub mod cli;
 pub mod closure;
 pub mod dry_run;
 pub mod inventory;
+pub mod output;
 pub mod progress;
+pub mod rootfs;
 pub mod run;
+pub mod seed;
 pub mod store;
 pub mod system;

@@ -10,6 +10,10 @@ pub enum Phase {
     System,
     /// Finding the closure and inventorying its files.
     Closure,
+    /// Planning the image: every offset, inode and block.
+    Plan,
+    /// Writing the image.
+    Write,
 }
 
 impl Phase {
@@ -19,6 +23,8 @@ impl Phase {
         match self {
             Self::System => "system",
             Self::Closure => "closure",
+            Self::Plan => "plan",
+            Self::Write => "write",
         }
     }
 }

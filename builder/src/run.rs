@@ -6,7 +6,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::cli::{BuildArgs, Cli, Command, ProgressMode};
+use clap::ValueEnum;
+
+use crate::build;
+use crate::cli::{Bootloader, BuildArgs, Cli, Command, Format, Layout, ProgressMode};
 use crate::dry_run;
 use crate::progress::{Event, Progress, Silent};
 
@@ -23,36 +26,46 @@ pub fn run(cli: Cli) -> Result<()> {
 
 /// Options whose values no stage implements yet: refused before any work, so nothing pretends to work.
 fn reject_unsupported(args: &BuildArgs) -> Result<()> {
-    let unsupported = |what: String| bail!("not supported yet: {what}");
+    let name = |v: Option<clap::builder::PossibleValue>| v.map(|v| v.get_name().to_owned()).unwrap_or_default();
     if let Some(profile) = &args.profile {
-        return unsupported(format!("--profile {profile} (image profiles)"));
+        bail!("not supported yet: --profile {profile} (image profiles)");
     }
-    if let Some(format) = args.format {
-        let name = clap::ValueEnum::to_possible_value(&format).map(|v| v.get_name().to_owned());
-        return unsupported(format!("--format {} (output formats)", name.unwrap_or_default()));
+    match args.layout {
+        None | Some(Layout::None) => {}
+        Some(other) => bail!(
+            "not supported yet: --layout {} (disk layouts; --layout none writes a bare root filesystem)",
+            name(other.to_possible_value())
+        ),
     }
-    if let Some(layout) = args.layout {
-        let name = clap::ValueEnum::to_possible_value(&layout).map(|v| v.get_name().to_owned());
-        return unsupported(format!("--layout {} (disk layouts)", name.unwrap_or_default()));
+    match args.format {
+        None | Some(Format::Raw) => {}
+        Some(other) => {
+            bail!("not supported yet: --format {} (output formats; raw is supported)", name(other.to_possible_value()))
+        }
     }
-    if let Some(bootloader) = args.bootloader {
-        let name = clap::ValueEnum::to_possible_value(&bootloader).map(|v| v.get_name().to_owned());
-        return unsupported(format!("--bootloader {} (bootloader installation)", name.unwrap_or_default()));
+    match args.bootloader {
+        None | Some(Bootloader::None) => {}
+        Some(other) => {
+            bail!("not supported yet: --bootloader {} (bootloader installation)", name(other.to_possible_value()))
+        }
     }
-    if args.size.is_some() || args.extra_space.is_some() {
-        return unsupported("--size/--extra-space (image size planning)".into());
-    }
-    if args.seed.is_some() {
-        return unsupported("--seed (nothing that uses it is written yet)".into());
-    }
-    if !args.dry_run {
-        return unsupported(
-            "writing an image: this kiln can resolve a system and its closure (--dry-run); the filesystem \
-             writer, layouts and formats come next"
-                .into(),
+    if args.layout.is_none() && !args.dry_run {
+        bail!(
+            "not supported yet: a bootable disk (layouts with a bootloader); --layout none writes a bare root filesystem"
         );
     }
+    if args.layout.is_none() && (args.size.is_some() || args.extra_space.is_some() || args.seed.is_some()) {
+        bail!("--size, --extra-space and --seed describe an image: give --layout none");
+    }
     Ok(())
+}
+
+/// The time for what the image creates itself: `SOURCE_DATE_EPOCH` when set, else 1 (Nix's store time).
+fn timestamp() -> Result<u32> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
+        Err(_) => Ok(1),
+    }
 }
 
 fn build(args: BuildArgs) -> Result<()> {
@@ -72,19 +85,40 @@ fn build(args: BuildArgs) -> Result<()> {
         ProgressMode::Plain | ProgressMode::Auto => Box::new(Plain::new()),
         ProgressMode::None => Box::new(Silent),
     };
-    let req = dry_run::Request {
+    let base = dry_run::Request {
         store_dir: args.store_dir,
         system: args.system,
         closure_info: args.closure_info,
         kernel_params: args.kernel_params,
     };
-    let report = pool.install(|| dry_run::run(&req, sink.as_ref()))?;
-    let mut out = std::io::stdout().lock();
-    if mode == ProgressMode::Json {
-        let line = serde_json::json!({ "v": dry_run::REPORT_VERSION, "type": "dry-run", "report": report });
-        writeln!(out, "{line}")?;
+    let (report, written) = if args.layout.is_some() {
+        let req = build::BuildRequest {
+            base,
+            output: if args.dry_run { None } else { args.output },
+            force: args.force,
+            size: args.size,
+            extra_space: args.extra_space,
+            seed: args.seed,
+            timestamp: timestamp()?,
+        };
+        pool.install(|| build::run(&req, sink.as_ref()))?
     } else {
-        write!(out, "{}", report.to_text())?;
+        (pool.install(|| dry_run::run(&base, sink.as_ref()))?, None)
+    };
+    let mut out = std::io::stdout().lock();
+    let v = dry_run::REPORT_VERSION;
+    match (mode, written) {
+        (ProgressMode::Json, None) => {
+            writeln!(out, "{}", serde_json::json!({ "v": v, "type": "dry-run", "report": report }))?
+        }
+        (ProgressMode::Json, Some(path)) => {
+            writeln!(out, "{}", serde_json::json!({ "v": v, "type": "built", "output": path, "report": report }))?
+        }
+        (_, None) => write!(out, "{}", report.to_text())?,
+        (_, Some(path)) => {
+            let image = report.image.as_ref().expect("a build plans an image");
+            writeln!(out, "wrote {} ({} bytes)", path.display(), image.size_bytes)?;
+        }
     }
     out.flush().context("writing to stdout")
 }

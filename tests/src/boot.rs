@@ -73,6 +73,7 @@ pub struct Boot {
     memory_mib: u32,
     direct_kernel: Option<DirectKernel>,
     extra_args: Vec<String>,
+    writable: bool,
 }
 
 /// A boot that printed its marker.
@@ -174,6 +175,7 @@ impl Boot {
             memory_mib: 1024,
             direct_kernel: None,
             extra_args: Vec::new(),
+            writable: false,
         }
     }
 
@@ -210,6 +212,13 @@ impl Boot {
     /// Boots this kernel directly instead of going through the image's bootloader.
     pub fn direct_kernel(mut self, direct: DirectKernel) -> Self {
         self.direct_kernel = Some(direct);
+        self
+    }
+
+    /// Lets the guest write to the image (default: never; a snapshot overlay takes the writes). For tests
+    /// that check what the kernel wrote.
+    pub fn writable(mut self, writable: bool) -> Self {
+        self.writable = writable;
         self
     }
 
@@ -258,7 +267,8 @@ impl Boot {
             cmd.arg("-drive").arg(drive_arg(&code, "if=pflash,format=raw,unit=0,readonly=on"));
             cmd.arg("-drive").arg(drive_arg(&vars, "if=pflash,format=raw,unit=1"));
         }
-        cmd.arg("-drive").arg(drive_arg(&self.image, &format!("format={},if=virtio,snapshot=on", self.format)));
+        let snapshot = if self.writable { "off" } else { "on" };
+        cmd.arg("-drive").arg(drive_arg(&self.image, &format!("format={},if=virtio,snapshot={snapshot}", self.format)));
         if let Some(direct) = &self.direct_kernel {
             cmd.arg("-kernel").arg(&direct.kernel);
             if let Some(initrd) = &direct.initrd {

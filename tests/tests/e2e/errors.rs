@@ -250,15 +250,14 @@ fn unimplemented_option_values_are_refused() {
         (&["--layout", "legacy+gpt"][..], "not supported yet: --layout legacy+gpt"),
         (&["--bootloader", "grub"][..], "not supported yet: --bootloader grub"),
         (&["--profile", "amazon"][..], "not supported yet: --profile amazon"),
-        (&["--size", "8G"][..], "not supported yet: --size"),
-        (&["--seed", "x"][..], "not supported yet: --seed"),
+        (&["--size", "8G"][..], "--size, --extra-space and --seed describe an image: give --layout none"),
     ] {
         m.dry_run(flags).fails_with(&[want]);
     }
     let out = m.dir.path().join("out.img");
     let mut args: Vec<OsString> = m.args(&[]).into_iter().filter(|a| a != "--dry-run").collect();
     args.extend(["--output".into(), out.clone().into()]);
-    kiln(args).fails_with(&["not supported yet: writing an image"]);
+    kiln(args).fails_with(&["not supported yet: a bootable disk"]);
     assert!(!out.exists(), "nothing may be left at the output path");
     kiln(["inspect", "x.img"]).fails_with(&["not supported yet: kiln inspect"]);
     kiln(["verify", "x.img"]).fails_with(&["not supported yet: kiln verify"]);

@@ -1,0 +1,188 @@
+//! `kiln build`: resolve the system, plan the image, write it.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use kiln_formats::ext4::{self, Options, Size};
+use serde::Serialize;
+
+use crate::cli::SizeSpec;
+use crate::dry_run::{self, Report, Request, human_bytes};
+use crate::output::AtomicOutput;
+use crate::progress::{self, Phase, Progress};
+use crate::rootfs;
+use crate::seed::{Seed, format_uuid};
+
+/// The root filesystem's label, which NixOS configurations mount by (`/dev/disk/by-label/nixos`).
+pub const ROOT_LABEL: &[u8] = b"nixos";
+/// Free space left in a root filesystem by default: 10% of the contents, at least 256 MiB.
+const MIN_EXTRA: u64 = 256 << 20;
+
+/// A build: what to resolve, what to make of it, and where to put it.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    /// The system and closure.
+    pub base: Request,
+    /// Where to write; `None` for a dry run.
+    pub output: Option<PathBuf>,
+    /// Replace an existing output.
+    pub force: bool,
+    /// `--size`.
+    pub size: Option<SizeSpec>,
+    /// `--extra-space`.
+    pub extra_space: Option<u64>,
+    /// `--seed`.
+    pub seed: Option<String>,
+    /// Time for what the image creates itself (`SOURCE_DATE_EPOCH` or 1).
+    pub timestamp: u32,
+}
+
+/// What the image will be.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageSummary {
+    /// Partition layout.
+    pub layout: &'static str,
+    /// Output format.
+    pub format: &'static str,
+    /// Image size in bytes.
+    pub size_bytes: u64,
+    /// The seed identities were derived from.
+    pub seed: String,
+    /// The root filesystem.
+    pub root_fs: FsSummary,
+}
+
+/// The planned root filesystem.
+#[derive(Debug, Clone, Serialize)]
+pub struct FsSummary {
+    /// Filesystem type.
+    pub kind: &'static str,
+    /// Label.
+    pub label: String,
+    /// UUID.
+    pub uuid: String,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// Block groups.
+    pub groups: u64,
+    /// Inodes in all.
+    pub inodes: u64,
+    /// Inodes free.
+    pub free_inodes: u64,
+    /// Bytes free.
+    pub free_bytes: u64,
+    /// Journal size in bytes.
+    pub journal_bytes: u64,
+    /// Descriptor blocks reserved for online growth.
+    pub reserved_gdt_blocks: u64,
+}
+
+impl ImageSummary {
+    /// Text lines for the dry-run report.
+    #[must_use]
+    pub fn to_text(&self) -> String {
+        let f = &self.root_fs;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "image          layout {}, format {}, {} bytes ({}), seed {:?}",
+            self.layout,
+            self.format,
+            self.size_bytes,
+            human_bytes(self.size_bytes),
+            self.seed
+        );
+        let _ = writeln!(
+            s,
+            "root fs        {} label {} uuid {}: {} groups, {} inodes ({} free), {} free ({} bytes), journal {}, {} reserved descriptor blocks",
+            f.kind,
+            f.label,
+            f.uuid,
+            f.groups,
+            f.inodes,
+            f.free_inodes,
+            human_bytes(f.free_bytes),
+            f.free_bytes,
+            human_bytes(f.journal_bytes),
+            f.reserved_gdt_blocks
+        );
+        s
+    }
+}
+
+/// Runs a build (or, without an output, a dry run of one) of a bare root filesystem (`--layout none`).
+pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Option<PathBuf>)> {
+    if let Some(target) = &req.output {
+        AtomicOutput::check(target, req.force)?;
+    }
+    let r = dry_run::resolve(&req.base, progress)?;
+    let seed = Seed::new(req.seed.as_deref().unwrap_or(&r.system.toplevel.to_string()));
+    let timestamp = i64::from(req.timestamp);
+    let (tree, plan, opts) = progress::phase(
+        progress,
+        Phase::Plan,
+        || -> Result<_> {
+            let tree = rootfs::store_tree(&r.store, &r.inventory, timestamp)?;
+            let extra = req.extra_space.unwrap_or_else(|| MIN_EXTRA.max(r.inventory.totals.unique_bytes / 10));
+            let mut opts =
+                Options::new(ROOT_LABEL, seed.uuid("ext4-uuid"), seed.bytes16("ext4-hash-seed"), req.timestamp);
+            opts.size = match req.size {
+                None | Some(SizeSpec::Auto) => Size::Auto { extra_bytes: extra },
+                Some(SizeSpec::Fixed(bytes)) => {
+                    if req.extra_space.is_some() {
+                        bail!(
+                            "--extra-space applies to --size auto only; with --size {bytes} the free space is what remains"
+                        );
+                    }
+                    Size::Fixed { bytes }
+                }
+            };
+            let plan = ext4::plan(&tree, &opts).map_err(|e| match e {
+                ext4::Error::TooSmall { needed, given } => anyhow::anyhow!(
+                    "--size {given} is too small: the root filesystem needs at least {needed} bytes ({})",
+                    human_bytes(needed)
+                ),
+                other => anyhow::Error::new(other).context("planning the root filesystem"),
+            })?;
+            Ok((tree, plan, opts))
+        },
+        |(_, plan, _)| format!("ext4 of {} bytes, {} free", plan.size_bytes(), plan.free_blocks * ext4::BLOCK),
+    )?;
+    let g = &plan.geometry;
+    let image = ImageSummary {
+        layout: "none",
+        format: "raw",
+        size_bytes: plan.size_bytes(),
+        seed: seed.as_str().to_owned(),
+        root_fs: FsSummary {
+            kind: "ext4",
+            label: String::from_utf8_lossy(&opts.label).into_owned(),
+            uuid: format_uuid(&opts.uuid),
+            size_bytes: plan.size_bytes(),
+            groups: g.groups,
+            inodes: g.inodes(),
+            free_inodes: plan.free_inodes,
+            free_bytes: plan.free_blocks * ext4::BLOCK,
+            journal_bytes: (plan.journal.end - plan.journal.start) * ext4::BLOCK,
+            reserved_gdt_blocks: g.reserved_gdt,
+        },
+    };
+    let mut report = dry_run::report(&r, &req.base.kernel_params);
+    report.image = Some(image);
+    let Some(target) = &req.output else { return Ok((report, None)) };
+    let written = progress::phase(
+        progress,
+        Phase::Write,
+        || -> Result<PathBuf> {
+            let out = AtomicOutput::create(target, req.force)?;
+            out.file().set_len(plan.size_bytes()).with_context(|| format!("sizing {}", out.temp_path().display()))?;
+            plan.write(&tree, out.file(), 0)
+                .map_err(anyhow::Error::new)
+                .with_context(|| format!("writing {}", out.temp_path().display()))?;
+            out.commit()
+        },
+        |path| format!("{}", path.display()),
+    )?;
+    Ok((report, Some(written)))
+}

@@ -1,0 +1,112 @@
+//! Writing an output file atomically: into a temporary file beside the target, renamed over it only when
+//! complete. If anything fails (or the value is dropped without committing), the temporary file is removed
+//! and nothing is left at the target path.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+/// A temporary output file that becomes `target` on [`AtomicOutput::commit`].
+#[derive(Debug)]
+pub struct AtomicOutput {
+    target: PathBuf,
+    temp: PathBuf,
+    file: Option<File>,
+}
+
+impl AtomicOutput {
+    /// Checks, before any work, that `target` could be written: its directory exists, and it does not exist
+    /// unless `force`.
+    pub fn check(target: &Path, force: bool) -> Result<()> {
+        Self::place(target, force).map(|_| ())
+    }
+
+    fn place(target: &Path, force: bool) -> Result<(PathBuf, String)> {
+        let name = target
+            .file_name()
+            .with_context(|| format!("output {}: not a file name", target.display()))?
+            .to_string_lossy()
+            .into_owned();
+        let dir = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !dir.is_dir() {
+            bail!("output {}: directory {} does not exist", target.display(), dir.display());
+        }
+        if !force && std::fs::symlink_metadata(target).is_ok() {
+            bail!("output {} exists (use --force to replace it)", target.display());
+        }
+        Ok((dir, name))
+    }
+
+    /// Creates the temporary file beside `target`. Refuses an existing target unless `force`.
+    pub fn create(target: &Path, force: bool) -> Result<Self> {
+        let (dir, name) = Self::place(target, force)?;
+        let temp = dir.join(format!(".{name}.kiln-{}.tmp", std::process::id()));
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .with_context(|| format!("creating {}", temp.display()))?;
+        Ok(Self { target: target.to_path_buf(), temp, file: Some(file) })
+    }
+
+    /// The open temporary file.
+    #[must_use]
+    pub fn file(&self) -> &File {
+        self.file.as_ref().expect("open until committed")
+    }
+
+    /// The temporary file's path.
+    #[must_use]
+    pub fn temp_path(&self) -> &Path {
+        &self.temp
+    }
+
+    /// Flushes the file to disk and renames it to the target.
+    pub fn commit(mut self) -> Result<PathBuf> {
+        let file = self.file.take().expect("open until committed");
+        file.sync_all().with_context(|| format!("flushing {}", self.temp.display()))?;
+        drop(file);
+        std::fs::rename(&self.temp, &self.target)
+            .with_context(|| format!("renaming {} to {}", self.temp.display(), self.target.display()))?;
+        Ok(self.target.clone())
+    }
+}
+
+impl Drop for AtomicOutput {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn commits_or_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out.img");
+        {
+            let out = AtomicOutput::create(&target, false).unwrap();
+            out.file().write_all(b"partial").unwrap();
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "dropped output leaves nothing");
+        let out = AtomicOutput::create(&target, false).unwrap();
+        out.file().write_all(b"done").unwrap();
+        out.commit().unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"done");
+        let err = AtomicOutput::create(&target, false).unwrap_err();
+        assert!(err.to_string().contains("exists (use --force"), "{err}");
+        assert!(AtomicOutput::create(&target, true).is_ok());
+        let err = AtomicOutput::create(&dir.path().join("no/such/out.img"), false).unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+}

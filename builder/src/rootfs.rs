@@ -1,0 +1,75 @@
+//! The root filesystem's contents: the closure laid out at `/nix/store` in Nix's canonical form (owner 0:0,
+//! mtime 1, files 0444 or 0555, directories 0555, symlinks 0777), hard links kept as hard links.
+
+use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use kiln_formats::ext4::{Meta, NodeId, Source, Tree};
+
+use crate::inventory::{Inventory, Kind};
+use crate::store::StoreDir;
+
+/// NixOS's `nixbld` group, which owns `/nix/store` (mode 1775) on a NixOS machine.
+const NIXBLD_GID: u32 = 30000;
+/// Nix's canonical modification time.
+const CANONICAL_MTIME: i64 = 1;
+
+/// Metadata of a store file in canonical form.
+fn canonical(kind: &Kind) -> Meta {
+    let perm = match kind {
+        Kind::File { executable: true, .. } | Kind::Dir => 0o555,
+        Kind::File { executable: false, .. } => 0o444,
+        Kind::Symlink { .. } => 0o777,
+    };
+    Meta { perm, uid: 0, gid: 0, mtime: CANONICAL_MTIME }
+}
+
+/// Builds the tree: `/`, `/nix`, `/nix/store` and every store path of the inventory under it. Directories
+/// the image adds itself get `timestamp` as their time.
+pub fn store_tree(store: &StoreDir, inv: &Inventory, timestamp: i64) -> Result<Tree> {
+    let own = |perm, gid| Meta { perm, uid: 0, gid, mtime: timestamp };
+    let mut tree = Tree::new(own(0o755, 0));
+    let nix = tree.mkdir(tree.root(), b"nix", own(0o755, 0))?;
+    let store_node = tree.mkdir(nix, b"store", own(0o1775, NIXBLD_GID))?;
+    let mut linked: HashMap<u32, NodeId> = HashMap::new();
+    for p in &inv.paths {
+        let root = store.physical(&p.path);
+        let mut dirs: HashMap<&Path, NodeId> = HashMap::new();
+        for e in &p.entries {
+            let (parent, name) = if e.rel.as_os_str().is_empty() {
+                (store_node, p.path.base_name().as_bytes())
+            } else {
+                let parent_rel = e.rel.parent().unwrap_or(Path::new(""));
+                let parent = *dirs.get(parent_rel).expect("NAR order puts directories before their entries");
+                (parent, e.rel.file_name().expect("relative path has a name").as_bytes())
+            };
+            let physical = || if e.rel.as_os_str().is_empty() { root.clone() } else { root.join(&e.rel) };
+            if let Some(group) = e.link_group
+                && let Some(&node) = linked.get(&group)
+            {
+                tree.link(parent, name, node).with_context(|| format!("{}", physical().display()))?;
+                continue;
+            }
+            let meta = canonical(&e.kind);
+            let node = match &e.kind {
+                Kind::Dir => {
+                    let node = tree.mkdir(parent, name, meta)?;
+                    dirs.insert(e.rel.as_path(), node);
+                    node
+                }
+                Kind::File { size, .. } => tree
+                    .file(parent, name, meta, *size, Source::Host(physical()))
+                    .with_context(|| format!("{}", physical().display()))?,
+                Kind::Symlink { target } => tree
+                    .symlink(parent, name, meta, target.as_os_str().as_bytes())
+                    .with_context(|| format!("{}", physical().display()))?,
+            };
+            if let Some(group) = e.link_group {
+                linked.insert(group, node);
+            }
+        }
+    }
+    Ok(tree)
+}
