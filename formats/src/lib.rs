@@ -1,5 +1,6 @@
 //! Byte-level writers for disk images, generic over positioned sinks. Knows nothing about Nix.
 
 pub mod ext4;
+pub mod fat;
 pub mod sink;
 pub mod sparse;

@@ -18,8 +18,8 @@ const RO_COMPAT_HUGE_FILE: u32 = 0x8;
 const RO_COMPAT_DIR_NLINK: u32 = 0x20;
 const RO_COMPAT_EXTRA_ISIZE: u32 = 0x40;
 const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
-/// `EXT2_FLAGS_UNSIGNED_HASH`.
-const FLAGS_UNSIGNED_HASH: u32 = 0x2;
+/// `EXT2_FLAGS_SIGNED_HASH`: directory hashes sign-extend name bytes (see `hash.rs`).
+const FLAGS_SIGNED_HASH: u32 = 0x1;
 /// `EXT4_BG_INODE_ZEROED`: the inode table reads as zeros where unused.
 const BG_INODE_ZEROED: u16 = 0x4;
 
@@ -103,7 +103,7 @@ pub fn superblock(plan: &Plan, group: u64) -> [u8; 1024] {
     put32(&mut b, 0x158, (plan.free_blocks >> 32) as u32);
     put16(&mut b, 0x15c, 32); // min extra isize
     put16(&mut b, 0x15e, 32); // wanted extra isize
-    put32(&mut b, 0x160, FLAGS_UNSIGNED_HASH);
+    put32(&mut b, 0x160, FLAGS_SIGNED_HASH);
     b[0x174] = 4; // log2 groups per flex
     b[0x175] = 1; // checksum type: crc32c
     let c = crc32c(!0, &b[..0x3fc]);
