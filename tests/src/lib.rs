@@ -4,6 +4,8 @@
 //! tool is missing: a test that cannot check what it claims must not pass.
 
 pub mod boot;
+pub mod ext4;
 pub mod fixtures;
 pub mod nix;
 pub mod tools;
+pub mod trees;

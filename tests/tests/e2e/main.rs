@@ -3,4 +3,7 @@
 mod boot_reference;
 mod dry_run;
 mod errors;
+mod ext4_build;
+mod ext4_checkers;
+mod ext4_property;
 mod util;

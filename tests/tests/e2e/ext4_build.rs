@@ -1,0 +1,217 @@
+//! `kiln build --layout none`: bare ext4 root filesystems of real and synthetic closures, judged by e2fsck,
+//! two independent readers (debugfs and the ext4-view crate), dumpe2fs, resize2fs and sha256.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kiln_tests::ext4::{Expect, compare_tree, e2fsck_clean, ext4_view_compare, features, superblock_field};
+use kiln_tests::{fixtures, tools};
+
+use crate::util::{Run, kiln, store_of};
+
+const CANONICAL: Expect = Expect::Canonical { uid: 0, gid: 0, mtime: 1 };
+
+/// `kiln build --layout none` of a fixture into `out`.
+fn build(fixture: &Path, store: &Path, out: &Path, extra: &[&str]) -> Run {
+    let top = fixtures::toplevel_of(fixture);
+    let mut args: Vec<&OsStr> = ["build", "--layout", "none", "--format", "raw", "--progress", "none", "--system"]
+        .iter()
+        .map(OsStr::new)
+        .collect();
+    args.extend([
+        OsStr::new(&top),
+        OsStr::new("--store-dir"),
+        store.as_os_str(),
+        OsStr::new("--output"),
+        out.as_os_str(),
+    ]);
+    args.extend(extra.iter().map(OsStr::new));
+    kiln(args)
+}
+
+fn sha256(path: &Path) -> String {
+    let out = tools::run_ok(Command::new(tools::require("sha256sum", "coreutils")).arg(path));
+    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_owned()
+}
+
+/// Builds, then checks with e2fsck and both readers that `/nix/store` holds exactly the store directory.
+fn build_and_check(fixture: &Path, store: &Path) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("root.img");
+    build(fixture, store, &img, &[]).ok();
+    e2fsck_clean(&img, 0).unwrap_or_else(|e| panic!("e2fsck -fn found problems:\n{e}"));
+    compare_tree(&img, 0, b"/nix/store", store, CANONICAL)
+        .unwrap_or_else(|d| panic!("debugfs read-back differs:\n{}", d.join("\n")));
+    ext4_view_compare(&img, 0, b"/nix/store", store, CANONICAL)
+        .unwrap_or_else(|d| panic!("ext4-view read-back differs:\n{}", d.join("\n")));
+    (tmp, img)
+}
+
+#[test]
+fn synthetic_edge_case_store_is_clean_and_reads_back() {
+    let fx = fixtures::synthetic_store();
+    build_and_check(&fx, &store_of(&fx));
+}
+
+#[test]
+fn demo_closure_is_clean_and_reads_back() {
+    let fx = fixtures::demo_closure();
+    build_and_check(&fx, &store_of(&fx));
+}
+
+#[test]
+fn real_nix_closure_is_clean_and_reads_back() {
+    let fx = fixtures::nix_closure();
+    build_and_check(&fx, &store_of(&fx.join("store-root")));
+}
+
+#[test]
+fn filesystem_has_the_promised_features_and_identity() {
+    let fx = fixtures::demo_closure();
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("root.img");
+    build(&fx, &store_of(&fx), &img, &[]).ok();
+    let have = features(&img, 0);
+    for f in [
+        "has_journal",
+        "ext_attr",
+        "resize_inode",
+        "dir_index",
+        "filetype",
+        "extent",
+        "64bit",
+        "flex_bg",
+        "sparse_super",
+        "large_file",
+        "huge_file",
+        "dir_nlink",
+        "extra_isize",
+        "metadata_csum",
+    ] {
+        assert!(have.contains(f), "feature {f} missing: {have:?}");
+    }
+    let field = |name: &str| superblock_field(&img, 0, name).unwrap_or_else(|| panic!("dumpe2fs lacks {name}"));
+    assert_eq!(field("Filesystem volume name"), "nixos");
+    assert_eq!(field("Block size"), "4096");
+    assert_eq!(field("Inode size"), "256");
+    assert!(field("Reserved GDT blocks").parse::<u64>().unwrap() > 0);
+    assert_eq!(field("Filesystem state"), "clean");
+    // The UUID comes from the seed: the default (the toplevel) is stable, another seed gives another.
+    let uuid = field("Filesystem UUID");
+    let img2 = tmp.path().join("seeded.img");
+    build(&fx, &store_of(&fx), &img2, &["--seed", "another"]).ok();
+    assert_ne!(superblock_field(&img2, 0, "Filesystem UUID").unwrap(), uuid);
+    let img3 = tmp.path().join("again.img");
+    build(&fx, &store_of(&fx), &img3, &[]).ok();
+    assert_eq!(superblock_field(&img3, 0, "Filesystem UUID").unwrap(), uuid);
+}
+
+#[test]
+fn same_bytes_with_one_or_two_threads_and_on_every_run() {
+    for fx in [fixtures::demo_closure(), fixtures::synthetic_store()] {
+        let tmp = tempfile::tempdir().unwrap();
+        let images: Vec<PathBuf> = ["1", "2", "2"]
+            .iter()
+            .enumerate()
+            .map(|(i, threads)| {
+                let img = tmp.path().join(format!("root-{i}.img"));
+                build(&fx, &store_of(&fx), &img, &["--threads", threads]).ok();
+                img
+            })
+            .collect();
+        let sums: Vec<String> = images.iter().map(|i| sha256(i)).collect();
+        assert_eq!(sums[0], sums[1], "--threads 1 and 2 differ for {}", fx.display());
+        assert_eq!(sums[1], sums[2], "two runs differ for {}", fx.display());
+    }
+}
+
+#[test]
+fn fixed_sizes_are_exact_and_too_small_is_refused_before_writing() {
+    let fx = fixtures::demo_closure();
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("root.img");
+    let r = build(&fx, &store_of(&fx), &img, &["--size", "4M"]);
+    r.fails_with(&["--size 4194304 is too small: the root filesystem needs at least"]);
+    assert!(!img.exists(), "nothing may be left at the output path");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "no temporary file left either");
+    build(&fx, &store_of(&fx), &img, &["--size", "300M"]).ok();
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), 300 << 20);
+    e2fsck_clean(&img, 0).unwrap();
+}
+
+#[test]
+fn extra_space_is_left_free() {
+    let fx = fixtures::demo_closure();
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("root.img");
+    build(&fx, &store_of(&fx), &img, &["--extra-space", "100M"]).ok();
+    let free: u64 = superblock_field(&img, 0, "Free blocks").unwrap().parse().unwrap();
+    assert!(free * 4096 >= 100 << 20, "only {free} free blocks");
+    assert!(free * 4096 < 102 << 20, "auto size rounds to the MiB, not more: {free} free blocks");
+}
+
+#[test]
+fn existing_output_is_kept_unless_forced() {
+    let fx = fixtures::demo_closure();
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("root.img");
+    std::fs::write(&img, "precious").unwrap();
+    build(&fx, &store_of(&fx), &img, &[]).fails_with(&["exists (use --force to replace it)"]);
+    assert_eq!(std::fs::read(&img).unwrap(), b"precious");
+    build(&fx, &store_of(&fx), &img, &["--force"]).ok();
+    e2fsck_clean(&img, 0).unwrap();
+}
+
+#[test]
+fn resize2fs_grows_the_image_eightfold_and_it_stays_clean() {
+    let fx = fixtures::demo_closure();
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("root.img");
+    build(&fx, &store_of(&fx), &img, &[]).ok();
+    let size = std::fs::metadata(&img).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    file.set_len(size * 8).unwrap();
+    drop(file);
+    tools::run_ok(Command::new(tools::require("resize2fs", "e2fsprogs")).arg(&img));
+    let blocks: u64 = superblock_field(&img, 0, "Block count").unwrap().parse().unwrap();
+    assert_eq!(blocks * 4096, size * 8);
+    e2fsck_clean(&img, 0).unwrap_or_else(|e| panic!("after resize2fs:\n{e}"));
+    compare_tree(&img, 0, b"/nix/store", &store_of(&fx), CANONICAL).unwrap_or_else(|d| panic!("{}", d.join("\n")));
+}
+
+/// The Linux kernel mounts kiln's filesystem read-write (direct kernel boot of the demo closure's kernel and
+/// initrd, the image as a virtio disk), creates, links, renames and deletes files, inserts into and deletes
+/// from a hashed directory kiln wrote, remounts read-only and powers off; e2fsck then finds it clean.
+#[test]
+fn the_kernel_mounts_it_read_write_and_it_stays_clean() {
+    use kiln_tests::boot::{Boot, DirectKernel, Firmware};
+    let fx = fixtures::demo_closure();
+    let store = store_of(&fx);
+    let top = fixtures::toplevel_of(&fx);
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("root.img");
+    build(&fx, &store, &img, &[]).ok();
+    let physical = |logical: &str| fx.join(logical.trim_start_matches('/'));
+    let link = |logical: String| {
+        let target = std::fs::read_link(physical(&logical)).unwrap();
+        physical(target.to_str().unwrap())
+    };
+    let outcome = Boot::new(&img, "KILN-RW-TEST-OK")
+        .firmware(Firmware::Bios)
+        .writable(true)
+        .failure_markers(&["KILN-RW-TEST-FAIL", "DEMO-STAGE1-FAIL", "Kernel panic", "EXT4-fs error"])
+        .direct_kernel(DirectKernel {
+            kernel: link(format!("{top}/kernel")),
+            initrd: Some(link(format!("{top}/initrd"))),
+            append: format!("console=ttyS0 panic=-1 loglevel=4 root=/dev/vda rw init={top}/bin/kiln-rw-test"),
+        })
+        .run()
+        .unwrap_or_else(|e| panic!("read-write boot failed: {e}"));
+    eprintln!("read-write test booted and finished in {:.1} s", outcome.elapsed.as_secs_f64());
+    e2fsck_clean(&img, 0).unwrap_or_else(|e| panic!("after the kernel wrote to it:\n{e}"));
+    let listing = tools::run_ok(
+        Command::new(tools::require("debugfs", "e2fsprogs")).args(["-R", "ls -l /kiln-rw-test/sub"]).arg(&img),
+    );
+    assert!(String::from_utf8_lossy(&listing.stdout).contains("moved"), "the kernel's writes are on disk");
+}
