@@ -55,28 +55,43 @@ impl Candidates {
 
     /// Scans a file's data ranges (holes are zeros, which hold no hash). Each read lands after the last
     /// `HASH_LEN - 1` bytes of the previous one, so a hash split across reads is still seen whole.
-    fn scan_file(&self, path: &std::path::Path, found: &mut BTreeSet<StorePath>) -> Result<()> {
+    fn scan_file(
+        &self,
+        path: &std::path::Path,
+        size: u64,
+        sparse: bool,
+        found: &mut BTreeSet<StorePath>,
+    ) -> Result<()> {
         const READ: usize = 1 << 18;
         const KEEP: usize = HASH_LEN - 1;
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
         let cannot = || format!("{}: cannot read", path.display());
         let file = std::fs::File::open(path).with_context(cannot)?;
-        let mut buf = vec![0u8; KEEP + READ];
-        for range in DataRanges::new(&file).with_context(cannot)? {
-            let range = range.with_context(cannot)?;
-            let (mut pos, mut kept) = (range.start, 0);
-            while pos < range.end {
-                let want = READ.min(usize::try_from(range.end - pos).unwrap_or(READ));
-                let n = file.read_at(&mut buf[KEEP..KEEP + want], pos).with_context(cannot)?;
-                if n == 0 {
-                    break; // The file shrank; the build's own checks catch that later.
+        let ranges: Vec<std::ops::Range<u64>> = if sparse {
+            DataRanges::new(&file).with_context(cannot)?.collect::<std::io::Result<_>>().with_context(cannot)?
+        } else {
+            std::iter::once(0..size).collect()
+        };
+        BUF.with_borrow_mut(|buf| -> Result<()> {
+            buf.resize(KEEP + READ, 0);
+            for range in ranges {
+                let (mut pos, mut kept) = (range.start, 0);
+                while pos < range.end {
+                    let want = READ.min(usize::try_from(range.end - pos).unwrap_or(READ));
+                    let n = file.read_at(&mut buf[KEEP..KEEP + want], pos).with_context(cannot)?;
+                    if n == 0 {
+                        break; // The file shrank; the build's own checks catch that later.
+                    }
+                    self.find_in(&buf[KEEP - kept..KEEP + n], found);
+                    kept = KEEP.min(kept + n);
+                    buf.copy_within(KEEP + n - kept..KEEP + n, KEEP - kept);
+                    pos += n as u64;
                 }
-                self.find_in(&buf[KEEP - kept..KEEP + n], found);
-                kept = KEEP.min(kept + n);
-                buf.copy_within(KEEP + n - kept..KEEP + n, KEEP - kept);
-                pos += n as u64;
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Scans one byte string (a name, a symlink target) on its own.
@@ -96,9 +111,9 @@ impl Candidates {
                 self.scan_bytes(e.rel.as_os_str().as_bytes(), &mut found);
                 match &e.kind {
                     Kind::Symlink { target } => self.scan_bytes(target.as_os_str().as_bytes(), &mut found),
-                    Kind::File { size, .. } if *size > 0 => {
+                    Kind::File { size, sparse, .. } if *size > 0 => {
                         let path = if e.rel.as_os_str().is_empty() { root.clone() } else { root.join(&e.rel) };
-                        self.scan_file(&path, &mut found)?;
+                        self.scan_file(&path, *size, *sparse, &mut found)?;
                     }
                     _ => {}
                 }

@@ -82,7 +82,7 @@ impl Options {
         }
     }
 
-    fn hash_seed_words(&self) -> [u32; 4] {
+    pub(crate) fn hash_seed_words(&self) -> [u32; 4] {
         std::array::from_fn(|i| u32::from_le_bytes(self.hash_seed[4 * i..4 * i + 4].try_into().expect("4 bytes")))
     }
 }

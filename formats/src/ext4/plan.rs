@@ -60,8 +60,14 @@ pub struct Plan {
     pub(crate) opts: Options,
     /// Inode records, indexed by inode number − 1, up to the highest used inode.
     pub(crate) inodes: Vec<Option<InodeRec>>,
-    /// Blocks whose contents are known now (directories, extent leaves, journal superblock, resize blocks).
+    /// Blocks whose contents are known now (extent leaves, journal superblock, resize blocks, slow symlinks).
     pub(crate) blocks: Vec<KnownBlock>,
+    /// Directories, rendered when written.
+    pub(crate) dirs: Vec<DirJob>,
+    /// Inode number of each tree node.
+    pub(crate) ino: Vec<u32>,
+    /// Whether the root gets a lost+found the tree does not have.
+    pub(crate) synthetic_lost_found: bool,
     /// File data to copy.
     pub data: Vec<DataJob>,
     /// Per-group counts.
@@ -99,16 +105,73 @@ struct Prepared<'t> {
     order: Vec<NodeId>,
     /// Link count of each node.
     links: Vec<u32>,
-    /// Rendered directories, by node (None for non-directories).
-    dirs: Vec<Option<dir::Rendered>>,
+    /// Parent directory's inode number, by node (directories only).
+    parent: Vec<u32>,
+    /// Shape of each directory, by node (None for non-directories).
+    dirs: Vec<Option<DirShape>>,
     /// The lost+found node, when the tree has none of its own, is synthetic.
     lost_found: LostFound,
     highest_ino: u32,
 }
 
+/// How many blocks a directory needs and whether it is hashed. Directories are rendered to learn this, then
+/// rendered again when written: rendering is pure, and holding every directory block until then would cost
+/// 4 KiB per directory.
+#[derive(Debug, Clone, Copy)]
+struct DirShape {
+    blocks: u64,
+    indexed: bool,
+}
+
+impl DirShape {
+    fn of(r: &dir::Rendered) -> Self {
+        Self { blocks: r.blocks.len() as u64, indexed: r.indexed }
+    }
+}
+
 enum LostFound {
     InTree(NodeId),
-    Synthetic(dir::Rendered),
+    Synthetic(DirShape),
+}
+
+/// A directory to render and write: `node` (None for a lost+found the tree lacks), its inode, its parent's
+/// inode, and its blocks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DirJob {
+    pub node: Option<NodeId>,
+    pub ino: u32,
+    pub parent: u32,
+    pub runs: Vec<Range<u64>>,
+}
+
+/// Renders one directory's blocks. `ino` maps nodes to inode numbers; `add_lost_found` adds the synthetic
+/// lost+found entry (to the root of a tree without one).
+pub(crate) fn render_dir(
+    tree: &Tree,
+    ino: &[u32],
+    node: Option<NodeId>,
+    parent: u32,
+    add_lost_found: bool,
+    hash_seed: &[u32; 4],
+    fs_seed: u32,
+) -> dir::Rendered {
+    let me = node.map_or(LOST_FOUND_INO, |id| ino[id as usize]);
+    let mut list: Vec<DirEntry<'_>> = match node.map(|id| &tree.nodes[id as usize]) {
+        Some(Node::Dir { entries, .. }) => entries
+            .iter()
+            .map(|(name, child)| DirEntry {
+                name,
+                ino: ino[*child as usize],
+                file_type: file_type(&tree.nodes[*child as usize]),
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    if add_lost_found {
+        list.push(DirEntry { name: b"lost+found", ino: LOST_FOUND_INO, file_type: FT_DIR });
+    }
+    list.sort_unstable_by(|a, b| a.name.cmp(b.name));
+    dir::render(me, parent, &list, hash_seed, inode_seed(fs_seed, me, 0))
 }
 
 fn file_type(node: &Node) -> u8 {
@@ -180,18 +243,6 @@ fn prepare<'t>(tree: &'t Tree, opts: &Options) -> Result<Prepared<'t>, Error> {
     }
     let fs_seed = fs_seed(&opts.uuid);
     let hash_seed = opts.hash_seed_words();
-    let render_dir = |id: usize| {
-        let list: Vec<DirEntry<'_>> = entries[id]
-            .iter()
-            .map(|&(name, child)| DirEntry {
-                name,
-                ino: ino[child as usize],
-                file_type: file_type(&tree.nodes[child as usize]),
-            })
-            .collect();
-        let parent = if id == 0 { ROOT_INO } else { 0 };
-        (list, parent)
-    };
     // Parents: each directory has exactly one parent entry.
     let mut parent = vec![ROOT_INO; n];
     for (id, list) in entries.iter().enumerate() {
@@ -201,37 +252,27 @@ fn prepare<'t>(tree: &'t Tree, opts: &Options) -> Result<Prepared<'t>, Error> {
             }
         }
     }
-    let mut dirs: Vec<Option<dir::Rendered>> = Vec::with_capacity(n);
-    for (id, node) in tree.nodes.iter().enumerate() {
-        dirs.push(match node {
+    let dirs: Vec<Option<DirShape>> = (0..n)
+        .map(|id| match tree.nodes[id] {
             Node::Dir { .. } => {
-                let (mut list, _) = render_dir(id);
-                if id == 0 && lf.is_none() {
-                    list.push(DirEntry { name: b"lost+found", ino: LOST_FOUND_INO, file_type: FT_DIR });
-                }
-                let me = ino[id];
-                Some(dir::render(me, parent[id], &list, &hash_seed, inode_seed(fs_seed, me, 0)))
+                let add_lf = id == 0 && lf.is_none();
+                let r = render_dir(tree, &ino, Some(id as NodeId), parent[id], add_lf, &hash_seed, fs_seed);
+                Some(DirShape::of(&r))
             }
             _ => None,
-        });
-    }
+        })
+        .collect();
     let lost_found = match lf {
         Some(id) => LostFound::InTree(id),
-        None => LostFound::Synthetic(dir::render(
-            LOST_FOUND_INO,
-            ROOT_INO,
-            &[],
-            &hash_seed,
-            inode_seed(fs_seed, LOST_FOUND_INO, 0),
-        )),
+        None => LostFound::Synthetic(DirShape::of(&render_dir(tree, &ino, None, ROOT_INO, false, &hash_seed, fs_seed))),
     };
-    Ok(Prepared { tree, ino, order, links, dirs, lost_found, highest_ino: next - 1 })
+    Ok(Prepared { tree, ino, order, links, parent, dirs, lost_found, highest_ino: next - 1 })
 }
 
 /// Blocks a node's contents need (data, directory or slow symlink blocks; not extent tree blocks).
 fn content_blocks(p: &Prepared<'_>, id: NodeId) -> u64 {
     match &p.tree.nodes[id as usize] {
-        Node::Dir { .. } => p.dirs[id as usize].as_ref().map_or(0, |r| r.blocks.len() as u64),
+        Node::Dir { .. } => p.dirs[id as usize].map_or(0, |d| d.blocks),
         Node::File { size, .. } => size.div_ceil(BLOCK),
         Node::Symlink { target, .. } => u64::from(target.len() >= inode::FAST_SYMLINK_MAX),
     }
@@ -242,7 +283,7 @@ pub fn plan(tree: &Tree, opts: &Options) -> Result<Plan, Error> {
     let p = prepare(tree, opts)?;
     let content: u64 = (0..tree.nodes.len() as NodeId).map(|id| content_blocks(&p, id)).sum::<u64>()
         + match &p.lost_found {
-            LostFound::Synthetic(r) => r.blocks.len() as u64,
+            LostFound::Synthetic(d) => d.blocks,
             LostFound::InTree(_) => 0,
         };
     let used_inodes = u64::from(p.highest_ino);
@@ -387,6 +428,7 @@ fn layout_with(p: &Prepared<'_>, opts: &Options, blocks: u64, used_inodes: u64) 
 
     // Root, lost+found, then every node in inode order.
     let mut data = Vec::new();
+    let mut dir_jobs = Vec::new();
     let mut place = |id: Option<NodeId>,
                      ino: u32,
                      alloc: &mut Allocator,
@@ -394,10 +436,10 @@ fn layout_with(p: &Prepared<'_>, opts: &Options, blocks: u64, used_inodes: u64) 
                      allocated: &mut Vec<Range<u64>>|
      -> Result<InodeRec, Error> {
         let seed = inode_seed(fs_seed, ino, 0);
-        let (node, rendered) = match id {
-            Some(id) => (Some(&p.tree.nodes[id as usize]), p.dirs[id as usize].as_ref()),
+        let (node, shape) = match id {
+            Some(id) => (Some(&p.tree.nodes[id as usize]), p.dirs[id as usize]),
             None => match &p.lost_found {
-                LostFound::Synthetic(r) => (None, Some(r)),
+                LostFound::Synthetic(d) => (None, Some(*d)),
                 LostFound::InTree(_) => unreachable!("synthetic lost+found only"),
             },
         };
@@ -406,15 +448,13 @@ fn layout_with(p: &Prepared<'_>, opts: &Options, blocks: u64, used_inodes: u64) 
             None => InodeRec::lost_found(opts.timestamp),
             Some(n) => InodeRec::for_node(n, id.map_or(2, |id| p.links[id as usize])),
         };
-        match (node, rendered) {
-            (_, Some(r)) => {
-                alloc.alloc(r.blocks.len() as u64, &mut runs)?;
-                let mut phys = runs.iter().flat_map(Clone::clone);
-                for b in &r.blocks {
-                    out_blocks.push((phys.next().expect("allocated"), b.clone()));
-                }
-                rec.size = r.blocks.len() as u64 * BLOCK;
-                if r.indexed {
+        match (node, shape) {
+            (_, Some(d)) => {
+                alloc.alloc(d.blocks, &mut runs)?;
+                let parent = id.map_or(ROOT_INO, |id| p.parent[id as usize]);
+                dir_jobs.push(DirJob { node: id, ino, parent, runs: runs.clone() });
+                rec.size = d.blocks * BLOCK;
+                if d.indexed {
                     rec.flags |= inode::INDEX_FL;
                 }
             }
@@ -502,6 +542,9 @@ fn layout_with(p: &Prepared<'_>, opts: &Options, blocks: u64, used_inodes: u64) 
         opts: opts.clone(),
         inodes,
         blocks: out_blocks,
+        dirs: dir_jobs,
+        ino: p.ino.clone(),
+        synthetic_lost_found: matches!(p.lost_found, LostFound::Synthetic(_)),
         data,
         groups,
         used,

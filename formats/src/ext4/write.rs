@@ -4,14 +4,14 @@
 use std::cell::RefCell;
 use std::fs::File;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 
 use rayon::prelude::*;
 
 use super::Error;
 use super::csum::{crc32c, fs_seed, inode_seed};
-use super::layout::{BLOCK, BLOCKS_PER_GROUP, KnownBlock, has_super};
-use super::plan::{DataJob, Plan};
+use super::layout::{BLOCK, BLOCKS_PER_GROUP, has_super};
+use super::plan::{DataJob, Plan, render_dir};
 use super::superblock::{descriptors, superblock};
 use super::tree::{Node, Source, Tree};
 use crate::sink::WriteAt;
@@ -35,16 +35,29 @@ impl Plan {
     pub fn write(&self, tree: &Tree, sink: &dyn WriteAt, base: u64) -> Result<(), Error> {
         let (data, meta) = rayon::join(
             || self.data.par_iter().try_for_each(|job| copy_file(tree, job, sink, base)),
-            || self.write_metadata(sink, base),
+            || self.write_metadata(tree, sink, base),
         );
         data?;
         meta
     }
 
-    fn write_metadata(&self, sink: &dyn WriteAt, base: u64) -> Result<(), Error> {
-        // Known blocks, coalesced into runs of adjacent blocks.
-        let runs = coalesce(&self.blocks);
-        runs.par_iter().try_for_each(|(start, bytes)| write(sink, bytes, base + start * BLOCK, "metadata block"))?;
+    fn write_metadata(&self, tree: &Tree, sink: &dyn WriteAt, base: u64) -> Result<(), Error> {
+        // Known blocks, and directories rendered now from the plan (pure: the same bytes as at planning).
+        self.blocks.par_iter().try_for_each(|(at, bytes)| write(sink, bytes, base + at * BLOCK, "metadata block"))?;
+        let (fs_seed, hash_seed) = (fs_seed(&self.opts.uuid), self.opts.hash_seed_words());
+        self.dirs.par_iter().try_for_each(|job| {
+            let add_lf = job.node == Some(0) && self.synthetic_lost_found;
+            let r = render_dir(tree, &self.ino, job.node, job.parent, add_lf, &hash_seed, fs_seed);
+            let mut blocks = r.blocks.iter();
+            for run in &job.runs {
+                let mut bytes = Vec::with_capacity(((run.end - run.start) * BLOCK) as usize);
+                for b in blocks.by_ref().take((run.end - run.start) as usize) {
+                    bytes.extend_from_slice(b);
+                }
+                write(sink, &bytes, base + run.start * BLOCK, "directory")?;
+            }
+            Ok(())
+        })?;
         let csums: Vec<(u32, u32)> = (0..self.geometry.groups)
             .into_par_iter()
             .map(|g| self.write_group(sink, base, g))
@@ -111,20 +124,6 @@ fn set_bits(bitmap: &mut [u8], range: Range<u64>) {
     }
 }
 
-/// Groups sorted blocks into runs of physically adjacent blocks, at most `CHUNK` bytes each.
-fn coalesce(blocks: &[KnownBlock]) -> Vec<(u64, Vec<u8>)> {
-    let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
-    for (at, bytes) in blocks {
-        match out.last_mut() {
-            Some((start, buf)) if *start + buf.len() as u64 / BLOCK == *at && buf.len() < CHUNK => {
-                buf.extend_from_slice(bytes);
-            }
-            _ => out.push((*at, bytes.to_vec())),
-        }
-    }
-    out
-}
-
 /// Copies one file's bytes to its planned blocks, skipping holes in the source and all-zero chunks.
 fn copy_file(tree: &Tree, job: &DataJob, sink: &dyn WriteAt, base: u64) -> Result<(), Error> {
     let Node::File { source, .. } = &tree.nodes[job.node as usize] else {
@@ -146,14 +145,19 @@ fn copy_file(tree: &Tree, job: &DataJob, sink: &dyn WriteAt, base: u64) -> Resul
         Source::Host(path) => {
             let read_err = |offset: u64, source: std::io::Error| Error::Read { path: path.clone(), offset, source };
             let file = File::open(path).map_err(|e| read_err(0, e))?;
-            let found = file.metadata().map_err(|e| read_err(0, e))?.len();
-            if found != job.size {
-                return Err(Error::SourceChanged { path: path.clone(), expected: job.size, found });
+            let meta = file.metadata().map_err(|e| read_err(0, e))?;
+            if meta.len() != job.size {
+                return Err(Error::SourceChanged { path: path.clone(), expected: job.size, found: meta.len() });
             }
-            let data: Vec<Range<u64>> = DataRanges::new(&file)
-                .map_err(|e| read_err(0, e))?
-                .collect::<Result<_, _>>()
-                .map_err(|e| read_err(0, e))?;
+            // Only a file with fewer blocks than bytes can have holes: ask for data ranges only then.
+            let data: Vec<Range<u64>> = if meta.blocks() * 512 < job.size {
+                DataRanges::new(&file)
+                    .map_err(|e| read_err(0, e))?
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| read_err(0, e))?
+            } else {
+                std::iter::once(0..job.size).collect()
+            };
             BUF.with_borrow_mut(|buf| -> Result<(), Error> {
                 let mut logical = 0u64;
                 for run in &job.runs {
