@@ -4,6 +4,7 @@
 //! tool is missing: a test that cannot check what it claims must not pass.
 
 pub mod boot;
+pub mod disk;
 pub mod ext4;
 pub mod fixtures;
 pub mod nix;

@@ -6,4 +6,5 @@ mod errors;
 mod ext4_build;
 mod ext4_checkers;
 mod ext4_property;
+mod harness;
 mod util;
