@@ -168,7 +168,7 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
             reserved_gdt_blocks: g.reserved_gdt,
         },
     };
-    let mut report = dry_run::report(&r, &req.base.kernel_params);
+    let mut report = dry_run::report(&r, &req.base.kernel_params)?;
     report.image = Some(image);
     let Some(target) = &req.output else { return Ok((report, None)) };
     let written = progress::phase(

@@ -3,9 +3,11 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+use kernel_params::Changes;
 use serde::Serialize;
 
+use crate::boot;
 use crate::closure::{Closure, Source};
 use crate::inventory::{Inventory, Totals};
 use crate::progress::{self, Phase, Progress};
@@ -123,7 +125,7 @@ pub fn resolve(req: &Request, progress: &dyn Progress) -> Result<Resolved> {
 /// Resolves and reports, with no image planned.
 pub fn run(req: &Request, progress: &dyn Progress) -> Result<Report> {
     let r = resolve(req, progress)?;
-    Ok(report(&r, &req.kernel_params))
+    report(&r, &req.kernel_params)
 }
 
 fn check_boot_files(system: &System, closure: &Closure) -> Result<()> {
@@ -140,29 +142,17 @@ fn check_boot_files(system: &System, closure: &Closure) -> Result<()> {
     Ok(())
 }
 
-fn command_line(boot: &BootEntry, extra: &[String]) -> String {
-    let init = format!("init={}", boot.init.logical.display());
-    std::iter::once(init.as_str())
-        .chain(boot.kernel_params.iter().map(String::as_str))
-        .chain(extra.iter().map(String::as_str))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// The report of what was resolved (no image yet: see [`Report::image`]).
-#[must_use]
-pub fn report(r: &Resolved, extra: &[String]) -> Report {
+pub fn report(r: &Resolved, extra: &[String]) -> Result<Report> {
     let (store, system, closure, inv) = (&r.store, &r.system, &r.closure, &r.inventory);
-    let mut entries = vec![EntrySummary {
-        specialisation: None,
-        boot: system.boot.clone(),
-        command_line: command_line(&system.boot, extra),
-    }];
-    entries.extend(system.specialisations.iter().map(|s| EntrySummary {
-        specialisation: Some(s.name.clone()),
-        boot: s.boot.clone(),
-        command_line: command_line(&s.boot, extra),
-    }));
+    let changes = Changes::parse(extra, std::iter::empty::<&str>()).context("--kernel-param")?;
+    let resolved = boot::entries(system, &[&changes])?;
+    let boots = std::iter::once(&system.boot).chain(system.specialisations.iter().map(|s| &s.boot));
+    let entries = resolved
+        .into_iter()
+        .zip(boots)
+        .map(|(e, boot)| EntrySummary { specialisation: e.specialisation, boot: boot.clone(), command_line: e.cmdline })
+        .collect();
     let paths = inv
         .paths
         .iter()
@@ -180,7 +170,7 @@ pub fn report(r: &Resolved, extra: &[String]) -> Report {
             }
         })
         .collect();
-    Report {
+    Ok(Report {
         version: REPORT_VERSION,
         store_dir: store.root().to_path_buf(),
         toplevel: system.toplevel.clone(),
@@ -189,7 +179,7 @@ pub fn report(r: &Resolved, extra: &[String]) -> Report {
         totals: inv.totals,
         paths,
         image: None,
-    }
+    })
 }
 
 /// Bytes as a short human string (binary units), e.g. `12.3 MiB`.

@@ -5,11 +5,13 @@
 //! exist and reports what they found; [`build`] plans the root filesystem ([`rootfs`]) and writes it
 //! atomically ([`output`]).
 
+pub mod boot;
 pub mod build;
 pub mod cli;
 pub mod closure;
 pub mod dry_run;
 pub mod inventory;
+pub mod nar;
 pub mod output;
 pub mod progress;
 pub mod rootfs;

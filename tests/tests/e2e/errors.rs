@@ -272,3 +272,12 @@ fn help_and_version_work() {
         assert!(r.stdout.contains(flag), "build --help lacks {flag}");
     }
 }
+
+#[test]
+fn invalid_kernel_params_are_refused() {
+    let m = Mini::new();
+    m.dry_run(&["--kernel-param", "a\"b"]).fails_with(&["--kernel-param", "unbalanced double quote", "a\\\"b"]);
+    m.dry_run(&["--kernel-param", "two words"]).fails_with(&["--kernel-param"]);
+    let long = format!("x={}", "y".repeat(2100));
+    m.dry_run(&["--kernel-param", &long]).fails_with(&["kernel command line of", "2048"]);
+}

@@ -7,4 +7,5 @@ mod ext4_build;
 mod ext4_checkers;
 mod ext4_property;
 mod harness;
+mod nar;
 mod util;
