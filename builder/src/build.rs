@@ -36,6 +36,8 @@ pub struct BuildRequest {
     pub seed: Option<String>,
     /// Time for what the image creates itself (`SOURCE_DATE_EPOCH` or 1).
     pub timestamp: u32,
+    /// Check every store path's narHash against its registration while copying it.
+    pub verify_hashes: bool,
 }
 
 /// What the image will be.
@@ -119,11 +121,11 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
     let r = dry_run::resolve(&req.base, progress)?;
     let seed = Seed::new(req.seed.as_deref().unwrap_or(&r.system.toplevel.to_string()));
     let timestamp = i64::from(req.timestamp);
-    let (tree, plan, opts) = progress::phase(
+    let (tree, nodes, plan, opts) = progress::phase(
         progress,
         Phase::Plan,
         || -> Result<_> {
-            let tree = rootfs::store_tree(&r.store, &r.inventory, timestamp)?;
+            let (tree, nodes) = rootfs::store_tree(&r.store, &r.inventory, timestamp)?;
             let extra = req.extra_space.unwrap_or_else(|| MIN_EXTRA.max(r.inventory.totals.unique_bytes / 10));
             let mut opts =
                 Options::new(ROOT_LABEL, seed.uuid("ext4-uuid"), seed.bytes16("ext4-hash-seed"), req.timestamp);
@@ -145,9 +147,9 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
                 ),
                 other => anyhow::Error::new(other).context("planning the root filesystem"),
             })?;
-            Ok((tree, plan, opts))
+            Ok((tree, nodes, plan, opts))
         },
-        |(_, plan, _)| format!("ext4 of {} bytes, {} free", plan.size_bytes(), plan.free_blocks * ext4::BLOCK),
+        |(_, _, plan, _)| format!("ext4 of {} bytes, {} free", plan.size_bytes(), plan.free_blocks * ext4::BLOCK),
     )?;
     let g = &plan.geometry;
     let image = ImageSummary {
@@ -177,12 +179,65 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
         || -> Result<PathBuf> {
             let out = AtomicOutput::create(target, req.force)?;
             out.file().set_len(plan.size_bytes()).with_context(|| format!("sizing {}", out.temp_path().display()))?;
-            plan.write(&tree, out.file(), 0)
-                .map_err(anyhow::Error::new)
-                .with_context(|| format!("writing {}", out.temp_path().display()))?;
+            let sink = out.file();
+            let (meta, data) = rayon::join(
+                || plan.write_metadata(&tree, sink, 0).map_err(anyhow::Error::new),
+                || copy_and_hash(&r, &nodes, &plan, sink, req.verify_hashes),
+            );
+            meta.with_context(|| format!("writing {}", out.temp_path().display()))?;
+            data?;
             out.commit()
         },
         |path| format!("{}", path.display()),
     )?;
     Ok((report, Some(written)))
+}
+
+/// Copies the closure's file data into the image, one store path at a time in NAR order (paths in parallel,
+/// largest first), hashing what it copies from the same reads; checks each narHash against the registered one
+/// when `verify` and one is registered. A file hard-linked from several paths is written once and hashed for
+/// each. Returns every path's NAR hash and size, in inventory order.
+fn copy_and_hash(
+    r: &dry_run::Resolved,
+    nodes: &[Vec<ext4::NodeId>],
+    plan: &ext4::Plan,
+    sink: &std::fs::File,
+    verify: bool,
+) -> Result<Vec<crate::closure::NarInfo>> {
+    use rayon::prelude::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let claimed: Vec<AtomicBool> = (0..plan.data.len()).map(|_| AtomicBool::new(false)).collect();
+    let paths = &r.inventory.paths;
+    let mut order: Vec<(u64, usize)> = paths.iter().enumerate().map(|(i, p)| (p.counts().bytes, i)).collect();
+    order.sort_unstable_by(|a, b| b.cmp(a));
+    let mut done = order
+        .par_iter()
+        .with_max_len(1)
+        .map(|&(_, pi)| -> Result<(usize, crate::closure::NarInfo)> {
+            let p = &paths[pi];
+            let mut hasher = crate::nar::NarHasher::new();
+            // (entry, writer) of the file being read, when this path is the one that writes it.
+            let mut current: Option<(usize, Option<ext4::FileWriter<'_>>)> = None;
+            crate::nar::write_path_tee(&r.store.physical(&p.path), p, &mut hasher, |i, offset, bytes| {
+                if current.as_ref().is_none_or(|(e, _)| *e != i) {
+                    let node = nodes[pi][i];
+                    let mine = plan.job_of(node).is_some_and(|j| !claimed[j].swap(true, Ordering::Relaxed));
+                    current = Some((i, mine.then(|| plan.file_writer(node, sink, 0)).flatten()));
+                }
+                if let Some((_, Some(w))) = &current
+                    && bytes.iter().any(|&b| b != 0)
+                {
+                    w.write_at(offset, bytes)?;
+                }
+                Ok(())
+            })?;
+            let got = hasher.finish().with_context(|| format!("{}: NAR serialisation", p.path))?;
+            if verify && let Some(expected) = r.closure.paths[&p.path].nar {
+                crate::nar::verify(&expected, &got, &p.path)?;
+            }
+            Ok((pi, got))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    done.sort_unstable_by_key(|&(i, _)| i);
+    Ok(done.into_iter().map(|(_, info)| info).collect())
 }

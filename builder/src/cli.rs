@@ -81,6 +81,10 @@ pub struct BuildArgs {
     #[arg(long = "kernel-param", value_name = "P")]
     pub kernel_params: Vec<String>,
 
+    /// Do not check store paths' contents against their registered narHash while copying them.
+    #[arg(long)]
+    pub no_verify_hashes: bool,
+
     /// Replace the output if it exists.
     #[arg(long)]
     pub force: bool,

@@ -12,6 +12,7 @@ pub mod closure;
 pub mod dry_run;
 pub mod inventory;
 pub mod nar;
+pub mod nixdb;
 pub mod output;
 pub mod progress;
 pub mod rootfs;

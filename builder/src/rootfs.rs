@@ -26,15 +26,21 @@ fn canonical(kind: &Kind) -> Meta {
     Meta { perm, uid: 0, gid: 0, mtime: CANONICAL_MTIME }
 }
 
+/// The tree and, for each store path of the inventory and each of its entries, the tree node it became (for a
+/// hard link, the node it links to).
+pub type StoreTree = (Tree, Vec<Vec<NodeId>>);
+
 /// Builds the tree: `/`, `/nix`, `/nix/store` and every store path of the inventory under it. Directories
 /// the image adds itself get `timestamp` as their time.
-pub fn store_tree(store: &StoreDir, inv: &Inventory, timestamp: i64) -> Result<Tree> {
+pub fn store_tree(store: &StoreDir, inv: &Inventory, timestamp: i64) -> Result<StoreTree> {
     let own = |perm, gid| Meta { perm, uid: 0, gid, mtime: timestamp };
     let mut tree = Tree::new(own(0o755, 0));
     let nix = tree.mkdir(tree.root(), b"nix", own(0o755, 0))?;
     let store_node = tree.mkdir(nix, b"store", own(0o1775, NIXBLD_GID))?;
     let mut linked: HashMap<u32, NodeId> = HashMap::new();
+    let mut nodes = Vec::with_capacity(inv.paths.len());
     for p in &inv.paths {
+        let mut path_nodes = Vec::with_capacity(p.entries.len());
         let root = store.physical(&p.path);
         let mut dirs: HashMap<&Path, NodeId> = HashMap::new();
         for e in &p.entries {
@@ -50,6 +56,7 @@ pub fn store_tree(store: &StoreDir, inv: &Inventory, timestamp: i64) -> Result<T
                 && let Some(&node) = linked.get(&group)
             {
                 tree.link(parent, name, node).with_context(|| format!("{}", physical().display()))?;
+                path_nodes.push(node);
                 continue;
             }
             let meta = canonical(&e.kind);
@@ -69,7 +76,9 @@ pub fn store_tree(store: &StoreDir, inv: &Inventory, timestamp: i64) -> Result<T
             if let Some(group) = e.link_group {
                 linked.insert(group, node);
             }
+            path_nodes.push(node);
         }
+        nodes.push(path_nodes);
     }
-    Ok(tree)
+    Ok((tree, nodes))
 }

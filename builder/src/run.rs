@@ -100,6 +100,7 @@ fn build(args: BuildArgs) -> Result<()> {
             extra_space: args.extra_space,
             seed: args.seed,
             timestamp: timestamp()?,
+            verify_hashes: !args.no_verify_hashes,
         };
         pool.install(|| build::run(&req, sink.as_ref()))?
     } else {

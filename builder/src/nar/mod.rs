@@ -363,12 +363,23 @@ pub fn hash_string(hash: &[u8; 32]) -> String {
 
 /// Serialises one store path into `writer`, reading its files from `root` (its physical location).
 pub fn write_path<S: NarSink>(root: &Path, inv: &PathInventory, writer: &mut NarWriter<S>) -> Result<()> {
-    for e in &inv.entries {
+    write_path_tee(root, inv, writer, |_, _, _| Ok(()))
+}
+
+/// As [`write_path`], also handing every chunk of file data it reads to `tee(entry index, offset, bytes)`, so
+/// a caller can copy the files in the same pass (holes are not read and not handed over: they are zeros).
+pub fn write_path_tee<S: NarSink>(
+    root: &Path,
+    inv: &PathInventory,
+    writer: &mut NarWriter<S>,
+    mut tee: impl FnMut(usize, u64, &[u8]) -> Result<()>,
+) -> Result<()> {
+    for (i, e) in inv.entries.iter().enumerate() {
         let physical = if e.rel.as_os_str().is_empty() { root.to_path_buf() } else { root.join(&e.rel) };
         writer.entry(&e.rel, &e.kind).with_context(|| format!("{}: NAR serialisation", physical.display()))?;
         if let Kind::File { size, .. } = e.kind {
-            feed_file(writer, &physical, size)
-                .with_context(|| format!("{}: hashing its contents", physical.display()))?;
+            feed_file(writer, &physical, size, &mut |offset, bytes| tee(i, offset, bytes))
+                .with_context(|| format!("{}: reading its contents", physical.display()))?;
         }
     }
     Ok(())
@@ -376,7 +387,12 @@ pub fn write_path<S: NarSink>(root: &Path, inv: &PathInventory, writer: &mut Nar
 
 /// Reads one regular file of `size` bytes into `writer` (whose current entry it is) and ends it. Holes are not
 /// read: they are fed as zeros.
-fn feed_file<S: NarSink>(writer: &mut NarWriter<S>, path: &Path, size: u64) -> Result<()> {
+fn feed_file<S: NarSink>(
+    writer: &mut NarWriter<S>,
+    path: &Path,
+    size: u64,
+    tee: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<()> {
     let file = File::open(path).context("cannot open")?;
     let meta = file.metadata().context("cannot stat")?;
     if meta.len() != size {
@@ -396,16 +412,21 @@ fn feed_file<S: NarSink>(writer: &mut NarWriter<S>, path: &Path, size: u64) -> R
                     continue;
                 }
                 writer.file_zeros(range.start - pos)?;
-                read_into(writer, &file, buf, range.start..end)?;
+                read_into(writer, &file, buf, range.start..end, tee)?;
                 pos = end;
             }
             writer.file_zeros(size - pos)?;
         } else {
-            read_into(writer, &file, buf, 0..size)?;
+            read_into(writer, &file, buf, 0..size, tee)?;
         }
         Ok(())
     })?;
     writer.end_file()?;
+    // A file that grew while it was read is caught here (one that shrank, while reading).
+    let after = file.metadata().context("cannot stat")?.len();
+    if after != size {
+        bail!("changed while being read: {size} bytes then, {after} now");
+    }
     Ok(())
 }
 
@@ -414,6 +435,7 @@ fn read_into<S: NarSink>(
     file: &File,
     buf: &mut [u8],
     range: std::ops::Range<u64>,
+    tee: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
 ) -> Result<()> {
     let mut pos = range.start;
     while pos < range.end {
@@ -422,6 +444,7 @@ fn read_into<S: NarSink>(
             Ok(0) => bail!("shrank to {pos} bytes while being read"),
             Ok(n) => {
                 writer.file_chunk(&buf[..n])?;
+                tee(pos, &buf[..n])?;
                 pos += n as u64;
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

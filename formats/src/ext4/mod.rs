@@ -25,6 +25,7 @@ use std::path::PathBuf;
 pub use layout::{BLOCK, Geometry};
 pub use plan::{DataJob, GroupPlan, Plan, plan};
 pub use tree::{MAX_NAME, MAX_SYMLINK, Meta, NodeId, Source, Tree};
+pub use write::FileWriter;
 
 /// How big the filesystem is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -70,6 +70,8 @@ pub struct Plan {
     pub(crate) synthetic_lost_found: bool,
     /// File data to copy.
     pub data: Vec<DataJob>,
+    /// Index into `data` of each node's job (`u32::MAX`: none).
+    pub(crate) job_of: Vec<u32>,
     /// Per-group counts.
     pub groups: Vec<GroupPlan>,
     /// Every used block, as sorted disjoint ranges.
@@ -542,6 +544,13 @@ fn layout_with(p: &Prepared<'_>, opts: &Options, blocks: u64, used_inodes: u64) 
         opts: opts.clone(),
         inodes,
         blocks: out_blocks,
+        job_of: {
+            let mut job_of = vec![u32::MAX; p.tree.nodes.len()];
+            for (i, job) in data.iter().enumerate() {
+                job_of[job.node as usize] = i as u32;
+            }
+            job_of
+        },
         dirs: dir_jobs,
         ino: p.ino.clone(),
         synthetic_lost_found: matches!(p.lost_found, LostFound::Synthetic(_)),

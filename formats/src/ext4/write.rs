@@ -41,7 +41,10 @@ impl Plan {
         meta
     }
 
-    fn write_metadata(&self, tree: &Tree, sink: &dyn WriteAt, base: u64) -> Result<(), Error> {
+    /// Writes everything but file data (superblocks, descriptors, bitmaps, inode tables, directories, extent
+    /// trees, the journal superblock). With [`Plan::file_writer`], this lets a caller copy file data itself,
+    /// e.g. to hash it in the same pass.
+    pub fn write_metadata(&self, tree: &Tree, sink: &dyn WriteAt, base: u64) -> Result<(), Error> {
         // Known blocks, and directories rendered now from the plan (pure: the same bytes as at planning).
         self.blocks.par_iter().try_for_each(|(at, bytes)| write(sink, bytes, base + at * BLOCK, "metadata block"))?;
         let (fs_seed, hash_seed) = (fs_seed(&self.opts.uuid), self.opts.hash_seed_words());
@@ -115,6 +118,63 @@ impl Plan {
         let bcsum = crc32c(seed, &bb);
         let icsum = crc32c(seed, &ib[..(ipg / 8) as usize]);
         Ok((bcsum, icsum))
+    }
+}
+
+/// Writes one file's bytes at its planned blocks, given in any order of logical offsets.
+pub struct FileWriter<'a> {
+    job: &'a DataJob,
+    sink: &'a dyn WriteAt,
+    base: u64,
+}
+
+impl Plan {
+    /// A writer for the data of file `node`, or `None` for a node without data blocks (directories,
+    /// symlinks, empty files).
+    #[must_use]
+    pub fn file_writer<'a>(&'a self, node: super::NodeId, sink: &'a dyn WriteAt, base: u64) -> Option<FileWriter<'a>> {
+        self.job_of(node).map(|i| FileWriter { job: &self.data[i], sink, base })
+    }
+
+    /// The index in [`Plan::data`] of file `node`'s job, if it has data blocks.
+    #[must_use]
+    pub fn job_of(&self, node: super::NodeId) -> Option<usize> {
+        self.job_of.get(node as usize).filter(|&&i| i != u32::MAX).map(|&i| i as usize)
+    }
+}
+
+impl std::fmt::Debug for FileWriter<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileWriter").field("job", self.job).field("base", &self.base).finish_non_exhaustive()
+    }
+}
+
+impl FileWriter<'_> {
+    /// The file's planned size.
+    #[must_use]
+    pub fn size(&self) -> u64 {
+        self.job.size
+    }
+
+    /// Writes `bytes` at byte `offset` of the file (within its planned size).
+    pub fn write_at(&self, mut offset: u64, mut bytes: &[u8]) -> Result<(), Error> {
+        assert!(offset + bytes.len() as u64 <= self.job.size, "write beyond the planned size of the file");
+        let mut logical = 0u64;
+        for run in &self.job.runs {
+            let len = (run.end - run.start) * BLOCK;
+            if bytes.is_empty() {
+                break;
+            }
+            if offset < logical + len {
+                let within = offset - logical;
+                let n = (len - within).min(bytes.len() as u64) as usize;
+                write(self.sink, &bytes[..n], self.base + run.start * BLOCK + within, "file data")?;
+                bytes = &bytes[n..];
+                offset += n as u64;
+            }
+            logical += len;
+        }
+        Ok(())
     }
 }
 

@@ -215,3 +215,47 @@ fn the_kernel_mounts_it_read_write_and_it_stays_clean() {
     );
     assert!(String::from_utf8_lossy(&listing.stdout).contains("moved"), "the kernel's writes are on disk");
 }
+
+/// With a closureInfo, every store path is hashed from the same reads that copy it, and a path whose contents
+/// differ from its registration stops the build naming it, leaving nothing at the output path.
+#[test]
+fn contents_differing_from_the_registration_are_refused_while_copying() {
+    let fx = fixtures::demo_closure();
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("fx");
+    std::fs::create_dir_all(&copy).unwrap();
+    tools::run_ok(Command::new("cp").arg("-a").arg(fx.join("nix")).arg(fx.join("toplevel")).arg(&copy));
+    let ci = fx.join("closure-info");
+    let ci_arg = ["--closure-info", ci.to_str().unwrap()];
+    let img = tmp.path().join("root.img");
+    build(&copy, &store_of(&copy), &img, &ci_arg).ok();
+    e2fsck_clean(&img, 0).unwrap();
+    std::fs::remove_file(&img).unwrap();
+
+    // Flip one byte of one file (same size, so only the hash can tell).
+    let store = store_of(&copy);
+    let victim_dir = std::fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with("-demo-checks"))
+        .expect("demo-checks store path");
+    let victim =
+        std::fs::read_dir(victim_dir.join("many")).unwrap().map(|e| e.unwrap().path()).find(|p| p.is_file()).unwrap();
+    tools::run_ok(Command::new("chmod").arg("-R").arg("u+w").arg(&copy));
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&victim, &bytes).unwrap();
+    let name = victim_dir.file_name().unwrap().to_str().unwrap().to_owned();
+    build(&copy, &store, &img, &ci_arg).fails_with(&[
+        &name,
+        "contents differ from its registration",
+        "narHash sha256:",
+    ]);
+    assert!(!img.exists(), "nothing may be left at the output path");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1, "no temporary file left either");
+    // The check can be turned off.
+    let mut off = ci_arg.to_vec();
+    off.push("--no-verify-hashes");
+    build(&copy, &store, &img, &off).ok();
+    e2fsck_clean(&img, 0).unwrap();
+}

@@ -8,4 +8,5 @@ mod ext4_checkers;
 mod ext4_property;
 mod harness;
 mod nar;
+mod nixdb;
 mod util;
