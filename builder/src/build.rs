@@ -38,6 +38,8 @@ pub struct BuildRequest {
     pub timestamp: u32,
     /// Check every store path's narHash against its registration while copying it.
     pub verify_hashes: bool,
+    /// Also write `/nix-path-registration`.
+    pub registration_file: bool,
 }
 
 /// What the image will be.
@@ -118,14 +120,43 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
     if let Some(target) = &req.output {
         AtomicOutput::check(target, req.force)?;
     }
-    let r = dry_run::resolve(&req.base, progress)?;
+    let mut r = dry_run::resolve(&req.base, progress)?;
+    // Paths without a registered hash (a reference scan found them) are hashed now: the database in the
+    // image needs every narHash before the image is planned. The copy then checks the files still match.
+    let unhashed: Vec<usize> =
+        (0..r.inventory.paths.len()).filter(|&i| r.closure.paths[&r.inventory.paths[i].path].nar.is_none()).collect();
+    if !unhashed.is_empty() {
+        let infos = progress::phase(
+            progress,
+            Phase::Hash,
+            || {
+                let todo: Vec<_> = unhashed.iter().map(|&i| r.inventory.paths[i].clone()).collect();
+                crate::nar::hash_closure(&r.store, &todo)
+            },
+            |infos| format!("{} store paths hashed", infos.len()),
+        )?;
+        for (&i, info) in unhashed.iter().zip(infos) {
+            let path = r.inventory.paths[i].path.clone();
+            r.closure.paths.get_mut(&path).expect("inventoried paths are in the closure").nar = Some(info);
+        }
+    }
     let seed = Seed::new(req.seed.as_deref().unwrap_or(&r.system.toplevel.to_string()));
     let timestamp = i64::from(req.timestamp);
     let (tree, nodes, plan, opts) = progress::phase(
         progress,
         Phase::Plan,
         || -> Result<_> {
-            let (tree, nodes) = rootfs::store_tree(&r.store, &r.inventory, timestamp)?;
+            let (mut tree, nodes) = rootfs::store_tree(&r.store, &r.inventory, timestamp)?;
+            let state = rootfs::NixState {
+                toplevel: &r.system.toplevel,
+                db: crate::nixdb::database(&r.closure.paths, timestamp)?,
+                registration: if req.registration_file {
+                    Some(crate::nixdb::registration_text(&r.closure.paths)?)
+                } else {
+                    None
+                },
+            };
+            rootfs::add_nix_state(&mut tree, state, timestamp)?;
             let extra = req.extra_space.unwrap_or_else(|| MIN_EXTRA.max(r.inventory.totals.unique_bytes / 10));
             let mut opts =
                 Options::new(ROOT_LABEL, seed.uuid("ext4-uuid"), seed.bytes16("ext4-hash-seed"), req.timestamp);
@@ -185,7 +216,10 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
                 || copy_and_hash(&r, &nodes, &plan, sink, req.verify_hashes),
             );
             meta.with_context(|| format!("writing {}", out.temp_path().display()))?;
-            data?;
+            let (_, copied) = data?;
+            // Files outside the store (the database, its schema file, …) are the ones no store path copied.
+            plan.write_files(&tree, sink, 0, &|i| copied[i].load(std::sync::atomic::Ordering::Relaxed))
+                .with_context(|| format!("writing {}", out.temp_path().display()))?;
             out.commit()
         },
         |path| format!("{}", path.display()),
@@ -196,14 +230,14 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
 /// Copies the closure's file data into the image, one store path at a time in NAR order (paths in parallel,
 /// largest first), hashing what it copies from the same reads; checks each narHash against the registered one
 /// when `verify` and one is registered. A file hard-linked from several paths is written once and hashed for
-/// each. Returns every path's NAR hash and size, in inventory order.
+/// each. Returns every path's NAR hash and size, in inventory order, and which data jobs it wrote.
 fn copy_and_hash(
     r: &dry_run::Resolved,
     nodes: &[Vec<ext4::NodeId>],
     plan: &ext4::Plan,
     sink: &std::fs::File,
     verify: bool,
-) -> Result<Vec<crate::closure::NarInfo>> {
+) -> Result<(Vec<crate::closure::NarInfo>, Vec<std::sync::atomic::AtomicBool>)> {
     use rayon::prelude::*;
     use std::sync::atomic::{AtomicBool, Ordering};
     let claimed: Vec<AtomicBool> = (0..plan.data.len()).map(|_| AtomicBool::new(false)).collect();
@@ -239,5 +273,5 @@ fn copy_and_hash(
         })
         .collect::<Result<Vec<_>>>()?;
     done.sort_unstable_by_key(|&(i, _)| i);
-    Ok(done.into_iter().map(|(_, info)| info).collect())
+    Ok((done.into_iter().map(|(_, info)| info).collect(), claimed))
 }

@@ -85,6 +85,10 @@ pub struct BuildArgs {
     #[arg(long)]
     pub no_verify_hashes: bool,
 
+    /// Also write `/nix-path-registration` (the closure's registration, for systems that load it at boot).
+    #[arg(long)]
+    pub registration_file: bool,
+
     /// Replace the output if it exists.
     #[arg(long)]
     pub force: bool,

@@ -10,6 +10,8 @@ pub enum Phase {
     System,
     /// Finding the closure and inventorying its files.
     Closure,
+    /// Hashing store paths that have no registered narHash.
+    Hash,
     /// Planning the image: every offset, inode and block.
     Plan,
     /// Writing the image.
@@ -23,6 +25,7 @@ impl Phase {
         match self {
             Self::System => "system",
             Self::Closure => "closure",
+            Self::Hash => "hash",
             Self::Plan => "plan",
             Self::Write => "write",
         }

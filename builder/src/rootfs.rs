@@ -82,3 +82,49 @@ pub fn store_tree(store: &StoreDir, inv: &Inventory, timestamp: i64) -> Result<S
     }
     Ok((tree, nodes))
 }
+
+/// What the Nix state directory of the image holds besides the store.
+#[derive(Debug)]
+pub struct NixState<'a> {
+    /// The toplevel the system profile points to.
+    pub toplevel: &'a crate::store::StorePath,
+    /// `db.sqlite` bytes.
+    pub db: Vec<u8>,
+    /// `/nix-path-registration` (closureInfo registration text), when asked for.
+    pub registration: Option<String>,
+}
+
+/// Adds `/nix/var/nix` (the database, its schema file, the system profile as generation 1, empty `gcroots`
+/// and `profiles/per-user`), `/etc/NIXOS` as nixos-install leaves it, and optionally `/nix-path-registration`.
+/// Only image paths are written: nothing names the build host.
+pub fn add_nix_state(tree: &mut Tree, state: NixState<'_>, timestamp: i64) -> Result<()> {
+    use std::sync::Arc;
+    let own = |perm| Meta { perm, uid: 0, gid: 0, mtime: timestamp };
+    let bytes = |b: Vec<u8>| (b.len() as u64, Source::Bytes(Arc::from(b.into_boxed_slice())));
+    let root = tree.root();
+    let nix = find_dir(tree, root, b"nix").expect("store_tree made /nix");
+    let var = tree.mkdir(nix, b"var", own(0o755))?;
+    let var_nix = tree.mkdir(var, b"nix", own(0o755))?;
+    let db_dir = tree.mkdir(var_nix, b"db", own(0o755))?;
+    let (len, src) = bytes(state.db);
+    tree.file(db_dir, b"db.sqlite", own(0o644), len, src)?;
+    let (len, src) = bytes(crate::nixdb::SCHEMA_FILE.to_vec());
+    tree.file(db_dir, b"schema", own(0o644), len, src)?;
+    tree.mkdir(var_nix, b"gcroots", own(0o755))?;
+    let profiles = tree.mkdir(var_nix, b"profiles", own(0o755))?;
+    tree.mkdir(profiles, b"per-user", own(0o755))?;
+    let link = format!("system-{}-link", crate::boot::GENERATION);
+    tree.symlink(profiles, b"system", own(0o777), link.as_bytes())?;
+    tree.symlink(profiles, link.as_bytes(), own(0o777), state.toplevel.to_string().as_bytes())?;
+    let etc = tree.mkdir(root, b"etc", own(0o755))?;
+    tree.file(etc, b"NIXOS", own(0o644), 0, Source::Bytes(Arc::from(Vec::new().into_boxed_slice())))?;
+    if let Some(text) = state.registration {
+        let (len, src) = bytes(text.into_bytes());
+        tree.file(root, b"nix-path-registration", own(0o644), len, src)?;
+    }
+    Ok(())
+}
+
+fn find_dir(tree: &Tree, parent: NodeId, name: &[u8]) -> Option<NodeId> {
+    tree.child(parent, name)
+}

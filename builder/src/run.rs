@@ -101,6 +101,7 @@ fn build(args: BuildArgs) -> Result<()> {
             seed: args.seed,
             timestamp: timestamp()?,
             verify_hashes: !args.no_verify_hashes,
+            registration_file: args.registration_file,
         };
         pool.install(|| build::run(&req, sink.as_ref()))?
     } else {

@@ -144,6 +144,15 @@ impl Tree {
         self.push(parent, name, Node::Symlink { meta, target: target.into() })
     }
 
+    /// The entry `name` of directory `parent`, if any (a linear search: for building, not for bulk lookups).
+    #[must_use]
+    pub fn child(&self, parent: NodeId, name: &[u8]) -> Option<NodeId> {
+        match self.nodes.get(parent as usize) {
+            Some(Node::Dir { entries, .. }) => entries.iter().find(|(n, _)| &n[..] == name).map(|&(_, id)| id),
+            _ => None,
+        }
+    }
+
     /// Adds another name for an existing file or symlink (a hard link).
     pub fn link(&mut self, parent: NodeId, name: &[u8], existing: NodeId) -> Result<(), Error> {
         match self.nodes.get(existing as usize) {

@@ -41,6 +41,22 @@ impl Plan {
         meta
     }
 
+    /// Copies the data of every file whose job index (in [`Plan::data`]) `skip` does not claim, in parallel:
+    /// with [`Plan::write_metadata`] and [`Plan::file_writer`], for the files a caller does not copy itself.
+    pub fn write_files(
+        &self,
+        tree: &Tree,
+        sink: &dyn WriteAt,
+        base: u64,
+        skip: &(dyn Fn(usize) -> bool + Sync),
+    ) -> Result<(), Error> {
+        self.data
+            .par_iter()
+            .enumerate()
+            .filter(|(i, _)| !skip(*i))
+            .try_for_each(|(_, job)| copy_file(tree, job, sink, base))
+    }
+
     /// Writes everything but file data (superblocks, descriptors, bitmaps, inode tables, directories, extent
     /// trees, the journal superblock). With [`Plan::file_writer`], this lets a caller copy file data itself,
     /// e.g. to hash it in the same pass.

@@ -8,5 +8,6 @@ mod ext4_checkers;
 mod ext4_property;
 mod harness;
 mod nar;
+mod nix_state;
 mod nixdb;
 mod util;

@@ -1,0 +1,87 @@
+//! The Nix store inside the image is valid for Nix itself: database, schema file, profile, registration;
+//! checked on the extracted root with Debian's Nix (on a copy: Nix rewrites any database it opens).
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::Command;
+
+use kiln_tests::ext4::extract;
+use kiln_tests::{fixtures, nix, tools};
+
+use crate::util::{kiln, store_of};
+
+fn build_nix_fixture(store: &Path, img: &Path, extra: &[&str]) {
+    let fx = fixtures::nix_closure();
+    let top = fixtures::toplevel_of(&fx);
+    let mut args: Vec<&OsStr> =
+        ["build", "--layout", "none", "--progress", "none", "--system"].map(OsStr::new).to_vec();
+    args.extend([
+        OsStr::new(&top),
+        OsStr::new("--store-dir"),
+        store.as_os_str(),
+        OsStr::new("--output"),
+        img.as_os_str(),
+    ]);
+    args.extend(extra.iter().map(OsStr::new));
+    kiln(args).ok();
+}
+
+fn check_image(img: &Path, expect_registration: bool) {
+    let fx = fixtures::nix_closure();
+    let top = fixtures::toplevel_of(&fx);
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    extract(img, 0, &root).unwrap();
+    assert_eq!(std::fs::read(root.join("nix/var/nix/db/schema")).unwrap(), b"10", "schema file is exactly `10`");
+    let profiles = root.join("nix/var/nix/profiles");
+    assert_eq!(std::fs::read_link(profiles.join("system")).unwrap(), Path::new("system-1-link"));
+    assert_eq!(std::fs::read_link(profiles.join("system-1-link")).unwrap(), Path::new(&top));
+    assert!(profiles.join("per-user").is_dir() && root.join("nix/var/nix/gcroots").is_dir());
+    assert!(root.join("etc/NIXOS").is_file());
+    assert_eq!(root.join("nix-path-registration").exists(), expect_registration);
+    if expect_registration {
+        assert_eq!(
+            std::fs::read(root.join("nix-path-registration")).unwrap(),
+            std::fs::read(fx.join("closure-info/registration")).unwrap()
+        );
+    }
+    // Nix itself: every path's contents match the DB, and the closure is what Nix recorded.
+    let checked = nix::verify_store_copy(&root).unwrap_or_else(|e| panic!("nix-store --verify:\n{e}"));
+    let requisites: Vec<String> =
+        std::fs::read_to_string(fx.join("expected/requisites")).unwrap().lines().map(str::to_owned).collect();
+    assert_eq!(checked.len(), requisites.len());
+    assert_eq!(nix::requisites(Some(&root), &top), requisites);
+    // Nothing in the image names the build host's store directory.
+    let host = fx.to_string_lossy().into_owned();
+    let bytes = std::fs::read(img).unwrap();
+    assert!(!bytes.windows(host.len()).any(|w| w == host.as_bytes()), "the image mentions {host}");
+    tools::run(Command::new("chmod").arg("-R").arg("u+w").arg(tmp.path()));
+}
+
+#[test]
+fn nix_accepts_the_store_from_closure_info() {
+    let fx = fixtures::nix_closure();
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("root.img");
+    let ci = fx.join("closure-info");
+    build_nix_fixture(
+        &store_of(&fx.join("store-root")),
+        &img,
+        &["--closure-info", ci.to_str().unwrap(), "--registration-file"],
+    );
+    check_image(&img, true);
+}
+
+#[test]
+fn nix_accepts_the_store_from_a_reference_scan() {
+    // No closureInfo and no database: references come from a scan and hashes are computed before planning.
+    let fx = fixtures::nix_closure();
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("nix/store");
+    std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    tools::run_ok(Command::new("cp").arg("-a").arg(store_of(&fx.join("store-root"))).arg(&copy));
+    let img = tmp.path().join("root.img");
+    build_nix_fixture(&copy, &img, &[]);
+    check_image(&img, false);
+    tools::run(Command::new("chmod").arg("-R").arg("u+w").arg(tmp.path()));
+}
