@@ -1,6 +1,8 @@
 //! Byte-level writers for disk images, generic over positioned sinks. Knows nothing about Nix.
 
+pub mod disk;
 pub mod ext4;
 pub mod fat;
+pub mod grub;
 pub mod sink;
 pub mod sparse;
