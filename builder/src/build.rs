@@ -7,12 +7,14 @@ use anyhow::{Context, Result, bail};
 use kiln_formats::ext4::{self, Options, Size};
 use serde::Serialize;
 
-use crate::cli::SizeSpec;
+use crate::cli::{Layout, SizeSpec};
+use crate::disk;
 use crate::dry_run::{self, Report, Request, human_bytes};
 use crate::output::AtomicOutput;
 use crate::progress::{self, Phase, Progress};
 use crate::rootfs;
 use crate::seed::{Seed, format_uuid};
+use kiln_formats::fat;
 
 /// The root filesystem's label, which NixOS configurations mount by (`/dev/disk/by-label/nixos`).
 pub const ROOT_LABEL: &[u8] = b"nixos";
@@ -40,6 +42,14 @@ pub struct BuildRequest {
     pub verify_hashes: bool,
     /// Also write `/nix-path-registration`.
     pub registration_file: bool,
+    /// Partition layout.
+    pub layout: Layout,
+    /// ESP size (default 512 MiB).
+    pub esp_size: Option<u64>,
+    /// GRUB package directory, instead of the closure's.
+    pub grub: Option<PathBuf>,
+    /// The specialisation to boot by default.
+    pub default_specialisation: Option<String>,
 }
 
 /// What the image will be.
@@ -53,8 +63,29 @@ pub struct ImageSummary {
     pub size_bytes: u64,
     /// The seed identities were derived from.
     pub seed: String,
+    /// Partitions (empty for `--layout none`).
+    pub partitions: Vec<PartitionSummary>,
+    /// Bootloaders installed.
+    pub bootloaders: Vec<&'static str>,
     /// The root filesystem.
     pub root_fs: FsSummary,
+}
+
+/// One partition.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionSummary {
+    /// Number (1-based).
+    pub number: usize,
+    /// GPT name.
+    pub name: String,
+    /// Type GUID.
+    pub type_guid: String,
+    /// Partition GUID.
+    pub guid: String,
+    /// Start in bytes.
+    pub start: u64,
+    /// Size in bytes.
+    pub size: u64,
 }
 
 /// The planned root filesystem.
@@ -66,6 +97,8 @@ pub struct FsSummary {
     pub label: String,
     /// UUID.
     pub uuid: String,
+    /// Byte offset in the image.
+    pub offset: u64,
     /// Size in bytes.
     pub size_bytes: u64,
     /// Block groups.
@@ -111,15 +144,41 @@ impl ImageSummary {
             human_bytes(f.journal_bytes),
             f.reserved_gdt_blocks
         );
+        for p in &self.partitions {
+            let _ = writeln!(
+                s,
+                "partition {}    {:<10} start {:>12} size {:>12} ({}) type {}",
+                p.number,
+                p.name,
+                p.start,
+                p.size,
+                human_bytes(p.size),
+                p.type_guid
+            );
+        }
+        if !self.bootloaders.is_empty() {
+            let _ = writeln!(s, "bootloaders    {}", self.bootloaders.join(", "));
+        }
         s
     }
 }
 
-/// Runs a build (or, without an output, a dry run of one) of a bare root filesystem (`--layout none`).
+/// The disk around the root filesystem, when the layout is not `none`.
+#[derive(Debug)]
+struct DiskPlan {
+    layout: kiln_formats::disk::DiskLayout,
+    numbers: disk::Numbers,
+    esp: Option<(fat::Tree, fat::Plan)>,
+    grub: Option<kiln_formats::grub::Embedding>,
+}
+
+/// Runs a build (or, without an output, a dry run of one): a bare root filesystem (`--layout none`) or a
+/// whole disk.
 pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Option<PathBuf>)> {
     if let Some(target) = &req.output {
         AtomicOutput::check(target, req.force)?;
     }
+    let boots = disk::Boots::of(req.layout)?;
     let mut r = dry_run::resolve(&req.base, progress)?;
     // Paths without a registered hash (a reference scan found them) are hashed now: the database in the
     // image needs every narHash before the image is planned. The copy then checks the files still match.
@@ -142,7 +201,22 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
     }
     let seed = Seed::new(req.seed.as_deref().unwrap_or(&r.system.toplevel.to_string()));
     let timestamp = i64::from(req.timestamp);
-    let (tree, nodes, plan, opts) = progress::phase(
+    let changes =
+        kernel_params::Changes::parse(&req.base.kernel_params, std::iter::empty::<&str>()).context("--kernel-param")?;
+    let entries = crate::boot::entries(&r.system, &[&changes])?;
+    let parts = disk::parts(
+        boots,
+        &r.store,
+        &r.closure,
+        &r.system,
+        &entries,
+        req.esp_size,
+        req.grub.as_deref(),
+        req.default_specialisation.as_deref(),
+        timestamp,
+    )?;
+    let default = disk::default_entry(&entries, req.default_specialisation.as_deref())?;
+    let (tree, nodes, plan, opts, disk_plan) = progress::phase(
         progress,
         Phase::Plan,
         || -> Result<_> {
@@ -157,41 +231,161 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
                 },
             };
             rootfs::add_nix_state(&mut tree, state, timestamp)?;
-            let extra = req.extra_space.unwrap_or_else(|| MIN_EXTRA.max(r.inventory.totals.unique_bytes / 10));
+            if boots.uefi || boots.bios {
+                let cfg = boots.bios.then(|| disk::grub_cfg(&entries, default, 1));
+                rootfs::add_boot_dir(&mut tree, cfg, timestamp)?;
+            }
             let mut opts =
                 Options::new(ROOT_LABEL, seed.uuid("ext4-uuid"), seed.bytes16("ext4-hash-seed"), req.timestamp);
-            opts.size = match req.size {
-                None | Some(SizeSpec::Auto) => Size::Auto { extra_bytes: extra },
+            let extra = req.extra_space.unwrap_or_else(|| MIN_EXTRA.max(r.inventory.totals.unique_bytes / 10));
+            let fixed = match req.size {
+                None | Some(SizeSpec::Auto) => None,
                 Some(SizeSpec::Fixed(bytes)) => {
                     if req.extra_space.is_some() {
                         bail!(
                             "--extra-space applies to --size auto only; with --size {bytes} the free space is what remains"
                         );
                     }
-                    Size::Fixed { bytes }
+                    Some(bytes)
                 }
             };
-            let plan = ext4::plan(&tree, &opts).map_err(|e| match e {
-                ext4::Error::TooSmall { needed, given } => anyhow::anyhow!(
-                    "--size {given} is too small: the root filesystem needs at least {needed} bytes ({})",
+            let too_small = |needed: u64, given: u64| {
+                anyhow::anyhow!(
+                    "--size {given} is too small: the image needs at least {needed} bytes ({})",
                     human_bytes(needed)
-                ),
-                other => anyhow::Error::new(other).context("planning the root filesystem"),
-            })?;
-            Ok((tree, nodes, plan, opts))
+                )
+            };
+            let plan_root = |size: Size, opts: &mut Options| {
+                opts.size = size;
+                ext4::plan(&tree, opts).map_err(|e| match e {
+                    ext4::Error::TooSmall { needed, given } => too_small(needed, given),
+                    other => anyhow::Error::new(other).context("planning the root filesystem"),
+                })
+            };
+            if req.layout == Layout::None {
+                let size = fixed.map_or(Size::Auto { extra_bytes: extra }, |bytes| Size::Fixed { bytes });
+                let plan = plan_root(size, &mut opts)?;
+                return Ok((tree, nodes, plan, opts, None));
+            }
+            // A disk: with --size the root partition fills what the others leave; without, the disk fits them.
+            let system_type = &r.system.boot.system;
+            let (plan, (layout, numbers)) = match fixed {
+                Some(bytes) => {
+                    let laid = disk::layout(
+                        req.layout,
+                        &parts,
+                        system_type,
+                        &seed,
+                        kiln_formats::disk::PartitionSize::Fill,
+                        kiln_formats::disk::DiskSize::Exactly(kiln_formats::disk::Bytes(bytes)),
+                    );
+                    let (layout, numbers) = match laid {
+                        Ok(l) => l,
+                        Err(_) => {
+                            // Too small even for the partitions besides the root: say what the whole needs.
+                            let root = plan_root(Size::Auto { extra_bytes: 0 }, &mut opts.clone())?.size_bytes();
+                            let (l, _) = disk::layout(
+                                req.layout,
+                                &parts,
+                                system_type,
+                                &seed,
+                                kiln_formats::disk::PartitionSize::AtLeast(kiln_formats::disk::Bytes(root)),
+                                kiln_formats::disk::DiskSize::Fit,
+                            )?;
+                            return Err(too_small(l.size().get(), bytes));
+                        }
+                    };
+                    let range = layout.byte_range(numbers.root).expect("root partition");
+                    let root_len = range.end.get() - range.start.get();
+                    let plan = plan_root(Size::Fixed { bytes: root_len }, &mut opts).map_err(|e| {
+                        let root = plan_root(Size::Auto { extra_bytes: 0 }, &mut opts.clone()).map(|p| p.size_bytes());
+                        match root {
+                            Ok(root) => too_small(bytes - root_len + root, bytes),
+                            Err(_) => e,
+                        }
+                    })?;
+                    (plan, (layout, numbers))
+                }
+                None => {
+                    let plan = plan_root(Size::Auto { extra_bytes: extra }, &mut opts)?;
+                    let size = kiln_formats::disk::PartitionSize::AtLeast(kiln_formats::disk::Bytes(plan.size_bytes()));
+                    let laid =
+                        disk::layout(req.layout, &parts, system_type, &seed, size, kiln_formats::disk::DiskSize::Fit)?;
+                    (plan, laid)
+                }
+            };
+            let esp = match (&parts.esp, numbers.esp) {
+                (Some(tree), Some(n)) => {
+                    let range = layout.byte_range(n).expect("ESP partition");
+                    let hidden = u32::try_from(range.start.get() / 512).context("ESP beyond 2 TiB")?;
+                    let volume_id = u32::from_le_bytes(seed.bytes16("fat-volume-id")[..4].try_into().expect("4"));
+                    let fopts = fat::Options::new(range.end.get() - range.start.get(), hidden, volume_id, timestamp);
+                    Some((tree.clone(), fat::plan(tree, &fopts).context("planning the ESP")?))
+                }
+                _ => None,
+            };
+            let grub = match &parts.grub {
+                Some(dir) => {
+                    let work = std::env::temp_dir();
+                    let core = disk::core_img(dir, &layout, numbers.root, &format_uuid(&opts.uuid), &work)?;
+                    let boot_img = std::fs::read(dir.join("lib/grub/i386-pc/boot.img"))
+                        .with_context(|| format!("reading {}/lib/grub/i386-pc/boot.img", dir.display()))?;
+                    Some(
+                        kiln_formats::grub::Embedding::for_layout(&boot_img, &core, &layout)
+                            .context("embedding GRUB")?,
+                    )
+                }
+                None => None,
+            };
+            Ok((tree, nodes, plan, opts, Some(DiskPlan { layout, numbers, esp, grub })))
         },
-        |(_, _, plan, _)| format!("ext4 of {} bytes, {} free", plan.size_bytes(), plan.free_blocks * ext4::BLOCK),
+        |(_, _, plan, _, d)| match d {
+            None => format!("ext4 of {} bytes, {} free", plan.size_bytes(), plan.free_blocks * ext4::BLOCK),
+            Some(d) => format!(
+                "disk of {} bytes, {} partitions; root ext4 of {} bytes",
+                d.layout.size().get(),
+                d.layout.partitions().len(),
+                plan.size_bytes()
+            ),
+        },
     )?;
     let g = &plan.geometry;
+    let root_offset =
+        disk_plan.as_ref().map_or(0, |d| d.layout.byte_range(d.numbers.root).expect("root partition").start.get());
     let image = ImageSummary {
-        layout: "none",
+        layout: layout_name(req.layout),
         format: "raw",
-        size_bytes: plan.size_bytes(),
+        size_bytes: disk_plan.as_ref().map_or(plan.size_bytes(), |d| d.layout.size().get()),
         seed: seed.as_str().to_owned(),
+        partitions: disk_plan
+            .as_ref()
+            .map(|d| {
+                (1..=d.layout.partitions().len())
+                    .map(|n| {
+                        let p = &d.layout.partitions()[n - 1];
+                        let range = d.layout.byte_range(n).expect("partition");
+                        PartitionSummary {
+                            number: n,
+                            name: p.name.clone(),
+                            type_guid: p.type_guid.to_string(),
+                            guid: p.guid.to_string(),
+                            start: range.start.get(),
+                            size: range.end.get() - range.start.get(),
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        bootloaders: [(boots.uefi, "systemd-boot"), (boots.bios, "grub")]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, name)| *name)
+            .collect(),
         root_fs: FsSummary {
             kind: "ext4",
             label: String::from_utf8_lossy(&opts.label).into_owned(),
             uuid: format_uuid(&opts.uuid),
+            offset: root_offset,
             size_bytes: plan.size_bytes(),
             groups: g.groups,
             inodes: g.inodes(),
@@ -204,27 +398,54 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
     let mut report = dry_run::report(&r, &req.base.kernel_params)?;
     report.image = Some(image);
     let Some(target) = &req.output else { return Ok((report, None)) };
+    let size = report.image.as_ref().expect("set above").size_bytes;
     let written = progress::phase(
         progress,
         Phase::Write,
         || -> Result<PathBuf> {
             let out = AtomicOutput::create(target, req.force)?;
-            out.file().set_len(plan.size_bytes()).with_context(|| format!("sizing {}", out.temp_path().display()))?;
+            let temp = out.temp_path().display().to_string();
+            out.file().set_len(size).with_context(|| format!("sizing {temp}"))?;
             let sink = out.file();
+            if let Some(d) = &disk_plan {
+                d.layout.write(sink).with_context(|| format!("writing the partition table of {temp}"))?;
+                if let (Some((tree, fplan)), Some(n)) = (&d.esp, d.numbers.esp) {
+                    let at = d.layout.byte_range(n).expect("ESP").start.get();
+                    fplan.write(tree, sink, at).with_context(|| format!("writing the ESP of {temp}"))?;
+                }
+            }
             let (meta, data) = rayon::join(
-                || plan.write_metadata(&tree, sink, 0).map_err(anyhow::Error::new),
-                || copy_and_hash(&r, &nodes, &plan, sink, req.verify_hashes),
+                || plan.write_metadata(&tree, sink, root_offset).map_err(anyhow::Error::new),
+                || copy_and_hash(&r, &nodes, &plan, sink, root_offset, req.verify_hashes),
             );
-            meta.with_context(|| format!("writing {}", out.temp_path().display()))?;
+            meta.with_context(|| format!("writing {temp}"))?;
             let (_, copied) = data?;
             // Files outside the store (the database, its schema file, …) are the ones no store path copied.
-            plan.write_files(&tree, sink, 0, &|i| copied[i].load(std::sync::atomic::Ordering::Relaxed))
-                .with_context(|| format!("writing {}", out.temp_path().display()))?;
+            plan.write_files(&tree, sink, root_offset, &|i| copied[i].load(std::sync::atomic::Ordering::Relaxed))
+                .with_context(|| format!("writing {temp}"))?;
+            if let Some(embedding) = disk_plan.as_ref().and_then(|d| d.grub.as_ref()) {
+                embedding.write(sink).with_context(|| format!("installing GRUB into {temp}"))?;
+                use std::os::unix::fs::FileExt;
+                embedding
+                    .verify(|offset, buf| sink.read_exact_at(buf, offset.get()))
+                    .with_context(|| format!("reading GRUB back from {temp}"))?;
+            }
             out.commit()
         },
         |path| format!("{}", path.display()),
     )?;
     Ok((report, Some(written)))
+}
+
+fn layout_name(layout: Layout) -> &'static str {
+    match layout {
+        Layout::Efi => "efi",
+        Layout::Legacy => "legacy",
+        Layout::LegacyGpt => "legacy+gpt",
+        Layout::Hybrid => "hybrid",
+        Layout::Efixbootldr => "efixbootldr",
+        Layout::None => "none",
+    }
 }
 
 /// Copies the closure's file data into the image, one store path at a time in NAR order (paths in parallel,
@@ -236,6 +457,7 @@ fn copy_and_hash(
     nodes: &[Vec<ext4::NodeId>],
     plan: &ext4::Plan,
     sink: &std::fs::File,
+    base: u64,
     verify: bool,
 ) -> Result<(Vec<crate::closure::NarInfo>, Vec<std::sync::atomic::AtomicBool>)> {
     use rayon::prelude::*;
@@ -256,7 +478,7 @@ fn copy_and_hash(
                 if current.as_ref().is_none_or(|(e, _)| *e != i) {
                     let node = nodes[pi][i];
                     let mine = plan.job_of(node).is_some_and(|j| !claimed[j].swap(true, Ordering::Relaxed));
-                    current = Some((i, mine.then(|| plan.file_writer(node, sink, 0)).flatten()));
+                    current = Some((i, mine.then(|| plan.file_writer(node, sink, base)).flatten()));
                 }
                 if let Some((_, Some(w))) = &current
                     && bytes.iter().any(|&b| b != 0)

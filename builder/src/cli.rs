@@ -18,7 +18,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build an image of a NixOS system.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Show what an image holds: partition table, filesystems, bootloader and entries.
     Inspect(InspectArgs),
     /// Check an image's store against its Nix database and profile.
@@ -68,6 +68,19 @@ pub struct BuildArgs {
     /// Free space to leave in the root filesystem with `--size auto`, e.g. `512M`.
     #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
     pub extra_space: Option<u64>,
+
+    /// Size of the EFI system partition (default 512M).
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    pub esp_size: Option<u64>,
+
+    /// GRUB package directory (with lib/grub/i386-pc and bin/grub-mkimage) for BIOS layouts, instead of the
+    /// closure's.
+    #[arg(long, value_name = "DIR")]
+    pub grub: Option<PathBuf>,
+
+    /// Boot this specialisation by default (loader.conf `default`, GRUB's `default`).
+    #[arg(long, value_name = "NAME")]
+    pub default_specialisation: Option<String>,
 
     /// Seed for every GUID, UUID and volume id in the image (default: derived from the toplevel).
     #[arg(long, value_name = "STR")]

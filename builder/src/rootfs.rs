@@ -128,3 +128,23 @@ pub fn add_nix_state(tree: &mut Tree, state: NixState<'_>, timestamp: i64) -> Re
 fn find_dir(tree: &Tree, parent: NodeId, name: &[u8]) -> Option<NodeId> {
     tree.child(parent, name)
 }
+
+/// Adds `/boot` (where NixOS mounts the ESP), and with a GRUB configuration, `/boot/grub/grub.cfg`.
+pub fn add_boot_dir(tree: &mut Tree, grub_cfg: Option<String>, timestamp: i64) -> Result<()> {
+    use std::sync::Arc;
+    let own = |perm| Meta { perm, uid: 0, gid: 0, mtime: timestamp };
+    let root = tree.root();
+    let boot = tree.mkdir(root, b"boot", own(0o755))?;
+    if let Some(cfg) = grub_cfg {
+        let grub = tree.mkdir(boot, b"grub", own(0o755))?;
+        let bytes = cfg.into_bytes();
+        tree.file(
+            grub,
+            b"grub.cfg",
+            own(0o644),
+            bytes.len() as u64,
+            Source::Bytes(Arc::from(bytes.into_boxed_slice())),
+        )?;
+    }
+    Ok(())
+}

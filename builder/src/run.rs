@@ -9,18 +9,16 @@ use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 
 use crate::build;
-use crate::cli::{Bootloader, BuildArgs, Cli, Command, Format, Layout, ProgressMode};
+use crate::cli::{Bootloader, BuildArgs, Cli, Command, Format, ProgressMode};
 use crate::dry_run;
 use crate::progress::{Event, Progress, Silent};
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Build(args) => build(args),
+        Command::Build(args) => build(*args),
         Command::Inspect(_) => bail!("not supported yet: kiln inspect (reading images back comes with disk layouts)"),
-        Command::Verify(_) => {
-            bail!("not supported yet: kiln verify (comes with the Nix database in the image)")
-        }
+        Command::Verify(_) => bail!("not supported yet: kiln verify (reading an image's store back)"),
     }
 }
 
@@ -30,12 +28,23 @@ fn reject_unsupported(args: &BuildArgs) -> Result<()> {
     if let Some(profile) = &args.profile {
         bail!("not supported yet: --profile {profile} (image profiles)");
     }
-    match args.layout {
-        None | Some(Layout::None) => {}
-        Some(other) => bail!(
-            "not supported yet: --layout {} (disk layouts; --layout none writes a bare root filesystem)",
-            name(other.to_possible_value())
-        ),
+    if let Some(layout) = args.layout {
+        let boots = crate::disk::Boots::of(layout)?;
+        if let Some(b) = args.bootloader {
+            let fits = match b {
+                Bootloader::SystemdBoot => boots.uefi,
+                Bootloader::Grub => boots.bios,
+                Bootloader::None => !boots.uefi && !boots.bios,
+            };
+            if !fits {
+                bail!(
+                    "--bootloader {} does not fit --layout {}: efi boots with systemd-boot, legacy and legacy+gpt \
+                     with grub, hybrid with both, none with none",
+                    name(b.to_possible_value()),
+                    name(layout.to_possible_value())
+                );
+            }
+        }
     }
     match args.format {
         None | Some(Format::Raw) => {}
@@ -43,19 +52,22 @@ fn reject_unsupported(args: &BuildArgs) -> Result<()> {
             bail!("not supported yet: --format {} (output formats; raw is supported)", name(other.to_possible_value()))
         }
     }
-    match args.bootloader {
-        None | Some(Bootloader::None) => {}
-        Some(other) => {
-            bail!("not supported yet: --bootloader {} (bootloader installation)", name(other.to_possible_value()))
-        }
-    }
     if args.layout.is_none() && !args.dry_run {
-        bail!(
-            "not supported yet: a bootable disk (layouts with a bootloader); --layout none writes a bare root filesystem"
-        );
+        bail!("choose a disk layout: --layout efi, legacy+gpt, legacy, hybrid, or none for a bare root filesystem");
     }
-    if args.layout.is_none() && (args.size.is_some() || args.extra_space.is_some() || args.seed.is_some()) {
-        bail!("--size, --extra-space and --seed describe an image: give --layout none");
+    let image_only = [
+        (args.size.is_some(), "--size"),
+        (args.extra_space.is_some(), "--extra-space"),
+        (args.seed.is_some(), "--seed"),
+        (args.bootloader.is_some(), "--bootloader"),
+        (args.esp_size.is_some(), "--esp-size"),
+        (args.grub.is_some(), "--grub"),
+        (args.default_specialisation.is_some(), "--default-specialisation"),
+    ];
+    if args.layout.is_none()
+        && let Some((_, flag)) = image_only.iter().find(|(given, _)| *given)
+    {
+        bail!("{flag} describes an image: give --layout");
     }
     Ok(())
 }
@@ -91,7 +103,7 @@ fn build(args: BuildArgs) -> Result<()> {
         closure_info: args.closure_info,
         kernel_params: args.kernel_params,
     };
-    let (report, written) = if args.layout.is_some() {
+    let (report, written) = if let Some(layout) = args.layout {
         let req = build::BuildRequest {
             base,
             output: if args.dry_run { None } else { args.output },
@@ -102,6 +114,10 @@ fn build(args: BuildArgs) -> Result<()> {
             timestamp: timestamp()?,
             verify_hashes: !args.no_verify_hashes,
             registration_file: args.registration_file,
+            layout,
+            esp_size: args.esp_size,
+            grub: args.grub,
+            default_specialisation: args.default_specialisation,
         };
         pool.install(|| build::run(&req, sink.as_ref()))?
     } else {
