@@ -1,0 +1,227 @@
+//! Disks kiln builds boot: the demo closure to its marker under OVMF (systemd-boot) and SeaBIOS (GRUB), for
+//! every layout, hybrid both ways, and a specialisation chosen as the default. The partition table, the ESP
+//! and GRUB's view of the root filesystem are checked by independent tools.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use kiln_tests::boot::{Boot, Firmware};
+use kiln_tests::disk::{fsck_fat_clean, sfdisk_json, sgdisk_verify};
+use kiln_tests::ext4::e2fsck_clean;
+use kiln_tests::{fixtures, tools};
+
+use crate::util::{kiln, store_of};
+
+const TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Builds the demo closure as a disk with `layout` into a temporary directory.
+fn build(layout: &str, extra: &[&str]) -> (tempfile::TempDir, PathBuf) {
+    let fx = fixtures::demo_closure();
+    let top = fixtures::toplevel_of(&fx);
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join(format!("{layout}.img"));
+    let ci = fx.join("closure-info");
+    let store = store_of(&fx);
+    let mut args: Vec<&OsStr> =
+        ["build", "--progress", "none", "--layout", layout, "--system"].map(OsStr::new).to_vec();
+    args.extend([OsStr::new(&top), OsStr::new("--store-dir"), store.as_os_str(), OsStr::new("--closure-info")]);
+    args.extend([ci.as_os_str(), OsStr::new("--output"), img.as_os_str()]);
+    args.extend(extra.iter().map(OsStr::new));
+    kiln(args).ok();
+    (tmp, img)
+}
+
+fn marker(specialisation: &str) -> String {
+    let fx = fixtures::demo_closure();
+    let default = std::fs::read_to_string(fx.join("marker")).unwrap();
+    default.replace("specialisation=none", &format!("specialisation={specialisation}"))
+}
+
+fn boots(img: &Path, firmware: Firmware, specialisation: &str) {
+    let outcome = Boot::new(img, marker(specialisation))
+        .firmware(firmware)
+        .timeout(TIMEOUT)
+        .run()
+        .unwrap_or_else(|e| panic!("{} did not boot with {firmware:?}: {e}", img.display()));
+    eprintln!("{} booted ({firmware:?}) in {:.1} s", img.display(), outcome.elapsed.as_secs_f64());
+}
+
+/// (start, size, type) of each partition, in bytes, from sfdisk.
+fn partitions(img: &Path) -> Vec<(u64, u64, String)> {
+    let json = sfdisk_json(img);
+    json["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["start"].as_u64().unwrap() * 512,
+                p["size"].as_u64().unwrap() * 512,
+                p["type"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn efi_boots_under_ovmf_and_its_esp_is_clean() {
+    let (_tmp, img) = build("efi", &[]);
+    sgdisk_verify(&img).unwrap();
+    let parts = partitions(&img);
+    assert_eq!(parts.len(), 2);
+    assert_eq!(parts[0].2, "C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
+    assert_eq!(parts[0].1, 512 << 20, "default ESP size");
+    assert_eq!(parts[1].2, "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709", "root x86-64 from the Discoverable Partitions Spec");
+    fsck_fat_clean(&img, parts[0].0, parts[0].1).unwrap();
+    e2fsck_clean(&img, parts[1].0).unwrap();
+    // mtools, independently, sees systemd-boot where firmware looks for it, and the entry.
+    let esp = format!("{}@@{}", img.display(), parts[0].0);
+    let env = [("MTOOLS_SKIP_CHECK", "1")];
+    let listing =
+        tools::run_ok(Command::new(tools::require("mdir", "mtools")).envs(env).args(["-/", "-b", "-i", &esp, "::/"]));
+    let listing = String::from_utf8_lossy(&listing.stdout).to_lowercase();
+    for want in [
+        "efi/boot/bootx64.efi",
+        "efi/systemd/systemd-bootx64.efi",
+        "loader/loader.conf",
+        "loader/entries/nixos-generation-1.conf",
+        "loader/entries/nixos-generation-1-specialisation-debug.conf",
+    ] {
+        assert!(listing.contains(want), "ESP lacks {want}:\n{listing}");
+    }
+    let entry = tools::run_ok(Command::new("mcopy").envs(env).args([
+        "-i",
+        &esp,
+        "::/loader/entries/nixos-generation-1.conf",
+        "-",
+    ]));
+    let entry = String::from_utf8_lossy(&entry.stdout).into_owned();
+    let top = fixtures::toplevel_of(&fixtures::demo_closure());
+    assert!(entry.contains(&format!("options init={top}/init ")), "{entry}");
+    assert!(entry.lines().any(|l| l.starts_with("linux /EFI/nixos/") && l.ends_with("-bzImage.efi")), "{entry}");
+    esp_reads_back_with_fatfs(&img, parts[0].0, parts[0].1);
+    boots(&img, Firmware::Uefi, "none");
+}
+
+/// The fatfs crate (an independent FAT implementation, used read-only on a copy) finds every file the ESP
+/// should hold, byte for byte: systemd-boot at both paths, each kernel and initrd.
+fn esp_reads_back_with_fatfs(img: &Path, start: u64, len: u64) {
+    use std::io::Read;
+    let fx = fixtures::demo_closure();
+    let tmp = tempfile::tempdir().unwrap();
+    let part = tmp.path().join("esp.img");
+    kiln_tests::disk::copy_range(img, start, len, &part).unwrap();
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&part).unwrap();
+    let fs = fatfs::FileSystem::new(file, fatfs::FsOptions::new()).expect("fatfs opens the ESP");
+    let read = |path: &str| {
+        let mut f = fs.root_dir().open_file(path).unwrap_or_else(|e| panic!("fatfs: {path}: {e}"));
+        let mut v = Vec::new();
+        f.read_to_end(&mut v).unwrap();
+        v
+    };
+    let top = fixtures::toplevel_of(&fx);
+    let host = |logical: &str| fx.join(logical.trim_start_matches('/'));
+    let resolve = |link: &str| {
+        let target = std::fs::read_link(host(&format!("{top}/{link}"))).unwrap();
+        target.to_str().unwrap().to_owned()
+    };
+    let systemd = resolve("systemd");
+    let boot = std::fs::read(host(&format!("{systemd}/lib/systemd/boot/efi/systemd-bootx64.efi"))).unwrap();
+    assert_eq!(read("EFI/BOOT/BOOTX64.EFI"), boot);
+    assert_eq!(read("EFI/systemd/systemd-bootx64.efi"), boot);
+    for link in ["kernel", "initrd"] {
+        let logical = resolve(link);
+        let p = Path::new(&logical);
+        let base = p.parent().unwrap().file_name().unwrap().to_str().unwrap();
+        let name = p.file_name().unwrap().to_str().unwrap();
+        assert_eq!(read(&format!("EFI/nixos/{base}-{name}.efi")), std::fs::read(host(&logical)).unwrap(), "{link}");
+    }
+    let names: Vec<String> =
+        fs.root_dir().open_dir("loader/entries").unwrap().iter().map(|e| e.unwrap().file_name()).collect();
+    assert!(names.contains(&"nixos-generation-1.conf".to_owned()), "{names:?}");
+}
+
+#[test]
+fn legacy_gpt_boots_under_seabios_and_grub_reads_the_kernel() {
+    let (_tmp, img) = build("legacy+gpt", &[]);
+    sgdisk_verify(&img).unwrap();
+    let parts = partitions(&img);
+    assert_eq!(parts[0].2, "21686148-6449-6E6F-744E-656564454649", "BIOS boot partition first");
+    // GRUB's own ext2 driver reads the kernel from kiln's ext4, byte for byte.
+    let fx = fixtures::demo_closure();
+    let top = fixtures::toplevel_of(&fx);
+    let kernel_link = std::fs::read_link(fx.join(format!("{}/kernel", top.trim_start_matches('/')))).unwrap();
+    let host_kernel = fx.join(kernel_link.to_str().unwrap().trim_start_matches('/'));
+    let out = tools::run_ok(
+        Command::new(tools::require("grub-fstest", "grub-common"))
+            .arg(&img)
+            .args(["cmp", &format!("(loop0,gpt2){}", kernel_link.display())])
+            .arg(&host_kernel),
+    );
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    boots(&img, Firmware::Bios, "none");
+}
+
+#[test]
+fn legacy_mbr_boots_under_seabios() {
+    let (_tmp, img) = build("legacy", &[]);
+    let json = sfdisk_json(&img);
+    assert_eq!(json["partitiontable"]["label"], "dos");
+    boots(&img, Firmware::Bios, "none");
+}
+
+#[test]
+fn hybrid_boots_both_ways() {
+    let (_tmp, img) = build("hybrid", &[]);
+    sgdisk_verify(&img).unwrap();
+    assert_eq!(partitions(&img).len(), 3);
+    boots(&img, Firmware::Bios, "none");
+    boots(&img, Firmware::Uefi, "none");
+}
+
+#[test]
+fn a_specialisation_can_be_the_default_entry() {
+    let (_tmp, img) = build("hybrid", &["--default-specialisation", "debug"]);
+    boots(&img, Firmware::Uefi, "debug");
+    boots(&img, Firmware::Bios, "debug");
+}
+
+#[test]
+fn two_builds_are_the_same_bytes() {
+    let (_a, one) = build("hybrid", &[]);
+    let (_b, two) = build("hybrid", &["--threads", "1"]);
+    let sum = |p: &Path| {
+        let out = tools::run_ok(Command::new(tools::require("sha256sum", "coreutils")).arg(p));
+        String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_owned()
+    };
+    assert_eq!(sum(&one), sum(&two));
+}
+
+#[test]
+fn bootloader_inputs_are_checked_before_writing() {
+    let fx = fixtures::demo_closure();
+    let top = fixtures::toplevel_of(&fx);
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("x.img");
+    let store = store_of(&fx);
+    let run = |extra: &[&str]| {
+        let mut args: Vec<&OsStr> = ["build", "--progress", "none", "--system"].map(OsStr::new).to_vec();
+        args.extend([
+            OsStr::new(&top),
+            OsStr::new("--store-dir"),
+            store.as_os_str(),
+            OsStr::new("--output"),
+            img.as_os_str(),
+        ]);
+        args.extend(extra.iter().map(OsStr::new));
+        kiln(args)
+    };
+    run(&["--layout", "efi", "--esp-size", "8M"]).fails_with(&["the ESP is too small for the kernels and initrds"]);
+    run(&["--layout", "hybrid", "--default-specialisation", "nope"]).fails_with(&["nope", "debug"]);
+    let empty = tmp.path().join("empty-grub");
+    std::fs::create_dir_all(&empty).unwrap();
+    run(&["--layout", "legacy+gpt", "--grub", empty.to_str().unwrap()]).fails_with(&["no lib/grub/i386-pc/boot.img"]);
+    assert!(!img.exists(), "nothing may be left at the output path");
+}
