@@ -21,3 +21,4 @@ pub mod run;
 pub mod seed;
 pub mod store;
 pub mod system;
+pub mod verify;

@@ -18,7 +18,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Build(args) => build(*args),
         Command::Inspect(_) => bail!("not supported yet: kiln inspect (reading images back comes with disk layouts)"),
-        Command::Verify(_) => bail!("not supported yet: kiln verify (reading an image's store back)"),
+        Command::Verify(args) => crate::verify::command(args),
     }
 }
 

@@ -12,3 +12,4 @@ mod nar;
 mod nix_state;
 mod nixdb;
 mod util;
+mod verify;

@@ -1,0 +1,236 @@
+//! Reading the root filesystem with `ext4-view` (a reader that shares no code with kiln's writer): files by
+//! path, and a store path's NAR serialisation re-derived from the image's own directory tree, with Nix's
+//! canonical metadata checked on the way.
+//!
+//! `ext4-view` is not thread-safe (its handle is an `Rc`); each worker thread opens its own [`Image`].
+
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow};
+use ext4_view::{Ext4, Ext4Read, Metadata};
+
+use crate::closure::NarInfo;
+use crate::inventory::Kind;
+use crate::nar::NarHasher;
+use crate::store::LOGICAL_STORE;
+
+/// Nix's canonical modification time.
+const CANONICAL_MTIME: i64 = 1;
+/// Non-canonical entries listed per store path (the rest are counted).
+const LISTED_VIOLATIONS: usize = 3;
+
+/// The image file read at a byte offset: the filesystem's byte 0 is the file's byte `offset`.
+struct OffsetReader {
+    file: File,
+    offset: u64,
+}
+
+impl Ext4Read for OffsetReader {
+    fn read(&mut self, start_byte: u64, dst: &mut [u8]) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let at = self.offset.checked_add(start_byte).ok_or("read offset overflows u64")?;
+        self.file.read_exact_at(dst, at)?;
+        Ok(())
+    }
+}
+
+/// The root filesystem of an image, open for reading.
+pub(crate) struct Image {
+    fs: Ext4,
+}
+
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Image").finish_non_exhaustive()
+    }
+}
+
+/// What one store path looks like in the image.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct PathCheck {
+    /// narHash and narSize of the image's copy.
+    pub nar: Option<NarInfo>,
+    /// Entries (files, directories, symlinks) in the store path.
+    pub entries: u64,
+    /// The first few entries with non-canonical metadata: logical path, what differs.
+    pub violations: Vec<(String, String)>,
+    /// How many entries have non-canonical metadata in all.
+    pub violation_count: u64,
+}
+
+fn ext4_path(path: &[u8]) -> Result<ext4_view::PathBuf> {
+    ext4_view::PathBuf::try_from(path).map_err(|e| anyhow!("{}: not a valid path: {e}", show(path)))
+}
+
+/// A path for messages (lossy UTF-8).
+pub(crate) fn show(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+impl Image {
+    /// Opens the filesystem starting at byte `offset` of `image`.
+    pub(crate) fn open(image: &Path, offset: u64) -> Result<Self> {
+        let file = File::open(image).with_context(|| format!("opening {}", image.display()))?;
+        let fs = Ext4::load(Box::new(OffsetReader { file, offset }))
+            .map_err(|e| anyhow!("{}: cannot read the ext4 filesystem at byte {offset}: {e}", image.display()))?;
+        Ok(Self { fs })
+    }
+
+    /// The whole contents of the regular file at absolute `path`, or `None` if nothing is there.
+    pub(crate) fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        match self.fs.read(path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(ext4_view::Ext4Error::NotFound) => Ok(None),
+            Err(e) => Err(anyhow!("{path}: {e}")),
+        }
+    }
+
+    /// The target of the symlink at absolute `path`: `Ok(None)` if nothing is there, an error if it is not a
+    /// symlink.
+    pub(crate) fn read_link(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        match self.fs.symlink_metadata(path) {
+            Err(ext4_view::Ext4Error::NotFound) => return Ok(None),
+            Err(e) => return Err(anyhow!("{path}: {e}")),
+            Ok(md) if !md.is_symlink() => return Err(anyhow!("{path}: not a symlink ({:?})", md.file_type())),
+            Ok(_) => {}
+        }
+        let target = self.fs.read_link(path).map_err(|e| anyhow!("{path}: {e}"))?;
+        Ok(Some(target.as_ref().to_vec()))
+    }
+
+    /// Whether anything (a file, directory or symlink) is at absolute `path`.
+    pub(crate) fn exists(&self, path: &str) -> Result<bool> {
+        match self.fs.symlink_metadata(path) {
+            Ok(_) => Ok(true),
+            Err(ext4_view::Ext4Error::NotFound) => Ok(false),
+            Err(e) => Err(anyhow!("{path}: {e}")),
+        }
+    }
+
+    /// The names in directory `path` (without `.` and `..`), sorted bytewise, with each entry's metadata.
+    fn sorted_dir(&self, path: &ext4_view::PathBuf) -> Result<Vec<(Vec<u8>, Metadata)>> {
+        let mut out = Vec::new();
+        for entry in
+            self.fs.read_dir(path).map_err(|e| anyhow!("{}: cannot read the directory: {e}", path.display()))?
+        {
+            let entry = entry.map_err(|e| anyhow!("{}: cannot read a directory entry: {e}", path.display()))?;
+            let name = entry.file_name();
+            let name = name.as_ref();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let md =
+                entry.metadata().map_err(|e| anyhow!("{}: cannot read the inode: {e}", show(entry.path().as_ref())))?;
+            out.push((name.to_vec(), md));
+        }
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// The names directly under `/nix/store`, sorted.
+    pub(crate) fn store_entries(&self) -> Result<Vec<Vec<u8>>> {
+        let store = ext4_path(LOGICAL_STORE.as_bytes())?;
+        Ok(self.sorted_dir(&store)?.into_iter().map(|(name, _)| name).collect())
+    }
+
+    /// Serialises store path `/nix/store/<base>` from the image into a NAR hasher, checking each entry's
+    /// metadata against Nix's canonical form (owner 0:0, mtime 1, files 0444 or 0555, directories 0555,
+    /// symlinks 0777). `buf` is a reusable read buffer.
+    pub(crate) fn check_store_path(&self, base: &str, buf: &mut Vec<u8>) -> Result<PathCheck> {
+        let abs = format!("{LOGICAL_STORE}/{base}");
+        let root = ext4_path(abs.as_bytes())?;
+        let md = self.fs.symlink_metadata(&root).map_err(|e| anyhow!("{abs}: {e}"))?;
+        if buf.len() < 1 << 16 {
+            buf.resize(1 << 16, 0);
+        }
+        let mut walk = Walk { image: self, hasher: NarHasher::new(), check: PathCheck::default(), buf };
+        walk.node(&root, &mut PathBuf::new(), &md)?;
+        let Walk { hasher, mut check, .. } = walk;
+        check.nar = Some(hasher.finish().with_context(|| format!("{abs}: NAR serialisation"))?);
+        Ok(check)
+    }
+}
+
+/// One store path's walk in NAR order.
+struct Walk<'a> {
+    image: &'a Image,
+    hasher: NarHasher,
+    check: PathCheck,
+    buf: &'a mut Vec<u8>,
+}
+
+impl Walk<'_> {
+    fn node(&mut self, path: &ext4_view::PathBuf, rel: &mut PathBuf, md: &Metadata) -> Result<()> {
+        self.check.entries += 1;
+        let t = md.file_type();
+        let mode = md.mode();
+        let kind = if t.is_regular_file() {
+            Kind::File { size: md.len(), executable: mode & 0o100 != 0, sparse: false }
+        } else if t.is_dir() {
+            Kind::Dir
+        } else if t.is_symlink() {
+            let target = self.image.fs.read_link(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            Kind::Symlink { target: PathBuf::from(std::ffi::OsStr::from_bytes(target.as_ref())) }
+        } else {
+            anyhow::bail!("{}: a {t:?}, which a store path cannot hold", path.display());
+        };
+        self.canonical(path, md, &kind);
+        self.hasher.entry(rel, &kind).with_context(|| format!("{}: NAR serialisation", path.display()))?;
+        match kind {
+            Kind::File { .. } => {
+                let mut file = self.image.fs.open(path).map_err(|e| anyhow!("{}: cannot open: {e}", path.display()))?;
+                loop {
+                    let n = file
+                        .read_bytes(self.buf)
+                        .map_err(|e| anyhow!("{}: cannot read at byte {}: {e}", path.display(), file.position()))?;
+                    if n == 0 {
+                        break;
+                    }
+                    self.hasher.file_chunk(&self.buf[..n]).with_context(|| format!("{}", path.display()))?;
+                }
+                self.hasher.end_file().with_context(|| format!("{}", path.display()))?;
+            }
+            Kind::Dir => {
+                for (name, child_md) in self.image.sorted_dir(path)? {
+                    let child = path.join(&name);
+                    rel.push(std::ffi::OsStr::from_bytes(&name));
+                    self.node(&child, rel, &child_md)?;
+                    rel.pop();
+                }
+            }
+            Kind::Symlink { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Records how `md` differs from Nix's canonical metadata for `kind`, if it does.
+    fn canonical(&mut self, path: &ext4_view::PathBuf, md: &Metadata, kind: &Kind) {
+        let perm = u32::from(md.mode()) & 0o7777;
+        let want: &[u32] = match kind {
+            Kind::File { .. } => &[0o444, 0o555],
+            Kind::Dir => &[0o555],
+            Kind::Symlink { .. } => &[0o777],
+        };
+        let mtime = md.modified();
+        let mut what = Vec::new();
+        if md.uid() != 0 || md.gid() != 0 {
+            what.push(format!("owner {}:{} (want 0:0)", md.uid(), md.gid()));
+        }
+        if !want.contains(&perm) {
+            let want: Vec<String> = want.iter().map(|m| format!("{m:04o}")).collect();
+            what.push(format!("mode {perm:04o} (want {})", want.join(" or ")));
+        }
+        if mtime.seconds() != CANONICAL_MTIME || mtime.nanoseconds() != 0 {
+            what.push(format!("mtime {}.{:09} (want {CANONICAL_MTIME})", mtime.seconds(), mtime.nanoseconds()));
+        }
+        if what.is_empty() {
+            return;
+        }
+        self.check.violation_count += 1;
+        if self.check.violations.len() < LISTED_VIOLATIONS {
+            self.check.violations.push((path.display().to_string(), what.join(", ")));
+        }
+    }
+}

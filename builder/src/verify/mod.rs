@@ -1,0 +1,379 @@
+//! `kiln verify`: reads an image back with an independent ext4 reader and checks that its Nix store is what its
+//! Nix database says, the way Nix itself would find it on first boot.
+//!
+//! 1. `locate` finds the root filesystem (a bare filesystem, a GPT or an MBR partition).
+//! 2. `db` reads `nix/var/nix/db/db.sqlite` (and the `schema` file, which must be exactly `10`).
+//! 3. `image` re-derives every valid path's NAR serialisation from the image's own files (in parallel, one
+//!    reader per worker) and compares narHash and narSize; references must be valid paths. Every entry under
+//!    `/nix/store` must be registered, and every store file must have Nix's canonical metadata.
+//! 4. `profile` follows `nix/var/nix/profiles/system` to a valid toplevel; with `--system` it must be that one,
+//!    and the database must hold exactly its closure. With `--store-dir`, `host` compares that closure with the
+//!    host store directory.
+//!
+//! Problems are collected, not raised: one run lists everything wrong (see [`Report`]).
+
+mod db;
+mod host;
+mod image;
+mod locate;
+mod profile;
+
+use std::fmt::{self, Write as _};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+pub use host::HostCheck;
+pub use locate::{Location, RootFs, SectorSize};
+
+use crate::cli::VerifyArgs;
+use crate::closure::NarInfo;
+use crate::dry_run::human_bytes;
+use crate::nar::hash_string;
+use crate::store::{StoreDir, StorePath};
+
+/// Where the database and its schema file are in the image.
+const DB_DIR: &str = "/nix/var/nix/db";
+/// Problems printed before the rest are only counted.
+const LISTED_PROBLEMS: usize = 20;
+/// Non-canonical store entries listed across the image (the rest are counted).
+const LISTED_METADATA: usize = 5;
+
+/// What to verify.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// The image file.
+    pub image: PathBuf,
+    /// The toplevel the image should boot (`--system`).
+    pub system: Option<PathBuf>,
+    /// The host store directory (`--store-dir`): resolves `--system` and is compared with the image.
+    pub store_dir: Option<PathBuf>,
+    /// Worker threads for hashing; 0 for one per core.
+    pub threads: usize,
+}
+
+/// What kind of thing is wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum ProblemKind {
+    /// The database or its schema file.
+    Database,
+    /// A valid path missing from the image's store.
+    Missing,
+    /// A store path whose contents are not what its registration says, or cannot be read.
+    Contents,
+    /// Store entries with non-canonical owner, mode or mtime.
+    Metadata,
+    /// Something in `/nix/store` that is not a valid path.
+    Stray,
+    /// The system profile, or the toplevel `--system` names.
+    Profile,
+    /// A difference from the host store directory.
+    Host,
+}
+
+/// One thing wrong with the image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// What kind.
+    pub kind: ProblemKind,
+    /// What it is about: a store path or a file in the image.
+    pub subject: String,
+    /// What is wrong.
+    pub detail: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.subject, self.detail)
+    }
+}
+
+/// What a verification found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The image.
+    pub image: PathBuf,
+    /// Where its root filesystem is.
+    pub root_fs: RootFs,
+    /// Valid paths in the image's database.
+    pub valid_paths: usize,
+    /// Valid paths whose contents were hashed.
+    pub paths_hashed: usize,
+    /// Entries (files, directories, symlinks) of those paths.
+    pub entries: u64,
+    /// NAR bytes hashed.
+    pub nar_bytes: u64,
+    /// The toplevel the system profile points to.
+    pub toplevel: Option<StorePath>,
+    /// How the host store directory was compared, with `--store-dir`.
+    pub host: Option<HostCheck>,
+    /// Worker threads used for hashing.
+    pub threads: usize,
+    /// Time taken.
+    pub elapsed: Duration,
+    /// Everything wrong, in the order found.
+    pub problems: Vec<Problem>,
+}
+
+impl Report {
+    /// The summary and, capped, the problems, as text for people.
+    #[must_use]
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "image          {} (root filesystem: {})", self.image.display(), self.root_fs.location);
+        let _ = writeln!(
+            s,
+            "store          {} valid paths; {} hashed: {} entries, {} of NAR ({} threads)",
+            self.valid_paths,
+            self.paths_hashed,
+            self.entries,
+            human_bytes(self.nar_bytes),
+            self.threads
+        );
+        if let Some(top) = &self.toplevel {
+            let _ = writeln!(s, "profile        system -> {top}");
+        }
+        if let Some(host) = &self.host {
+            let _ = writeln!(s, "host           {host}");
+        }
+        let _ = writeln!(s, "elapsed        {:.2}s", self.elapsed.as_secs_f64());
+        for p in self.problems.iter().take(LISTED_PROBLEMS) {
+            let _ = writeln!(s, "problem: {p}");
+        }
+        if self.problems.len() > LISTED_PROBLEMS {
+            let _ = writeln!(s, "… and {} more problems", self.problems.len() - LISTED_PROBLEMS);
+        }
+        s
+    }
+}
+
+/// `kiln verify`: prints the report and fails when there are problems.
+pub fn command(args: VerifyArgs) -> Result<()> {
+    let req = Request { image: args.image, system: args.system, store_dir: args.store_dir, threads: 0 };
+    let report = verify(&req)?;
+    print!("{}", report.to_text());
+    match report.problems.as_slice() {
+        [] => Ok(()),
+        [only] => bail!("verify: 1 problem in {}: {only}", req.image.display()),
+        [first, ..] => {
+            bail!(
+                "verify: {} problems in {} (listed above), first: {first}",
+                report.problems.len(),
+                req.image.display()
+            )
+        }
+    }
+}
+
+/// `narHash sha256:<nix32> narSize N`, hashes as Nix prints them.
+fn nar_differs(nar: &NarInfo) -> String {
+    format!("narHash {} narSize {}", hash_string(&nar.hash), nar.size)
+}
+
+/// Verifies an image. An error means it could not be checked at all (unreadable, no root filesystem, no
+/// database); everything found wrong is in the report's `problems`.
+pub fn verify(req: &Request) -> Result<Report> {
+    let start = Instant::now();
+    let name = req.image.display().to_string();
+    let file = File::open(&req.image).with_context(|| format!("opening {name}"))?;
+    let root_fs = locate::root_fs(&file, &name)?;
+    drop(file);
+    let img = image::Image::open(&req.image, root_fs.offset)?;
+    let store = req.store_dir.as_deref().map(StoreDir::new).transpose()?;
+    let system = req.system.as_deref().map(|s| profile::resolve_system(s, store.as_ref())).transpose()?;
+    let mut problems = Vec::new();
+
+    let valid = read_db(&img, &name, &mut problems)?;
+    let present = check_store_entries(&img, &valid, &mut problems)?;
+
+    let mut jobs: Vec<&StorePath> = valid.keys().filter(|p| present.contains(*p)).collect();
+    jobs.sort_by_key(|p| std::cmp::Reverse(valid[*p].nar.map_or(0, |n| n.size)));
+    let threads = match req.threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    }
+    .clamp(1, jobs.len().max(1));
+    let results = hash_paths(&req.image, root_fs.offset, &jobs, threads)?;
+    let (mut entries, mut nar_bytes, mut metadata_count) = (0, 0, 0u64);
+    let mut metadata = Vec::new();
+    for (p, result) in jobs.iter().zip(results) {
+        let mut problem = |kind, detail| problems.push(Problem { kind, subject: p.to_string(), detail });
+        let check = match result {
+            Ok(check) => check,
+            Err(e) => {
+                problem(ProblemKind::Contents, format!("cannot be read from the image: {e:#}"));
+                continue;
+            }
+        };
+        entries += check.entries;
+        let got = check.nar.expect("a finished walk has a NAR");
+        nar_bytes += got.size;
+        if let Some(want) = valid[*p].nar
+            && want != got
+        {
+            problem(
+                ProblemKind::Contents,
+                format!(
+                    "contents differ from the image's database: registered {}, but the image's copy has {}",
+                    nar_differs(&want),
+                    nar_differs(&got)
+                ),
+            );
+        }
+        metadata_count += check.violation_count;
+        metadata.extend(check.violations);
+    }
+    for (subject, detail) in metadata.into_iter().take(LISTED_METADATA) {
+        problems.push(Problem { kind: ProblemKind::Metadata, subject, detail: format!("not canonical: {detail}") });
+    }
+    if metadata_count > LISTED_METADATA as u64 {
+        problems.push(Problem {
+            kind: ProblemKind::Metadata,
+            subject: "/nix/store".into(),
+            detail: format!("{} more entries with non-canonical metadata", metadata_count - LISTED_METADATA as u64),
+        });
+    }
+
+    let toplevel = profile::toplevel(&img, &valid, &mut problems)?;
+    if let Some(want) = &system {
+        check_system(want, toplevel.as_ref(), &valid, &mut problems);
+    }
+    let host = match (&store, system.as_ref().or(toplevel.as_ref())) {
+        (Some(store), Some(root)) if valid.contains_key(root) => {
+            Some(host::compare(store, root, &valid, &mut problems)?)
+        }
+        _ => None,
+    };
+    Ok(Report {
+        image: req.image.clone(),
+        root_fs,
+        valid_paths: valid.len(),
+        paths_hashed: jobs.len(),
+        entries,
+        nar_bytes,
+        toplevel,
+        host,
+        threads,
+        elapsed: start.elapsed(),
+        problems,
+    })
+}
+
+/// Reads the schema file and the database, recording what Nix would refuse.
+fn read_db(img: &image::Image, name: &str, problems: &mut Vec<Problem>) -> Result<db::ValidPaths> {
+    let mut problem = |subject: String, detail: String| {
+        problems.push(Problem { kind: ProblemKind::Database, subject, detail });
+    };
+    let schema = format!("{DB_DIR}/schema");
+    match img.read(&schema)? {
+        Some(bytes) if bytes == crate::nixdb::SCHEMA_FILE => {}
+        Some(bytes) if bytes.trim_ascii_end() == crate::nixdb::SCHEMA_FILE => {
+            problem(schema, format!("{:?}: Nix rejects anything but exactly \"10\" (no newline)", image::show(&bytes)))
+        }
+        Some(bytes) => problem(schema, format!("{:?}, not schema version \"10\"", image::show(&bytes))),
+        None => problem(schema, "missing (Nix would treat the database as corrupt)".into()),
+    }
+    for leftover in ["db.sqlite-wal", "db.sqlite-shm", "db.sqlite-journal"] {
+        let path = format!("{DB_DIR}/{leftover}");
+        if img.exists(&path)? {
+            problem(path, "left beside the database (it was not closed cleanly)".into());
+        }
+    }
+    let db_path = format!("{DB_DIR}/db.sqlite");
+    let Some(bytes) = img.read(&db_path)? else {
+        bail!("{name}: no Nix database at {db_path} in the root filesystem, so there is nothing to verify against");
+    };
+    db::read(&bytes, &format!("{name}:{db_path}"), problems)
+}
+
+/// Every entry directly under `/nix/store` must be a valid path, and every valid path must be there. Returns
+/// the valid paths present.
+fn check_store_entries(
+    img: &image::Image,
+    valid: &db::ValidPaths,
+    problems: &mut Vec<Problem>,
+) -> Result<std::collections::BTreeSet<StorePath>> {
+    let mut present = std::collections::BTreeSet::new();
+    for name in img.store_entries()? {
+        let shown = format!("/nix/store/{}", image::show(&name));
+        let detail = match std::str::from_utf8(&name).map(StorePath::from_base_name) {
+            Ok(Ok(p)) if valid.contains_key(&p) => {
+                present.insert(p);
+                continue;
+            }
+            Ok(Ok(_)) => "in the store but not a valid path in the image's database".to_owned(),
+            _ if name == b".links" => "Nix's hard-link pool: an image must not ship it (even empty)".to_owned(),
+            Ok(Err(e)) => format!("in the store but not a store path ({})", e.why),
+            Err(_) => "in the store but not a store path (not UTF-8)".to_owned(),
+        };
+        problems.push(Problem { kind: ProblemKind::Stray, subject: shown, detail });
+    }
+    for p in valid.keys().filter(|p| !present.contains(*p)) {
+        problems.push(Problem {
+            kind: ProblemKind::Missing,
+            subject: p.to_string(),
+            detail: "registered as valid but missing from the image's /nix/store".into(),
+        });
+    }
+    Ok(present)
+}
+
+/// The profile must point to `want`, and the database must hold exactly its closure.
+fn check_system(want: &StorePath, toplevel: Option<&StorePath>, valid: &db::ValidPaths, problems: &mut Vec<Problem>) {
+    let mut problem = |subject: String, detail: String| {
+        problems.push(Problem { kind: ProblemKind::Profile, subject, detail });
+    };
+    if let Some(top) = toplevel
+        && top != want
+    {
+        problem("/nix/var/nix/profiles/system".into(), format!("points to {top}, but --system is {want}"));
+    }
+    if !valid.contains_key(want) {
+        problem(want.to_string(), "the --system toplevel is not a valid path in the image's database".into());
+        return;
+    }
+    let reachable = db::closure(valid, want);
+    for p in valid.keys().filter(|p| !reachable.contains(p)) {
+        problem(p.to_string(), format!("registered as valid but not in the closure of {want}"));
+    }
+}
+
+/// Hashes `jobs` (store paths present in the image) on `threads` workers, each with its own reader; results in
+/// the order of `jobs`.
+fn hash_paths(image: &Path, offset: u64, jobs: &[&StorePath], threads: usize) -> Result<Vec<Result<image::PathCheck>>> {
+    let next = AtomicUsize::new(0);
+    let mut done: Vec<(usize, Result<image::PathCheck>)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|i| {
+                let next = &next;
+                std::thread::Builder::new()
+                    .name(format!("kiln-verify-{i}"))
+                    .spawn_scoped(s, move || -> Result<Vec<(usize, Result<image::PathCheck>)>> {
+                        let img = image::Image::open(image, offset)?;
+                        let mut buf = Vec::new();
+                        let mut out = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(p) = jobs.get(i) else { break };
+                            out.push((i, img.check_store_path(p.base_name(), &mut buf)));
+                        }
+                        Ok(out)
+                    })
+                    .context("starting a verify worker thread")
+            })
+            .collect::<Result<_>>()?;
+        let mut all = Vec::with_capacity(jobs.len());
+        for w in workers {
+            all.extend(w.join().map_err(|_| anyhow::anyhow!("a verify worker thread panicked"))??);
+        }
+        Ok::<_, anyhow::Error>(all)
+    })?;
+    done.sort_unstable_by_key(|(i, _)| *i);
+    Ok(done.into_iter().map(|(_, r)| r).collect())
+}
