@@ -90,6 +90,11 @@ pub struct BuildArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
 
+    /// Also ship this store path and its closure in the image, registered in its Nix database (repeatable;
+    /// for offline installs: what `nixos-rebuild` will need without a binary cache).
+    #[arg(long = "extra-path", value_name = "P")]
+    pub extra_paths: Vec<PathBuf>,
+
     /// Add a kernel parameter to every boot entry (repeatable).
     #[arg(long = "kernel-param", value_name = "P")]
     pub kernel_params: Vec<String>,

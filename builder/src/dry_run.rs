@@ -28,6 +28,8 @@ pub struct Request {
     pub closure_info: Option<PathBuf>,
     /// Extra kernel parameters for every entry.
     pub kernel_params: Vec<String>,
+    /// More store paths (and their closures) to ship and register (`--extra-path`).
+    pub extra_paths: Vec<PathBuf>,
 }
 
 /// One store path's line in the report.
@@ -110,7 +112,18 @@ pub fn resolve(req: &Request, progress: &dyn Progress) -> Result<Resolved> {
     let (closure, inventory) = progress::phase(
         progress,
         Phase::Closure,
-        || Closure::find(&store, &system.toplevel, req.closure_info.as_deref()),
+        || -> Result<_> {
+            let mut roots = vec![system.toplevel.clone()];
+            for extra in &req.extra_paths {
+                let path = store.resolve_system(extra).map_err(|e| {
+                    anyhow::anyhow!("--extra-path {}: {}", extra.display(), format!("{e:#}").replace("system ", ""))
+                })?;
+                roots.push(path);
+            }
+            roots.sort();
+            roots.dedup();
+            Closure::find(&store, &roots, req.closure_info.as_deref())
+        },
         |(c, inv)| {
             format!(
                 "{} store paths, {} files, {} bytes from {}",

@@ -102,6 +102,7 @@ fn build(args: BuildArgs) -> Result<()> {
         system: args.system,
         closure_info: args.closure_info,
         kernel_params: args.kernel_params,
+        extra_paths: args.extra_paths,
     };
     let (report, written) = if let Some(layout) = args.layout {
         let req = build::BuildRequest {

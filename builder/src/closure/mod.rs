@@ -74,24 +74,24 @@ pub struct Closure {
 }
 
 impl Closure {
-    /// Finds the closure of `root` and inventories it.
+    /// Finds the closure of `roots` (the system's toplevel first, then any extra paths) and inventories it.
     ///
     /// With `closure_info`, that directory is the source; otherwise the store directory's Nix database if it
     /// exists and knows `root`; otherwise a parallel scan of file contents, starting at `root`.
     pub fn find(
         store: &StoreDir,
-        root: &StorePath,
+        roots: &[StorePath],
         closure_info: Option<&std::path::Path>,
     ) -> Result<(Self, Inventory)> {
         let (source, paths) = if let Some(dir) = closure_info {
             (Source::ClosureInfo { dir: dir.to_path_buf() }, closure_info::read(dir)?)
-        } else if let Some(found) = Self::from_db(store, root)? {
+        } else if let Some(found) = Self::from_db(store, roots)? {
             found
         } else {
-            return Self::scan(store, root);
+            return Self::scan(store, roots);
         };
-        if !paths.contains_key(root) {
-            bail!("{root} is not in its own closure from {source}");
+        if let Some(missing) = roots.iter().find(|r| !paths.contains_key(*r)) {
+            bail!("{missing} is not in the closure from {source}");
         }
         if let Some(missing) = paths.keys().find(|p| std::fs::symlink_metadata(store.physical(p)).is_err()) {
             bail!(
@@ -103,17 +103,26 @@ impl Closure {
         Ok((Self { source, paths }, inventory))
     }
 
-    fn from_db(store: &StoreDir, root: &StorePath) -> Result<Option<(Source, BTreeMap<StorePath, PathInfo>)>> {
+    /// The union of the roots' closures from the store directory's Nix database, if it knows every root.
+    fn from_db(store: &StoreDir, roots: &[StorePath]) -> Result<Option<(Source, BTreeMap<StorePath, PathInfo>)>> {
         let Some(db) = store.nix_db().filter(|db| db.is_file()) else { return Ok(None) };
-        Ok(hostdb::closure(&db, root)?.map(|paths| (Source::NixDb { db }, paths)))
+        let mut all = BTreeMap::new();
+        for root in roots {
+            match hostdb::closure(&db, root)? {
+                Some(paths) => all.extend(paths),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some((Source::NixDb { db }, all)))
     }
 
     /// Breadth-first: inventory and scan every newly found path of a level in parallel.
-    fn scan(store: &StoreDir, root: &StorePath) -> Result<(Self, Inventory)> {
+    fn scan(store: &StoreDir, roots: &[StorePath]) -> Result<(Self, Inventory)> {
         let candidates = scan::Candidates::list(store)?;
         let mut paths = BTreeMap::new();
         let mut inventories = Vec::new();
-        let mut level = vec![root.clone()];
+        let mut level: Vec<StorePath> = roots.to_vec();
+        level.dedup();
         let mut seen: BTreeSet<StorePath> = level.iter().cloned().collect();
         while !level.is_empty() {
             let results = level

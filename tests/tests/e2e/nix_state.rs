@@ -85,3 +85,75 @@ fn nix_accepts_the_store_from_a_reference_scan() {
     check_image(&img, false);
     tools::run(Command::new("chmod").arg("-R").arg("u+w").arg(tmp.path()));
 }
+
+/// `--extra-path` ships more store paths and their closures, registered with their references; Nix's newer
+/// `nix store verify --all` accepts the result too.
+#[test]
+fn extra_paths_are_shipped_and_registered() {
+    let fx = fixtures::nix_closure();
+    let top = fixtures::toplevel_of(&fx);
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("nix/store");
+    std::fs::create_dir_all(store.parent().unwrap()).unwrap();
+    tools::run_ok(Command::new("cp").arg("-a").arg(store_of(&fx.join("store-root"))).arg(&store));
+    let hello = std::fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .find(|n| n.ends_with("-hello-data"))
+        .expect("hello-data in the fixture");
+    // A store path outside the system's closure, referring to one inside it.
+    let extra = "0a0b0c0d0f0g0h0i0j0k0l0m0n0p0q0r-offline-tool";
+    std::fs::create_dir_all(store.join(extra).join("bin")).unwrap();
+    std::fs::write(store.join(extra).join("bin/tool"), format!("#!/bin/sh\nexec /nix/store/{hello}/bin/hello\n"))
+        .unwrap();
+    let img = tmp.path().join("root.img");
+    build_nix_fixture(&store, &img, &["--extra-path", &format!("/nix/store/{extra}")]);
+    let root = tmp.path().join("root");
+    extract(&img, 0, &root).unwrap();
+    let checked = nix::verify_store_copy(&root).unwrap_or_else(|e| panic!("nix-store --verify:\n{e}"));
+    assert!(checked.contains(&format!("/nix/store/{extra}")), "{checked:?}");
+    let requisites = nix::requisites(Some(&root), &format!("/nix/store/{extra}"));
+    assert!(
+        requisites.contains(&format!("/nix/store/{hello}")),
+        "the extra path's reference is registered: {requisites:?}"
+    );
+    assert!(nix::requisites(Some(&root), &top).len() < checked.len());
+    // The new CLI's verifier, on a copy (Nix rewrites any store it opens).
+    let copy = tmp.path().join("copy");
+    tools::run_ok(Command::new("cp").arg("-a").arg(&root).arg(&copy));
+    let out = tools::run(
+        Command::new(tools::require("nix", "nix-bin"))
+            .env("NIX_CONFIG", "build-users-group =")
+            .args(["--extra-experimental-features", "nix-command", "store", "verify", "--all", "--no-trust", "--store"])
+            .arg(format!("local?root={}", copy.display())),
+    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "nix store verify --all:\n{text}");
+    tools::run(Command::new("chmod").arg("-R").arg("u+w").arg(tmp.path()));
+}
+
+#[test]
+fn an_extra_path_outside_the_store_is_refused() {
+    let fx = fixtures::nix_closure();
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("root.img");
+    let top = fixtures::toplevel_of(&fx);
+    let store = store_of(&fx.join("store-root"));
+    let args: Vec<&OsStr> = [
+        OsStr::new("build"),
+        OsStr::new("--layout"),
+        OsStr::new("none"),
+        OsStr::new("--system"),
+        OsStr::new(&top),
+        OsStr::new("--store-dir"),
+        store.as_os_str(),
+        OsStr::new("--output"),
+        img.as_os_str(),
+        OsStr::new("--extra-path"),
+        OsStr::new("/nix/store/2123456789abcdfghijklmnpqrsvwxyz-gone"),
+    ]
+    .to_vec();
+    kiln(args)
+        .fails_with(&["--extra-path /nix/store/2123456789abcdfghijklmnpqrsvwxyz-gone", "not found in store directory"]);
+    assert!(!img.exists());
+}
