@@ -283,3 +283,29 @@ fn invalid_kernel_params_are_refused() {
     let long = format!("x={}", "y".repeat(2100));
     m.dry_run(&["--kernel-param", &long]).fails_with(&["kernel command line of", "2048"]);
 }
+
+#[test]
+fn bad_closure_inputs_leave_nothing_at_the_output_path() {
+    let m = Mini::new();
+    let out = m.dir.path().join("out.img");
+    let cases = [
+        (
+            format!("/nix/store/{GONE}\n/nix/store/{TOP}\n"),
+            record(GONE, &[]) + &record(TOP, &[GONE]),
+            "missing from store directory",
+        ),
+        (format!("/nix/store/{TOP}\n"), record(TOP, &[TOP])[..20].to_owned(), "truncated"),
+        (format!("/nix/store/{TOP}\n"), record(TOP, &[GONE]), "outside the closure"),
+        (format!("/nix/store/{TOP}\n"), record(TOP, &[]), "contents differ from its registration"),
+    ];
+    for (paths, reg, want) in cases {
+        let ci = m.closure_info(&paths, &reg);
+        let mut args: Vec<OsString> = m.args(&["--closure-info", ci.to_str().unwrap(), "--layout", "none"]);
+        args.retain(|a| a != "--dry-run");
+        args.extend(["--output".into(), out.clone().into()]);
+        kiln(args).fails_with(&[want]);
+        assert!(!out.exists(), "{want}: nothing may be left at the output path");
+        let left: Vec<_> = std::fs::read_dir(m.dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(left.iter().all(|n| !n.to_string_lossy().contains("kiln-")), "{want}: temporary left: {left:?}");
+    }
+}
