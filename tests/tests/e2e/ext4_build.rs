@@ -132,7 +132,7 @@ fn fixed_sizes_are_exact_and_too_small_is_refused_before_writing() {
     let tmp = tempfile::tempdir().unwrap();
     let img = tmp.path().join("root.img");
     let r = build(&fx, &store_of(&fx), &img, &["--size", "4M"]);
-    r.fails_with(&["--size 4194304 is too small: the root filesystem needs at least"]);
+    r.fails_with(&["--size 4194304 is too small: the image needs at least"]);
     assert!(!img.exists(), "nothing may be left at the output path");
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "no temporary file left either");
     build(&fx, &store_of(&fx), &img, &["--size", "300M"]).ok();
