@@ -54,6 +54,21 @@ impl Iterator for DataRanges<'_> {
     }
 }
 
+/// Fills `buf` from `offset` of `file` (retrying short and interrupted reads); false if the file ended first.
+pub fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => return Ok(false),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::fs::File;
 use std::ops::Range;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 
 use rayon::prelude::*;
 
@@ -15,7 +15,7 @@ use super::plan::{DataJob, Plan, render_dir};
 use super::superblock::{descriptors, superblock};
 use super::tree::{Node, Source, Tree};
 use crate::sink::WriteAt;
-use crate::sparse::DataRanges;
+use crate::sparse::{DataRanges, read_full};
 
 /// Largest single read or write of file data.
 const CHUNK: usize = 1 << 20;
@@ -271,18 +271,4 @@ fn copy_file(tree: &Tree, job: &DataJob, sink: &dyn WriteAt, base: u64) -> Resul
             Ok(())
         }
     }
-}
-
-/// Fills `buf` from `offset`; false if the file ended first.
-fn read_full(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<bool> {
-    let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => return Ok(false),
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(true)
 }

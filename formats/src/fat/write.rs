@@ -4,7 +4,6 @@
 use std::cell::RefCell;
 use std::fs::File;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 
 use rayon::prelude::*;
 
@@ -14,7 +13,7 @@ use super::geometry::FATS;
 use super::plan::{FileExtent, Plan};
 use super::tree::{Kind, Source, Tree};
 use crate::sink::WriteAt;
-use crate::sparse::DataRanges;
+use crate::sparse::{DataRanges, read_full};
 
 /// Largest single read or write of file data.
 const CHUNK: usize = 1 << 20;
@@ -139,20 +138,6 @@ impl Plan {
             }
         }
     }
-}
-
-/// Fills `buf` from `offset`; false if the file ended first.
-fn read_full(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<bool> {
-    let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => return Ok(false),
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(true)
 }
 
 #[cfg(test)]
