@@ -17,7 +17,7 @@ use crate::progress::{Event, Progress, Silent};
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Build(args) => build(*args),
-        Command::Inspect(_) => bail!("not supported yet: kiln inspect (reading images back comes with disk layouts)"),
+        Command::Inspect(args) => crate::inspect::command(args),
         Command::Verify(args) => crate::verify::command(args),
     }
 }

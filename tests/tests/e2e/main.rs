@@ -8,6 +8,7 @@ mod ext4_build;
 mod ext4_checkers;
 mod ext4_property;
 mod harness;
+mod inspect;
 mod nar;
 mod nix_state;
 mod nixdb;
