@@ -3,7 +3,7 @@
 //! and GRUB's view of the root filesystem are checked by independent tools.
 
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -12,26 +12,9 @@ use kiln_tests::disk::{fsck_fat_clean, sfdisk_json, sgdisk_verify};
 use kiln_tests::ext4::e2fsck_clean;
 use kiln_tests::{fixtures, tools};
 
-use crate::util::{kiln, store_of};
+use crate::util::{build_demo_disk, kiln, store_of};
 
 const TIMEOUT: Duration = Duration::from_secs(180);
-
-/// Builds the demo closure as a disk with `layout` into a temporary directory.
-fn build(layout: &str, extra: &[&str]) -> (tempfile::TempDir, PathBuf) {
-    let fx = fixtures::demo_closure();
-    let top = fixtures::toplevel_of(&fx);
-    let tmp = tempfile::tempdir().unwrap();
-    let img = tmp.path().join(format!("{layout}.img"));
-    let ci = fx.join("closure-info");
-    let store = store_of(&fx);
-    let mut args: Vec<&OsStr> =
-        ["build", "--progress", "none", "--layout", layout, "--system"].map(OsStr::new).to_vec();
-    args.extend([OsStr::new(&top), OsStr::new("--store-dir"), store.as_os_str(), OsStr::new("--closure-info")]);
-    args.extend([ci.as_os_str(), OsStr::new("--output"), img.as_os_str()]);
-    args.extend(extra.iter().map(OsStr::new));
-    kiln(args).ok();
-    (tmp, img)
-}
 
 fn marker(specialisation: &str) -> String {
     let fx = fixtures::demo_closure();
@@ -67,7 +50,7 @@ fn partitions(img: &Path) -> Vec<(u64, u64, String)> {
 
 #[test]
 fn efi_boots_under_ovmf_and_its_esp_is_clean() {
-    let (_tmp, img) = build("efi", &[]);
+    let (_tmp, img) = build_demo_disk("efi", &[]);
     sgdisk_verify(&img).unwrap();
     let parts = partitions(&img);
     assert_eq!(parts.len(), 2);
@@ -145,7 +128,7 @@ fn esp_reads_back_with_fatfs(img: &Path, start: u64, len: u64) {
 
 #[test]
 fn legacy_gpt_boots_under_seabios_and_grub_reads_the_kernel() {
-    let (_tmp, img) = build("legacy+gpt", &[]);
+    let (_tmp, img) = build_demo_disk("legacy+gpt", &[]);
     sgdisk_verify(&img).unwrap();
     let parts = partitions(&img);
     assert_eq!(parts[0].2, "21686148-6449-6E6F-744E-656564454649", "BIOS boot partition first");
@@ -166,7 +149,7 @@ fn legacy_gpt_boots_under_seabios_and_grub_reads_the_kernel() {
 
 #[test]
 fn legacy_mbr_boots_under_seabios() {
-    let (_tmp, img) = build("legacy", &[]);
+    let (_tmp, img) = build_demo_disk("legacy", &[]);
     let json = sfdisk_json(&img);
     assert_eq!(json["partitiontable"]["label"], "dos");
     boots(&img, Firmware::Bios, "none");
@@ -174,7 +157,7 @@ fn legacy_mbr_boots_under_seabios() {
 
 #[test]
 fn hybrid_boots_both_ways() {
-    let (_tmp, img) = build("hybrid", &[]);
+    let (_tmp, img) = build_demo_disk("hybrid", &[]);
     sgdisk_verify(&img).unwrap();
     assert_eq!(partitions(&img).len(), 3);
     boots(&img, Firmware::Bios, "none");
@@ -183,15 +166,15 @@ fn hybrid_boots_both_ways() {
 
 #[test]
 fn a_specialisation_can_be_the_default_entry() {
-    let (_tmp, img) = build("hybrid", &["--default-specialisation", "debug"]);
+    let (_tmp, img) = build_demo_disk("hybrid", &["--default-specialisation", "debug"]);
     boots(&img, Firmware::Uefi, "debug");
     boots(&img, Firmware::Bios, "debug");
 }
 
 #[test]
 fn two_builds_are_the_same_bytes() {
-    let (_a, one) = build("hybrid", &[]);
-    let (_b, two) = build("hybrid", &["--threads", "1"]);
+    let (_a, one) = build_demo_disk("hybrid", &[]);
+    let (_b, two) = build_demo_disk("hybrid", &["--threads", "1"]);
     let sum = |p: &Path| {
         let out = tools::run_ok(Command::new(tools::require("sha256sum", "coreutils")).arg(p));
         String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_owned()

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use kiln_tests::disk::{copy_range, sfdisk_json};
@@ -15,27 +15,11 @@ use kiln_tests::ext4::{features, superblock_field};
 use kiln_tests::{fixtures, tools};
 use serde_json::Value;
 
-use crate::util::{kiln, store_of};
+use crate::util::{build_demo_disk, kiln};
 
 const ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
 const ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 const BIOS_BOOT: &str = "21686148-6449-6E6F-744E-656564454649";
-
-/// Builds the demo closure as a disk with `layout` into a temporary directory.
-fn build(layout: &str) -> (tempfile::TempDir, PathBuf) {
-    let fx = fixtures::demo_closure();
-    let top = fixtures::toplevel_of(&fx);
-    let tmp = tempfile::tempdir().unwrap();
-    let img = tmp.path().join(format!("{layout}.img"));
-    let ci = fx.join("closure-info");
-    let store = store_of(&fx);
-    let mut args: Vec<&OsStr> =
-        ["build", "--progress", "none", "--layout", layout, "--system"].map(OsStr::new).to_vec();
-    args.extend([OsStr::new(&top), OsStr::new("--store-dir"), store.as_os_str(), OsStr::new("--closure-info")]);
-    args.extend([ci.as_os_str(), OsStr::new("--output"), img.as_os_str()]);
-    kiln(args).ok();
-    (tmp, img)
-}
 
 /// `kiln inspect --json`: exactly one versioned JSON object.
 fn inspect_json(img: &Path) -> Value {
@@ -291,7 +275,7 @@ fn check_disk(layout: &str, img: &Path, want_types: &[&str]) -> Value {
 
 #[test]
 fn hybrid_reports_bios_boot_esp_and_root_with_both_bootloaders() {
-    let (_tmp, img) = build("hybrid");
+    let (_tmp, img) = build_demo_disk("hybrid", &[]);
     let json = check_disk("hybrid", &img, &[BIOS_BOOT, ESP, ROOT_X86_64]);
     let names: Vec<&str> = json["partitions"].as_array().unwrap().iter().map(|p| str_of(&p["type_name"])).collect();
     assert_eq!(names, ["BIOS boot", "ESP", "Linux root (x86-64)"]);
@@ -299,7 +283,7 @@ fn hybrid_reports_bios_boot_esp_and_root_with_both_bootloaders() {
 
 #[test]
 fn efi_reports_esp_and_root_with_systemd_boot_and_refuses_a_truncated_copy() {
-    let (tmp, img) = build("efi");
+    let (tmp, img) = build_demo_disk("efi", &[]);
     let json = check_disk("efi", &img, &[ESP, ROOT_X86_64]);
     // The first 64 MiB: the primary GPT is whole, the backup header and the root partition are not.
     let cut = tmp.path().join("cut.img");
@@ -311,7 +295,7 @@ fn efi_reports_esp_and_root_with_systemd_boot_and_refuses_a_truncated_copy() {
 
 #[test]
 fn legacy_reports_a_dos_table_and_grub_in_the_mbr_gap() {
-    let (_tmp, img) = build("legacy");
+    let (_tmp, img) = build_demo_disk("legacy", &[]);
     let json = check_disk("legacy", &img, &["83"]);
     assert_eq!(json["partitions"][0]["bootable"], true);
     assert_eq!(json["partitions"][0]["type_name"], "Linux");
@@ -319,7 +303,7 @@ fn legacy_reports_a_dos_table_and_grub_in_the_mbr_gap() {
 
 #[test]
 fn none_reports_a_bare_root_filesystem() {
-    let (_tmp, img) = build("none");
+    let (_tmp, img) = build_demo_disk("none", &[]);
     let top = fixtures::toplevel_of(&fixtures::demo_closure());
     let json = inspect_json(&img);
     assert_eq!(json["table"], serde_json::json!({ "kind": "none" }));

@@ -78,3 +78,20 @@ pub fn dry_run_json(args: &[&OsStr]) -> serde_json::Value {
 pub fn store_of(dir: &Path) -> PathBuf {
     dir.join("nix/store")
 }
+
+/// Builds the demo closure (with its closureInfo) as a disk with `layout` into a temporary directory.
+pub fn build_demo_disk(layout: &str, extra: &[&str]) -> (tempfile::TempDir, PathBuf) {
+    let fx = fixtures::demo_closure();
+    let top = fixtures::toplevel_of(&fx);
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join(format!("{layout}.img"));
+    let ci = fx.join("closure-info");
+    let store = store_of(&fx);
+    let mut args: Vec<&OsStr> =
+        ["build", "--progress", "none", "--layout", layout, "--system"].map(OsStr::new).to_vec();
+    args.extend([OsStr::new(&top), OsStr::new("--store-dir"), store.as_os_str(), OsStr::new("--closure-info")]);
+    args.extend([ci.as_os_str(), OsStr::new("--output"), img.as_os_str()]);
+    args.extend(extra.iter().map(OsStr::new));
+    kiln(args).ok();
+    (tmp, img)
+}
