@@ -10,6 +10,9 @@
 //! `BLKGETSIZE64`/`BLKGETSIZE` with the file's size. Everything else passes through. Missing tools fail the tests
 //! with the Debian package to install.
 
+mod common;
+
+use common::tool;
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -25,16 +28,6 @@ use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------------------------------
 // Tools
-
-/// The path of `tool`, or a failure naming the Debian package that has it.
-fn tool(name: &str, package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{name} not found: install the Debian package {package} (apt-get install {package})"))
-}
 
 struct Output {
     ok: bool,

@@ -2,6 +2,9 @@
 //! `fatlabel` (dosfstools), mtools (`mdir`, `mcopy`, `minfo`), the `fatfs` crate, and a parse of the boot
 //! sector here. Missing tools fail the tests with the Debian package to install.
 
+mod common;
+
+use common::tool;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -20,16 +23,6 @@ const STAMP: i64 = 1_700_000_000;
 
 // ---------------------------------------------------------------------------------------------------------------
 // Tools
-
-/// The path of `tool`, or a failure naming the Debian package that has it.
-fn tool(name: &str, package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{name} not found: install the Debian package {package} (apt-get install {package})"))
-}
 
 struct Output {
     ok: bool,

@@ -4,6 +4,9 @@
 //! SeaBIOS in QEMU that print a marker from a config built into core.img. Missing tools fail the tests with the
 //! Debian package to install.
 
+mod common;
+
+use common::tool;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
@@ -25,16 +28,6 @@ const MARKER: &str = "KILN-GRUB-EMBED-OK";
 
 // ---------------------------------------------------------------------------------------------------------------
 // Tools
-
-/// The path of `tool`, or a failure naming the Debian package that has it.
-fn tool(name: &str, package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{name} not found: install the Debian package {package} (apt-get install {package})"))
-}
 
 /// A file a test needs, or a failure naming the Debian package that has it.
 fn require_file(path: &str, package: &str) -> PathBuf {
