@@ -189,7 +189,8 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
             progress,
             Phase::Hash,
             || {
-                let todo: Vec<_> = unhashed.iter().map(|&i| r.inventory.paths[i].clone()).collect();
+                let todo: Vec<&crate::inventory::PathInventory> =
+                    unhashed.iter().map(|&i| &r.inventory.paths[i]).collect();
                 crate::nar::hash_closure(&r.store, &todo)
             },
             |infos| format!("{} store paths hashed", infos.len()),

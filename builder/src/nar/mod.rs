@@ -463,13 +463,16 @@ pub fn nar_info(store: &StoreDir, inv: &PathInventory) -> Result<NarInfo> {
 
 /// The narHash and narSize of every store path, in the order given, hashed in parallel (in the current rayon
 /// pool). The largest paths start first, so one big path does not end up alone at the end.
-pub fn hash_closure(store: &StoreDir, paths: &[PathInventory]) -> Result<Vec<NarInfo>> {
-    let mut order: Vec<(u64, usize)> = paths.iter().enumerate().map(|(i, p)| (p.counts().bytes, i)).collect();
+pub fn hash_closure<P: std::borrow::Borrow<PathInventory> + Sync>(
+    store: &StoreDir,
+    paths: &[P],
+) -> Result<Vec<NarInfo>> {
+    let mut order: Vec<(u64, usize)> = paths.iter().enumerate().map(|(i, p)| (p.borrow().counts().bytes, i)).collect();
     order.sort_unstable_by(|a, b| b.cmp(a));
     let mut done: Vec<(usize, NarInfo)> = order
         .par_iter()
         .with_max_len(1)
-        .map(|&(_, i)| nar_info(store, &paths[i]).map(|info| (i, info)))
+        .map(|&(_, i)| nar_info(store, paths[i].borrow()).map(|info| (i, info)))
         .collect::<Result<_>>()?;
     done.sort_unstable_by_key(|&(i, _)| i);
     Ok(done.into_iter().map(|(_, info)| info).collect())
