@@ -4,5 +4,6 @@ pub mod disk;
 pub mod ext4;
 pub mod fat;
 pub mod grub;
+pub mod image;
 pub mod sink;
 pub mod sparse;
