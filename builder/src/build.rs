@@ -202,8 +202,7 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
     }
     let seed = Seed::new(req.seed.as_deref().unwrap_or(&r.system.toplevel.to_string()));
     let timestamp = i64::from(req.timestamp);
-    let changes =
-        kernel_params::Changes::parse(&req.base.kernel_params, std::iter::empty::<&str>()).context("--kernel-param")?;
+    let changes = req.base.kernel_param_changes()?;
     let entries = crate::boot::entries(&r.system, &[&changes])?;
     let parts = disk::parts(
         boots,
@@ -396,7 +395,7 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
             reserved_gdt_blocks: g.reserved_gdt,
         },
     };
-    let mut report = dry_run::report(&r, &req.base.kernel_params)?;
+    let mut report = dry_run::report(&r, &req.base.kernel_param_changes()?)?;
     report.image = Some(image);
     let Some(target) = &req.output else { return Ok((report, None)) };
     let size = report.image.as_ref().expect("set above").size_bytes;

@@ -99,6 +99,32 @@ pub struct BuildArgs {
     #[arg(long = "kernel-param", value_name = "P")]
     pub kernel_params: Vec<String>,
 
+    /// Remove a kernel parameter from every boot entry: `KEY` removes every `KEY` and `KEY=…`, `KEY=VALUE` only
+    /// that one (repeatable; applied before --kernel-param).
+    #[arg(long = "remove-kernel-param", value_name = "P")]
+    pub remove_kernel_params: Vec<String>,
+
+    /// Logical sector size of the disk: 512, or 4096 for 4Kn disks (UEFI layouts only; GRUB's BIOS boot
+    /// needs 512).
+    #[arg(long, value_name = "BYTES", value_parser = parse_sector_size)]
+    pub sector_size: Option<u32>,
+
+    /// Compression inside the container: qcow2 takes none, zstd (default) or zlib.
+    #[arg(long, value_enum, value_name = "C")]
+    pub compress: Option<Compression>,
+
+    /// Also write a bmaptool block map (`IMAGE.bmap`) beside a raw or raw.zst output.
+    #[arg(long)]
+    pub bmap: bool,
+
+    /// Also write `SHA256SUMS` beside the output (on by default for bundle formats such as ami).
+    #[arg(long, overrides_with = "no_checksum")]
+    pub checksum: bool,
+
+    /// Do not write `SHA256SUMS`.
+    #[arg(long, overrides_with = "checksum")]
+    pub no_checksum: bool,
+
     /// Do not check store paths' contents against their registered narHash while copying them.
     #[arg(long)]
     pub no_verify_hashes: bool,
@@ -199,6 +225,18 @@ pub enum Bootloader {
     None,
 }
 
+/// Compression inside an image container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Compression {
+    /// Stored as is.
+    None,
+    /// zstd, one frame per cluster, compressed in parallel.
+    Zstd,
+    /// zlib/deflate (what `qemu-img convert -c` writes), compressed in parallel.
+    Zlib,
+}
+
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -220,6 +258,14 @@ pub enum SizeSpec {
     Auto,
     /// A fixed size in bytes.
     Fixed(u64),
+}
+
+fn parse_sector_size(s: &str) -> Result<u32, String> {
+    match s {
+        "512" => Ok(512),
+        "4096" | "4K" | "4KiB" => Ok(4096),
+        _ => Err(format!("{s:?}: the sector size is 512 or 4096")),
+    }
 }
 
 fn parse_size_spec(s: &str) -> Result<SizeSpec, String> {

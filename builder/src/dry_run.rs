@@ -28,6 +28,8 @@ pub struct Request {
     pub closure_info: Option<PathBuf>,
     /// Extra kernel parameters for every entry.
     pub kernel_params: Vec<String>,
+    /// Kernel parameters to remove from every entry (`KEY` or `KEY=VALUE`).
+    pub remove_kernel_params: Vec<String>,
     /// More store paths (and their closures) to ship and register (`--extra-path`).
     pub extra_paths: Vec<PathBuf>,
 }
@@ -138,7 +140,17 @@ pub fn resolve(req: &Request, progress: &dyn Progress) -> Result<Resolved> {
 /// Resolves and reports, with no image planned.
 pub fn run(req: &Request, progress: &dyn Progress) -> Result<Report> {
     let r = resolve(req, progress)?;
-    report(&r, &req.kernel_params)
+    report(&r, &req.kernel_param_changes()?)
+}
+
+impl Request {
+    /// The user's kernel parameter changes: `--remove-kernel-param`s, then `--kernel-param`s.
+    ///
+    /// # Errors
+    /// The first flag value that is not exactly one parameter.
+    pub fn kernel_param_changes(&self) -> Result<Changes> {
+        Changes::parse(&self.kernel_params, &self.remove_kernel_params).context("--kernel-param/--remove-kernel-param")
+    }
 }
 
 fn check_boot_files(system: &System, closure: &Closure) -> Result<()> {
@@ -156,10 +168,9 @@ fn check_boot_files(system: &System, closure: &Closure) -> Result<()> {
 }
 
 /// The report of what was resolved (no image yet: see [`Report::image`]).
-pub fn report(r: &Resolved, extra: &[String]) -> Result<Report> {
+pub fn report(r: &Resolved, changes: &Changes) -> Result<Report> {
     let (store, system, closure, inv) = (&r.store, &r.system, &r.closure, &r.inventory);
-    let changes = Changes::parse(extra, std::iter::empty::<&str>()).context("--kernel-param")?;
-    let resolved = boot::entries(system, &[&changes])?;
+    let resolved = boot::entries(system, &[changes])?;
     let boots = std::iter::once(&system.boot).chain(system.specialisations.iter().map(|s| &s.boot));
     let entries = resolved
         .into_iter()

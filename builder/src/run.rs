@@ -52,6 +52,15 @@ fn reject_unsupported(args: &BuildArgs) -> Result<()> {
             bail!("not supported yet: --format {} (output formats; raw is supported)", name(other.to_possible_value()))
         }
     }
+    if args.sector_size == Some(4096) {
+        bail!("not supported yet: --sector-size 4096");
+    }
+    if args.compress.is_some() {
+        bail!("not supported yet: --compress (output formats)");
+    }
+    if args.bmap || args.checksum {
+        bail!("not supported yet: --bmap and --checksum (output formats)");
+    }
     if args.layout.is_none() && !args.dry_run {
         bail!("choose a disk layout: --layout efi, legacy+gpt, legacy, hybrid, or none for a bare root filesystem");
     }
@@ -102,6 +111,7 @@ fn build(args: BuildArgs) -> Result<()> {
         system: args.system,
         closure_info: args.closure_info,
         kernel_params: args.kernel_params,
+        remove_kernel_params: args.remove_kernel_params,
         extra_paths: args.extra_paths,
     };
     let (report, written) = if let Some(layout) = args.layout {

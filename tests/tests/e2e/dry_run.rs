@@ -252,6 +252,8 @@ fn text_report_names_what_matters() {
         ci.as_os_str(),
         OsStr::new("--kernel-param"),
         OsStr::new("console=ttyS1"),
+        OsStr::new("--remove-kernel-param"),
+        OsStr::new("loglevel"),
     ])
     .ok();
     let n = lines_of(&fx.join("expected/requisites")).len();
@@ -266,5 +268,11 @@ fn text_report_names_what_matters() {
     ] {
         assert!(out.contains(&want), "text report lacks {want:?}:\n{out}");
     }
-    assert!(out.lines().any(|l| l.starts_with("  command line ") && l.ends_with(" console=ttyS1")), "{out}");
+    let cmdlines: Vec<&str> = out.lines().filter(|l| l.starts_with("  command line ")).collect();
+    assert_eq!(cmdlines.len(), 2, "the system and its specialisation:\n{out}");
+    for l in cmdlines {
+        // The bootspec's own `console=ttyS0 panic=-1 loglevel=4`, minus loglevel, plus console=ttyS1.
+        assert!(l.contains(" console=ttyS0 panic=-1 ") && l.ends_with(" console=ttyS1"), "{out}");
+        assert!(!l.contains("loglevel"), "--remove-kernel-param loglevel left it in: {l}");
+    }
 }
