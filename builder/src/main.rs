@@ -4,7 +4,8 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = kiln::cli::Cli::parse();
-    match kiln::run::run(cli) {
+    let run = kiln::output::remove_temporaries_on_signals().and_then(|()| kiln::run::run(cli));
+    match run {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("kiln: error: {err:#}");

@@ -1,11 +1,62 @@
 //! Writing an output file atomically: into a temporary file beside the target, renamed over it only when
 //! complete. If anything fails (or the value is dropped without committing), the temporary file is removed
-//! and nothing is left at the target path.
+//! and nothing is left at the target path. On SIGINT, SIGTERM or SIGHUP every live temporary is removed
+//! before the process exits (see [`remove_temporaries_on_signals`]); after SIGKILL a temporary may remain,
+//! but never a file at the target path.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::{Context, Result, bail};
+
+/// Temporary files and directories alive now, removed by the signal handler.
+static TEMPORARIES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn temporaries() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    TEMPORARIES.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Registers `path` for removal on a signal.
+pub(crate) fn register_temporary(path: &Path) {
+    temporaries().push(path.to_path_buf());
+}
+
+/// Forgets `path` (committed, or removed already).
+pub(crate) fn unregister_temporary(path: &Path) {
+    temporaries().retain(|p| p != path);
+}
+
+/// Starts a thread that, on SIGINT, SIGTERM or SIGHUP, removes every registered temporary and exits with
+/// 128 + the signal number, as a shell reports a death by that signal.
+///
+/// # Errors
+/// If the handlers cannot be installed.
+pub fn remove_temporaries_on_signals() -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).context("installing signal handlers")?;
+    std::thread::Builder::new()
+        .name("kiln-signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                // Holding the lock while removing keeps new temporaries from appearing meanwhile.
+                let temps = temporaries();
+                for p in temps.iter() {
+                    let _ = if p.is_dir() { std::fs::remove_dir_all(p) } else { std::fs::remove_file(p) };
+                }
+                let name = match signal {
+                    SIGINT => "SIGINT",
+                    SIGTERM => "SIGTERM",
+                    _ => "SIGHUP",
+                };
+                eprintln!("kiln: interrupted by {name}; removed {} temporary file(s)", temps.len());
+                std::process::exit(128 + signal);
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
 
 /// A temporary output file that becomes `target` on [`AtomicOutput::commit`].
 #[derive(Debug)]
@@ -51,6 +102,7 @@ impl AtomicOutput {
             .create_new(true)
             .open(&temp)
             .with_context(|| format!("creating {}", temp.display()))?;
+        register_temporary(&temp);
         Ok(Self { target: target.to_path_buf(), temp, file: Some(file) })
     }
 
@@ -71,8 +123,13 @@ impl AtomicOutput {
         let file = self.file.take().expect("open until committed");
         file.sync_all().with_context(|| format!("flushing {}", self.temp.display()))?;
         drop(file);
-        std::fs::rename(&self.temp, &self.target)
-            .with_context(|| format!("renaming {} to {}", self.temp.display(), self.target.display()))?;
+        let renamed = std::fs::rename(&self.temp, &self.target)
+            .with_context(|| format!("renaming {} to {}", self.temp.display(), self.target.display()));
+        if renamed.is_err() {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+        unregister_temporary(&self.temp);
+        renamed?;
         Ok(self.target.clone())
     }
 }
@@ -81,6 +138,7 @@ impl Drop for AtomicOutput {
     fn drop(&mut self) {
         if self.file.take().is_some() {
             let _ = std::fs::remove_file(&self.temp);
+            unregister_temporary(&self.temp);
         }
     }
 }

@@ -9,6 +9,7 @@ mod ext4_checkers;
 mod ext4_property;
 mod harness;
 mod inspect;
+mod interrupt;
 mod nar;
 mod nix_state;
 mod nixdb;
