@@ -50,6 +50,8 @@ pub struct BuildRequest {
     pub grub: Option<PathBuf>,
     /// The specialisation to boot by default.
     pub default_specialisation: Option<String>,
+    /// The disk's logical sector size.
+    pub sector_size: kiln_formats::disk::SectorSize,
 }
 
 /// What the image will be.
@@ -61,6 +63,8 @@ pub struct ImageSummary {
     pub format: &'static str,
     /// Image size in bytes.
     pub size_bytes: u64,
+    /// Logical sector size of the disk in bytes.
+    pub sector_size: u64,
     /// The seed identities were derived from.
     pub seed: String,
     /// Partitions (empty for `--layout none`).
@@ -123,11 +127,12 @@ impl ImageSummary {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "image          layout {}, format {}, {} bytes ({}), seed {:?}",
+            "image          layout {}, format {}, {} bytes ({}), {}-byte sectors, seed {:?}",
             self.layout,
             self.format,
             self.size_bytes,
             human_bytes(self.size_bytes),
+            self.sector_size,
             self.seed
         );
         let _ = writeln!(
@@ -214,6 +219,7 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
         req.grub.as_deref(),
         req.default_specialisation.as_deref(),
         timestamp,
+        req.sector_size,
     )?;
     let default = disk::default_entry(&entries, req.default_specialisation.as_deref())?;
     let (tree, nodes, plan, opts, disk_plan) = progress::phase(
@@ -317,9 +323,12 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
             let esp = match (&parts.esp, numbers.esp) {
                 (Some(tree), Some(n)) => {
                     let range = layout.byte_range(n).expect("ESP partition");
-                    let hidden = u32::try_from(range.start.get() / 512).context("ESP beyond 2 TiB")?;
+                    let sector = req.sector_size.bytes().get();
+                    let hidden = u32::try_from(range.start.get() / sector).context("ESP beyond 2^32 sectors")?;
                     let volume_id = u32::from_le_bytes(seed.bytes16("fat-volume-id")[..4].try_into().expect("4"));
-                    let fopts = fat::Options::new(range.end.get() - range.start.get(), hidden, volume_id, timestamp);
+                    let mut fopts =
+                        fat::Options::new(range.end.get() - range.start.get(), hidden, volume_id, timestamp);
+                    fopts.sector_size = disk::fat_sector(req.sector_size);
                     Some((tree.clone(), fat::plan(tree, &fopts).context("planning the ESP")?))
                 }
                 _ => None,
@@ -356,6 +365,7 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
         layout: layout_name(req.layout),
         format: "raw",
         size_bytes: disk_plan.as_ref().map_or(plan.size_bytes(), |d| d.layout.size().get()),
+        sector_size: req.sector_size.bytes().get(),
         seed: seed.as_str().to_owned(),
         partitions: disk_plan
             .as_ref()

@@ -91,6 +91,17 @@ pub struct DiskParts {
     pub esp_size: u64,
     /// GRUB's package directory, when the layout boots by BIOS.
     pub grub: Option<PathBuf>,
+    /// The disk's logical sector size.
+    pub sector: SectorSize,
+}
+
+/// The FAT writer's name for a disk's sector size.
+#[must_use]
+pub fn fat_sector(sector: SectorSize) -> fat::SectorSize {
+    match sector {
+        SectorSize::S512 => fat::SectorSize::S512,
+        SectorSize::S4096 => fat::SectorSize::S4096,
+    }
 }
 
 /// Resolves the bootloader inputs (and refuses what is missing) before anything is planned.
@@ -105,7 +116,14 @@ pub fn parts(
     grub_dir: Option<&Path>,
     default_specialisation: Option<&str>,
     build_time: i64,
+    sector: SectorSize,
 ) -> Result<DiskParts> {
+    if boots.bios && sector != SectorSize::S512 {
+        bail!(
+            "--sector-size {}: GRUB's BIOS boot code reads 512-byte sectors; 4Kn disks boot by UEFI (--layout efi)",
+            sector.bytes().get()
+        );
+    }
     let esp = if boots.uefi {
         let opts = systemd_boot::Options {
             timeout: 1,
@@ -123,7 +141,7 @@ pub fn parts(
     };
     let esp_size = esp_size.unwrap_or(DEFAULT_ESP);
     if let Some(tree) = &esp {
-        let need = fat::min_size(tree, fat::SectorSize::S512).context("sizing the ESP")?;
+        let need = fat::min_size(tree, fat_sector(sector)).context("sizing the ESP")?;
         if need > esp_size {
             bail!(
                 "the ESP is too small for the kernels and initrds: they need {need} bytes ({} MiB), the ESP has \
@@ -134,7 +152,7 @@ pub fn parts(
         }
     }
     let grub = if boots.bios { Some(find_grub(store, closure, grub_dir)?) } else { None };
-    Ok(DiskParts { esp, esp_size, grub })
+    Ok(DiskParts { esp, esp_size, grub, sector })
 }
 
 /// Partition numbers (1-based) of the layout's partitions.
@@ -193,7 +211,7 @@ pub fn layout(
     };
     let has_esp = parts.esp.is_some();
     let n = requests.len();
-    let layout = DiskLayout::sequential(SectorSize::S512, table, disk, requests).context("laying out partitions")?;
+    let layout = DiskLayout::sequential(parts.sector, table, disk, requests).context("laying out partitions")?;
     Ok((layout, Numbers { esp: has_esp.then_some(n - 1), root: n }))
 }
 

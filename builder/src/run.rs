@@ -52,9 +52,6 @@ fn reject_unsupported(args: &BuildArgs) -> Result<()> {
             bail!("not supported yet: --format {} (output formats; raw is supported)", name(other.to_possible_value()))
         }
     }
-    if args.sector_size == Some(4096) {
-        bail!("not supported yet: --sector-size 4096");
-    }
     if args.compress.is_some() {
         bail!("not supported yet: --compress (output formats)");
     }
@@ -70,6 +67,7 @@ fn reject_unsupported(args: &BuildArgs) -> Result<()> {
         (args.seed.is_some(), "--seed"),
         (args.bootloader.is_some(), "--bootloader"),
         (args.esp_size.is_some(), "--esp-size"),
+        (args.sector_size.is_some(), "--sector-size"),
         (args.grub.is_some(), "--grub"),
         (args.default_specialisation.is_some(), "--default-specialisation"),
     ];
@@ -129,6 +127,10 @@ fn build(args: BuildArgs) -> Result<()> {
             esp_size: args.esp_size,
             grub: args.grub,
             default_specialisation: args.default_specialisation,
+            sector_size: match args.sector_size {
+                Some(4096) => kiln_formats::disk::SectorSize::S4096,
+                _ => kiln_formats::disk::SectorSize::S512,
+            },
         };
         pool.install(|| build::run(&req, sink.as_ref()))?
     } else {

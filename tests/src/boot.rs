@@ -74,6 +74,7 @@ pub struct Boot {
     direct_kernel: Option<DirectKernel>,
     extra_args: Vec<String>,
     writable: bool,
+    sector_size: u32,
 }
 
 /// A boot that printed its marker.
@@ -176,7 +177,14 @@ impl Boot {
             direct_kernel: None,
             extra_args: Vec::new(),
             writable: false,
+            sector_size: 512,
         }
+    }
+
+    /// Attaches the disk with this logical (and physical) sector size: 512 (default) or 4096 for a 4Kn disk.
+    pub fn sector_size(mut self, bytes: u32) -> Self {
+        self.sector_size = bytes;
+        self
     }
 
     /// Sets the firmware (default UEFI).
@@ -268,7 +276,18 @@ impl Boot {
             cmd.arg("-drive").arg(drive_arg(&vars, "if=pflash,format=raw,unit=1"));
         }
         let snapshot = if self.writable { "off" } else { "on" };
-        cmd.arg("-drive").arg(drive_arg(&self.image, &format!("format={},if=virtio,snapshot={snapshot}", self.format)));
+        if self.sector_size == 512 {
+            cmd.arg("-drive")
+                .arg(drive_arg(&self.image, &format!("format={},if=virtio,snapshot={snapshot}", self.format)));
+        } else {
+            cmd.arg("-drive")
+                .arg(drive_arg(&self.image, &format!("format={},if=none,id=disk0,snapshot={snapshot}", self.format)));
+            let n = self.sector_size;
+            cmd.args([
+                "-device",
+                &format!("virtio-blk-pci,drive=disk0,logical_block_size={n},physical_block_size={n}"),
+            ]);
+        }
         if let Some(direct) = &self.direct_kernel {
             cmd.arg("-kernel").arg(&direct.kernel);
             if let Some(initrd) = &direct.initrd {

@@ -202,9 +202,58 @@ fn bootloader_inputs_are_checked_before_writing() {
         kiln(args)
     };
     run(&["--layout", "efi", "--esp-size", "8M"]).fails_with(&["the ESP is too small for the kernels and initrds"]);
+    run(&["--layout", "hybrid", "--sector-size", "4096"]).fails_with(&["--sector-size 4096", "GRUB", "512-byte"]);
+    run(&["--layout", "legacy", "--sector-size", "4096"]).fails_with(&["--sector-size 4096", "--layout efi"]);
     run(&["--layout", "hybrid", "--default-specialisation", "nope"]).fails_with(&["nope", "debug"]);
     let empty = tmp.path().join("empty-grub");
     std::fs::create_dir_all(&empty).unwrap();
     run(&["--layout", "legacy+gpt", "--grub", empty.to_str().unwrap()]).fails_with(&["no lib/grub/i386-pc/boot.img"]);
     assert!(!img.exists(), "nothing may be left at the output path");
+}
+
+#[test]
+fn efi_with_4096_byte_sectors_boots_from_a_4kn_disk() {
+    let (_tmp, img) = build_demo_disk("efi", &["--sector-size", "4096"]);
+    // fdisk, told the sector size, reads the GPT at LBA 1 of 4096 bytes (sfdisk and sgdisk cannot be told).
+    let out = tools::run_ok(
+        Command::new(tools::require("fdisk", "fdisk"))
+            .args(["-l", "-b", "4096", "-o", "Start,Sectors,Type-UUID"])
+            .arg(&img),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("Sector size (logical/physical): 4096 bytes"), "{text}");
+    assert!(text.contains("Disklabel type: gpt"), "{text}");
+    let rows: Vec<(u64, u64, String)> = text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f[..] {
+                [start, sectors, guid] if start.parse::<u64>().is_ok() => Some((
+                    start.parse::<u64>().unwrap() * 4096,
+                    sectors.parse::<u64>().unwrap() * 4096,
+                    guid.to_owned(),
+                )),
+                _ => None,
+            }
+        })
+        .collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    assert_eq!(rows[0].2, "C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "{text}");
+    assert_eq!(rows[0].0, 1 << 20, "1 MiB aligned: LBA 256");
+    let (esp_start, esp_len) = (rows[0].0, rows[0].1);
+    // The ESP is FAT32 with 4096-byte sectors, and its hidden sectors count 4096-byte sectors.
+    let mut bpb = [0u8; 512];
+    use std::os::unix::fs::FileExt;
+    std::fs::File::open(&img).unwrap().read_exact_at(&mut bpb, esp_start).unwrap();
+    assert_eq!(u16::from_le_bytes([bpb[11], bpb[12]]), 4096, "bytes per sector");
+    assert_eq!(u32::from_le_bytes(bpb[28..32].try_into().unwrap()), 256, "hidden sectors = partition start LBA");
+    fsck_fat_clean(&img, esp_start, esp_len).unwrap();
+    esp_reads_back_with_fatfs(&img, esp_start, esp_len);
+    e2fsck_clean(&img, rows[1].0).unwrap();
+    let outcome = Boot::new(&img, marker("none"))
+        .sector_size(4096)
+        .timeout(TIMEOUT)
+        .run()
+        .unwrap_or_else(|e| panic!("{} did not boot from a 4Kn disk: {e}", img.display()));
+    eprintln!("4Kn disk booted (OVMF) in {:.1} s", outcome.elapsed.as_secs_f64());
 }
