@@ -173,7 +173,8 @@ impl ImageSummary {
 struct DiskPlan {
     layout: kiln_formats::disk::DiskLayout,
     numbers: disk::Numbers,
-    esp: Option<(fat::Tree, fat::Plan)>,
+    /// FAT32 filesystems (the ESP, the XBOOTLDR partition): tree, plan, partition number, what it is.
+    fats: Vec<(fat::Tree, fat::Plan, usize, &'static str)>,
     grub: Option<kiln_formats::grub::Embedding>,
 }
 
@@ -320,19 +321,25 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
                     (plan, laid)
                 }
             };
-            let esp = match (&parts.esp, numbers.esp) {
-                (Some(tree), Some(n)) => {
-                    let range = layout.byte_range(n).expect("ESP partition");
-                    let sector = req.sector_size.bytes().get();
-                    let hidden = u32::try_from(range.start.get() / sector).context("ESP beyond 2^32 sectors")?;
-                    let volume_id = u32::from_le_bytes(seed.bytes16("fat-volume-id")[..4].try_into().expect("4"));
-                    let mut fopts =
-                        fat::Options::new(range.end.get() - range.start.get(), hidden, volume_id, timestamp);
-                    fopts.sector_size = disk::fat_sector(req.sector_size);
-                    Some((tree.clone(), fat::plan(tree, &fopts).context("planning the ESP")?))
-                }
-                _ => None,
-            };
+            // A FAT32 filesystem for each boot partition: (tree, plan, partition number, what).
+            let mut fats = Vec::new();
+            for (tree, n, what, label) in [
+                (&parts.esp, numbers.esp, "ESP", "ESP"),
+                (&parts.xbootldr, numbers.xbootldr, "XBOOTLDR partition", "XBOOTLDR"),
+            ] {
+                let (Some(tree), Some(n)) = (tree, n) else { continue };
+                let range = layout.byte_range(n).expect("planned partition");
+                let sector = req.sector_size.bytes().get();
+                let hidden = u32::try_from(range.start.get() / sector)
+                    .with_context(|| format!("the {what} starts beyond sector 2^32"))?;
+                let id = seed.bytes16(if label == "ESP" { "fat-volume-id" } else { "fat-volume-id-xbootldr" });
+                let volume_id = u32::from_le_bytes(id[..4].try_into().expect("4 bytes"));
+                let mut fopts = fat::Options::new(range.end.get() - range.start.get(), hidden, volume_id, timestamp);
+                fopts.sector_size = disk::fat_sector(req.sector_size);
+                label.clone_into(&mut fopts.label);
+                let fplan = fat::plan(tree, &fopts).with_context(|| format!("planning the {what}"))?;
+                fats.push((tree.clone(), fplan, n, what));
+            }
             let grub = match &parts.grub {
                 Some(dir) => {
                     let work = std::env::temp_dir();
@@ -346,7 +353,7 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
                 }
                 None => None,
             };
-            Ok((tree, nodes, plan, opts, Some(DiskPlan { layout, numbers, esp, grub })))
+            Ok((tree, nodes, plan, opts, Some(DiskPlan { layout, numbers, fats, grub })))
         },
         |(_, _, plan, _, d)| match d {
             None => format!("ext4 of {} bytes, {} free", plan.size_bytes(), plan.free_blocks * ext4::BLOCK),
@@ -419,9 +426,9 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
             let sink = out.file();
             if let Some(d) = &disk_plan {
                 d.layout.write(sink).with_context(|| format!("writing the partition table of {temp}"))?;
-                if let (Some((tree, fplan)), Some(n)) = (&d.esp, d.numbers.esp) {
-                    let at = d.layout.byte_range(n).expect("ESP").start.get();
-                    fplan.write(tree, sink, at).with_context(|| format!("writing the ESP of {temp}"))?;
+                for (tree, fplan, n, what) in &d.fats {
+                    let at = d.layout.byte_range(*n).expect("planned partition").start.get();
+                    fplan.write(tree, sink, at).with_context(|| format!("writing the {what} of {temp}"))?;
                 }
             }
             let (meta, data) = rayon::join(

@@ -18,6 +18,9 @@ use crate::system::System;
 
 /// Default ESP size: room for several generations of kernels and initrds.
 pub const DEFAULT_ESP: u64 = 512 << 20;
+/// Default ESP size beside an XBOOTLDR partition, which holds the kernels: systemd-boot alone needs little, but
+/// FAT32 needs 65,525 clusters (about 33 MiB with 512-byte sectors, 260 MiB with 4096-byte ones).
+const DEFAULT_SMALL_ESP: u64 = 128 << 20;
 /// The BIOS boot partition, which holds GRUB's core.img.
 const BIOS_BOOT: u64 = 1 << 20;
 
@@ -28,17 +31,19 @@ pub struct Boots {
     pub uefi: bool,
     /// GRUB for BIOS (in a BIOS boot partition, or the MBR gap).
     pub bios: bool,
+    /// Boot entries, kernels and initrds on an XBOOTLDR partition; systemd-boot and loader.conf stay on the ESP.
+    pub xbootldr: bool,
 }
 
 impl Boots {
     /// The bootloaders of `layout`; refuses layouts not implemented.
     pub fn of(layout: Layout) -> Result<Self> {
         Ok(match layout {
-            Layout::Efi => Self { uefi: true, bios: false },
-            Layout::LegacyGpt | Layout::Legacy => Self { uefi: false, bios: true },
-            Layout::Hybrid => Self { uefi: true, bios: true },
-            Layout::Efixbootldr => bail!("not supported yet: --layout efixbootldr (ESP + XBOOTLDR)"),
-            Layout::None => Self { uefi: false, bios: false },
+            Layout::Efi => Self { uefi: true, bios: false, xbootldr: false },
+            Layout::LegacyGpt | Layout::Legacy => Self { uefi: false, bios: true, xbootldr: false },
+            Layout::Hybrid => Self { uefi: true, bios: true, xbootldr: false },
+            Layout::Efixbootldr => Self { uefi: true, bios: false, xbootldr: true },
+            Layout::None => Self { uefi: false, bios: false, xbootldr: false },
         })
     }
 }
@@ -89,6 +94,10 @@ pub struct DiskParts {
     pub esp: Option<fat::Tree>,
     /// The ESP's size in bytes.
     pub esp_size: u64,
+    /// The XBOOTLDR partition's tree (entries, kernels, initrds), for `efixbootldr`.
+    pub xbootldr: Option<fat::Tree>,
+    /// The XBOOTLDR partition's size in bytes.
+    pub xbootldr_size: u64,
     /// GRUB's package directory, when the layout boots by BIOS.
     pub grub: Option<PathBuf>,
     /// The disk's logical sector size.
@@ -131,28 +140,39 @@ pub fn parts(
             build_time,
         };
         let files = systemd_boot::esp_files(store, system, entries, &opts)?;
-        let mut tree = fat::Tree::new();
+        let (mut esp, mut xbootldr) = (fat::Tree::new(), fat::Tree::new());
         for (path, source) in files {
-            tree.add_file(&path, source).with_context(|| format!("ESP file {path}"))?;
+            // With XBOOTLDR, what `nixos-rebuild` manages per generation lives there (as NixOS's builder puts
+            // it with boot.loader.systemd-boot.xbootldrMountPoint); systemd-boot reads loader.conf from the ESP.
+            let on_xbootldr = boots.xbootldr && (path.starts_with("loader/entries/") || path.starts_with("EFI/nixos/"));
+            let (tree, what) = if on_xbootldr { (&mut xbootldr, "XBOOTLDR") } else { (&mut esp, "ESP") };
+            tree.add_file(&path, source).with_context(|| format!("{what} file {path}"))?;
         }
-        Some(tree)
+        Some((esp, boots.xbootldr.then_some(xbootldr)))
     } else {
         None
     };
-    let esp_size = esp_size.unwrap_or(DEFAULT_ESP);
-    if let Some(tree) = &esp {
-        let need = fat::min_size(tree, fat_sector(sector)).context("sizing the ESP")?;
-        if need > esp_size {
+    let (esp, xbootldr) = esp.map_or((None, None), |(e, x)| (Some(e), x));
+    let fat_min = fat::min_size(&fat::Tree::new(), fat_sector(sector)).context("sizing FAT32")?;
+    let (esp_size, xbootldr_size) = if boots.xbootldr {
+        (esp_size.unwrap_or(DEFAULT_SMALL_ESP.max(fat_min)), DEFAULT_ESP)
+    } else {
+        (esp_size.unwrap_or(DEFAULT_ESP), 0)
+    };
+    for (tree, size, what) in [(&esp, esp_size, "ESP"), (&xbootldr, xbootldr_size, "XBOOTLDR partition")] {
+        let Some(tree) = tree else { continue };
+        let need = fat::min_size(tree, fat_sector(sector)).with_context(|| format!("sizing the {what}"))?;
+        if need > size {
+            let holds = if what == "ESP" && !boots.xbootldr { "the kernels and initrds" } else { "its files" };
             bail!(
-                "the ESP is too small for the kernels and initrds: they need {need} bytes ({} MiB), the ESP has \
-                 {esp_size} ({} MiB)",
+                "the {what} is too small for {holds}: they need {need} bytes ({} MiB), the {what} has {size} ({} MiB)",
                 need.div_ceil(1 << 20),
-                esp_size >> 20
+                size >> 20
             );
         }
     }
     let grub = if boots.bios { Some(find_grub(store, closure, grub_dir)?) } else { None };
-    Ok(DiskParts { esp, esp_size, grub, sector })
+    Ok(DiskParts { esp, esp_size, xbootldr, xbootldr_size, grub, sector })
 }
 
 /// Partition numbers (1-based) of the layout's partitions.
@@ -160,6 +180,8 @@ pub fn parts(
 pub struct Numbers {
     /// The ESP.
     pub esp: Option<usize>,
+    /// The XBOOTLDR partition.
+    pub xbootldr: Option<usize>,
     /// The root filesystem.
     pub root: usize,
 }
@@ -206,13 +228,18 @@ pub fn layout(
             let size = PartitionSize::AtLeast(Bytes(parts.esp_size));
             requests.push(request("ESP", partition_type::ESP, guid("gpt-esp"), GptAttributes::NONE, size));
         }
+        if parts.xbootldr.is_some() {
+            let size = PartitionSize::AtLeast(Bytes(parts.xbootldr_size));
+            let guid = guid("gpt-xbootldr");
+            requests.push(request("XBOOTLDR", partition_type::XBOOTLDR, guid, GptAttributes::NONE, size));
+        }
         requests.push(request("nixos", root_type, guid("gpt-root"), GptAttributes::NONE, root));
         (PartitionTable::Gpt { disk_guid: guid("gpt-disk") }, requests)
     };
-    let has_esp = parts.esp.is_some();
-    let n = requests.len();
+    let number = |name: &str| requests.iter().position(|r| r.name == name).map(|i| i + 1);
+    let numbers = Numbers { esp: number("ESP"), xbootldr: number("XBOOTLDR"), root: requests.len() };
     let layout = DiskLayout::sequential(parts.sector, table, disk, requests).context("laying out partitions")?;
-    Ok((layout, Numbers { esp: has_esp.then_some(n - 1), root: n }))
+    Ok((layout, numbers))
 }
 
 /// Builds GRUB's core.img: finds the root filesystem by its UUID, then reads `/boot/grub/grub.cfg`.

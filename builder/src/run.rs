@@ -38,7 +38,7 @@ fn reject_unsupported(args: &BuildArgs) -> Result<()> {
             };
             if !fits {
                 bail!(
-                    "--bootloader {} does not fit --layout {}: efi boots with systemd-boot, legacy and legacy+gpt \
+                    "--bootloader {} does not fit --layout {}: efi and efixbootldr boot with systemd-boot, legacy and legacy+gpt \
                      with grub, hybrid with both, none with none",
                     name(b.to_possible_value()),
                     name(layout.to_possible_value())

@@ -257,3 +257,51 @@ fn efi_with_4096_byte_sectors_boots_from_a_4kn_disk() {
         .unwrap_or_else(|e| panic!("{} did not boot from a 4Kn disk: {e}", img.display()));
     eprintln!("4Kn disk booted (OVMF) in {:.1} s", outcome.elapsed.as_secs_f64());
 }
+
+/// Every file on the FAT filesystem at `start` of `img`, lower-cased, as mtools lists them.
+fn mdir_listing(img: &Path, start: u64) -> String {
+    let part = format!("{}@@{start}", img.display());
+    let out = tools::run_ok(
+        Command::new(tools::require("mdir", "mtools"))
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(["-/", "-b", "-i", &part, "::/"]),
+    );
+    String::from_utf8_lossy(&out.stdout).to_lowercase()
+}
+
+#[test]
+fn efixbootldr_keeps_entries_and_kernels_on_xbootldr_and_boots() {
+    let (_tmp, img) = build_demo_disk("efixbootldr", &[]);
+    sgdisk_verify(&img).unwrap();
+    let parts = partitions(&img);
+    let types: Vec<&str> = parts.iter().map(|p| p.2.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
+            "BC13C2FF-59E6-4262-A352-B275FD6F7172",
+            "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"
+        ],
+        "ESP, XBOOTLDR, root"
+    );
+    assert_eq!(parts[0].1, 128 << 20, "a small ESP: the kernels live on XBOOTLDR");
+    fsck_fat_clean(&img, parts[0].0, parts[0].1).unwrap();
+    fsck_fat_clean(&img, parts[1].0, parts[1].1).unwrap();
+    e2fsck_clean(&img, parts[2].0).unwrap();
+    let esp = mdir_listing(&img, parts[0].0);
+    let xbootldr = mdir_listing(&img, parts[1].0);
+    for want in ["efi/boot/bootx64.efi", "efi/systemd/systemd-bootx64.efi", "loader/loader.conf"] {
+        assert!(esp.contains(want), "ESP lacks {want}:\n{esp}");
+        assert!(!xbootldr.contains(want), "XBOOTLDR has {want}:\n{xbootldr}");
+    }
+    for want in
+        ["loader/entries/nixos-generation-1.conf", "loader/entries/nixos-generation-1-specialisation-debug.conf"]
+    {
+        assert!(xbootldr.contains(want), "XBOOTLDR lacks {want}:\n{xbootldr}");
+        assert!(!esp.contains(want), "ESP has {want}:\n{esp}");
+    }
+    assert!(xbootldr.contains("efi/nixos/") && xbootldr.contains("-bzimage.efi"), "{xbootldr}");
+    assert!(!esp.contains("efi/nixos/"), "the ESP holds no kernels:\n{esp}");
+    // systemd-boot finds the entries on XBOOTLDR by its partition type and boots the kernel from there.
+    boots(&img, Firmware::Uefi, "none");
+}

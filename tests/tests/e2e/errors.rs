@@ -247,7 +247,8 @@ fn unimplemented_option_values_are_refused() {
     let m = Mini::new();
     for (flags, want) in [
         (&["--format", "qcow2"][..], "not supported yet: --format qcow2"),
-        (&["--layout", "efixbootldr"][..], "not supported yet: --layout efixbootldr"),
+        (&["--layout", "efixbootldr"][..], "has no systemd-boot binary"),
+        (&["--sector-size", "4096"][..], "--sector-size describes an image: give --layout"),
         (&["--bootloader", "grub"][..], "--bootloader describes an image: give --layout"),
         (&["--layout", "efi", "--bootloader", "grub"][..], "--bootloader grub does not fit --layout efi"),
         (&["--layout", "efi"][..], "has no systemd-boot binary"),
