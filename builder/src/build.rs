@@ -431,9 +431,10 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
                     fplan.write(tree, sink, at).with_context(|| format!("writing the {what} of {temp}"))?;
                 }
             }
+            let meter = progress::Meter::new(progress, Phase::Write, r.inventory.totals.unique_bytes);
             let (meta, data) = rayon::join(
                 || plan.write_metadata(&tree, sink, root_offset).map_err(anyhow::Error::new),
-                || copy_and_hash(&r, &nodes, &plan, sink, root_offset, req.verify_hashes),
+                || copy_and_hash(&r, &nodes, &plan, sink, root_offset, req.verify_hashes, &meter),
             );
             meta.with_context(|| format!("writing {temp}"))?;
             let (_, copied) = data?;
@@ -476,6 +477,7 @@ fn copy_and_hash(
     sink: &std::fs::File,
     base: u64,
     verify: bool,
+    meter: &progress::Meter<'_>,
 ) -> Result<(Vec<crate::closure::NarInfo>, Vec<std::sync::atomic::AtomicBool>)> {
     use rayon::prelude::*;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -497,10 +499,11 @@ fn copy_and_hash(
                     let mine = plan.job_of(node).is_some_and(|j| !claimed[j].swap(true, Ordering::Relaxed));
                     current = Some((i, mine.then(|| plan.file_writer(node, sink, base)).flatten()));
                 }
-                if let Some((_, Some(w))) = &current
-                    && bytes.iter().any(|&b| b != 0)
-                {
-                    w.write_at(offset, bytes)?;
+                if let Some((_, Some(w))) = &current {
+                    if bytes.iter().any(|&b| b != 0) {
+                        w.write_at(offset, bytes)?;
+                    }
+                    meter.add(bytes.len() as u64);
                 }
                 Ok(())
             })?;

@@ -17,6 +17,7 @@ pub mod nar;
 pub mod nixdb;
 pub mod output;
 pub mod progress;
+pub mod render;
 pub mod rootfs;
 pub mod run;
 pub mod seed;

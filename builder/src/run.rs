@@ -1,8 +1,6 @@
 //! Carries out a parsed command line: the glue between [`crate::cli`] and the library.
 
-use std::io::Write;
-use std::sync::Mutex;
-use std::time::Instant;
+use std::io::{IsTerminal, Write};
 
 use anyhow::{Context, Result, bail};
 
@@ -11,7 +9,8 @@ use clap::ValueEnum;
 use crate::build;
 use crate::cli::{Bootloader, BuildArgs, Cli, Command, Format, ProgressMode};
 use crate::dry_run;
-use crate::progress::{Event, Progress, Silent};
+use crate::progress::{Progress, Silent};
+use crate::render::{Bars, JsonLines, Plain, Timed};
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
@@ -95,15 +94,14 @@ fn build(args: BuildArgs) -> Result<()> {
         .thread_name(|i| format!("kiln-worker-{i}"))
         .build()
         .context("starting worker threads")?;
-    let mode = match args.progress {
-        ProgressMode::Auto => ProgressMode::Plain,
-        other => other,
-    };
-    let sink: Box<dyn Progress> = match mode {
-        ProgressMode::Json => Box::new(JsonLines),
+    let mode = args.progress;
+    let inner: Box<dyn Progress> = match mode {
+        ProgressMode::Json => Box::new(JsonLines::default()),
+        ProgressMode::Auto if std::io::stderr().is_terminal() => Box::new(Bars::new()),
         ProgressMode::Plain | ProgressMode::Auto => Box::new(Plain::new()),
         ProgressMode::None => Box::new(Silent),
     };
+    let sink = Timed::new(inner);
     let base = dry_run::Request {
         store_dir: args.store_dir,
         system: args.system,
@@ -132,9 +130,9 @@ fn build(args: BuildArgs) -> Result<()> {
                 _ => kiln_formats::disk::SectorSize::S512,
             },
         };
-        pool.install(|| build::run(&req, sink.as_ref()))?
+        pool.install(|| build::run(&req, &sink))?
     } else {
-        (pool.install(|| dry_run::run(&base, sink.as_ref()))?, None)
+        (pool.install(|| dry_run::run(&base, &sink))?, None)
     };
     let mut out = std::io::stdout().lock();
     let v = dry_run::REPORT_VERSION;
@@ -149,51 +147,10 @@ fn build(args: BuildArgs) -> Result<()> {
         (_, Some(path)) => {
             let image = report.image.as_ref().expect("a build plans an image");
             writeln!(out, "wrote {} ({} bytes)", path.display(), image.size_bytes)?;
+            let phases: Vec<String> =
+                sink.timings().iter().map(|(p, t)| format!("{} {:.2}s", p.name(), t.as_secs_f64())).collect();
+            writeln!(out, "  phases       {}", phases.join(", "))?;
         }
     }
     out.flush().context("writing to stdout")
-}
-
-/// Plain progress lines on stderr, for logs (CI, journald).
-struct Plain {
-    start: Instant,
-    stderr: Mutex<std::io::Stderr>,
-}
-
-impl Plain {
-    fn new() -> Self {
-        Self { start: Instant::now(), stderr: Mutex::new(std::io::stderr()) }
-    }
-}
-
-impl Progress for Plain {
-    fn event(&self, event: &Event) {
-        let Ok(mut err) = self.stderr.lock() else { return };
-        let t = self.start.elapsed().as_secs_f64();
-        // Progress is best effort: a closed stderr must not fail the build.
-        let _ = match event {
-            Event::Started { phase } => writeln!(err, "[{t:7.2}s] {}: started", phase.name()),
-            Event::Finished { phase, elapsed, summary } => {
-                writeln!(err, "[{t:7.2}s] {}: done in {:.2}s: {summary}", phase.name(), elapsed.as_secs_f64())
-            }
-        };
-    }
-}
-
-/// Versioned JSON lines on stdout, for machines.
-struct JsonLines;
-
-impl Progress for JsonLines {
-    fn event(&self, event: &Event) {
-        let v = dry_run::REPORT_VERSION;
-        let line = match event {
-            Event::Started { phase } => serde_json::json!({ "v": v, "type": "phase-start", "phase": phase }),
-            Event::Finished { phase, elapsed, summary } => serde_json::json!({
-                "v": v, "type": "phase-end", "phase": phase,
-                "elapsed_ms": elapsed.as_millis() as u64, "summary": summary,
-            }),
-        };
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
-    }
 }
