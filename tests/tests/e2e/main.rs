@@ -12,5 +12,6 @@ mod inspect;
 mod nar;
 mod nix_state;
 mod nixdb;
+mod profiles;
 mod util;
 mod verify;
