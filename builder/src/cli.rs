@@ -39,7 +39,8 @@ pub struct BuildArgs {
     #[arg(long, short, value_name = "PATH", required_unless_present = "dry_run")]
     pub output: Option<PathBuf>,
 
-    /// A built-in profile name or a profile file (TOML).
+    /// An image profile: a built-in's name (`kiln profiles` lists them) or a profile file (a path with a `/` or
+    /// ending in `.toml`). It fills in every option not given here.
     #[arg(long, value_name = "NAME|FILE")]
     pub profile: Option<String>,
 
