@@ -209,7 +209,7 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
     let seed = Seed::new(req.seed.as_deref().unwrap_or(&r.system.toplevel.to_string()));
     let timestamp = i64::from(req.timestamp);
     let changes = req.base.kernel_param_changes()?;
-    let entries = crate::boot::entries(&r.system, &[&changes])?;
+    let entries = crate::boot::entries(&r.system, &changes.iter().collect::<Vec<_>>())?;
     let parts = disk::parts(
         boots,
         &r.store,

@@ -23,6 +23,8 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Check an image's store against its Nix database and profile.
     Verify(VerifyArgs),
+    /// List the built-in image profiles, or show one resolved.
+    Profiles(ProfilesArgs),
 }
 
 /// `kiln build`.
@@ -37,7 +39,8 @@ pub struct BuildArgs {
     #[arg(long, short, value_name = "PATH", required_unless_present = "dry_run")]
     pub output: Option<PathBuf>,
 
-    /// A built-in profile name or a profile file (TOML).
+    /// An image profile: a built-in's name (`kiln profiles` lists them) or a profile file (a path with a `/` or
+    /// ending in `.toml`). It fills in every option not given here.
     #[arg(long, value_name = "NAME|FILE")]
     pub profile: Option<String>,
 
@@ -167,6 +170,28 @@ pub struct VerifyArgs {
     /// The store directory holding the system (see `kiln build --store-dir`).
     #[arg(long, value_name = "DIR")]
     pub store_dir: Option<PathBuf>,
+}
+
+/// `kiln profiles`.
+#[derive(Debug, Args)]
+pub struct ProfilesArgs {
+    /// Without a subcommand: list the built-in profiles, one per line with its description.
+    #[command(subcommand)]
+    pub command: Option<ProfilesCommand>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// `kiln profiles` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ProfilesCommand {
+    /// Print a profile with its `extends` chain resolved, as TOML.
+    Show {
+        /// A built-in profile's name, or a profile file (a path with a `/` or ending in `.toml`).
+        #[arg(value_name = "NAME|FILE")]
+        profile: String,
+    },
 }
 
 /// Output formats.
@@ -347,6 +372,27 @@ mod tests {
         assert!(Cli::try_parse_from(["kiln", "build", "--system", "/x", "--dry-run", "--threads", "0"]).is_err());
         assert!(Cli::try_parse_from(["kiln", "inspect", "img", "--json"]).is_ok());
         assert!(Cli::try_parse_from(["kiln", "verify", "img", "--system", "/t", "--store-dir", "/d"]).is_ok());
+    }
+
+    #[test]
+    fn profiles_subcommand_parses() {
+        let parse = |argv: &[&str]| match Cli::try_parse_from(argv).map(|c| c.command) {
+            Ok(Command::Profiles(p)) => Ok(p),
+            Ok(other) => panic!("not profiles: {other:?}"),
+            Err(e) => Err(e.kind()),
+        };
+        let list = parse(&["kiln", "profiles"]).unwrap();
+        assert!(list.command.is_none() && !list.json);
+        assert!(parse(&["kiln", "profiles", "--json"]).unwrap().json);
+        let show = parse(&["kiln", "profiles", "show", "amazon"]).unwrap();
+        assert!(matches!(show.command, Some(ProfilesCommand::Show { ref profile }) if profile == "amazon"));
+        assert!(!show.json);
+        let show = parse(&["kiln", "profiles", "show", "./mine.toml", "--json"]).unwrap();
+        assert!(matches!(show.command, Some(ProfilesCommand::Show { ref profile }) if profile == "./mine.toml"));
+        assert!(show.json, "--json after the subcommand");
+        assert!(parse(&["kiln", "profiles", "--json", "show", "gce"]).unwrap().json, "--json before it");
+        assert_eq!(parse(&["kiln", "profiles", "show"]).unwrap_err(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert_eq!(parse(&["kiln", "profiles", "list"]).unwrap_err(), clap::error::ErrorKind::InvalidSubcommand);
     }
 
     #[test]

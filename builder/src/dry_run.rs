@@ -32,6 +32,9 @@ pub struct Request {
     pub remove_kernel_params: Vec<String>,
     /// More store paths (and their closures) to ship and register (`--extra-path`).
     pub extra_paths: Vec<PathBuf>,
+    /// What the image profile (`--profile`) gives besides flags: its kernel parameter changes come before the
+    /// user's.
+    pub profile: Option<crate::profile::Applied>,
 }
 
 /// One store path's line in the report.
@@ -144,12 +147,15 @@ pub fn run(req: &Request, progress: &dyn Progress) -> Result<Report> {
 }
 
 impl Request {
-    /// The user's kernel parameter changes: `--remove-kernel-param`s, then `--kernel-param`s.
+    /// The kernel parameter changes, as layers applied in order: the profile's, then the user's
+    /// (`--remove-kernel-param`s, then `--kernel-param`s).
     ///
     /// # Errors
     /// The first flag value that is not exactly one parameter.
-    pub fn kernel_param_changes(&self) -> Result<Changes> {
-        Changes::parse(&self.kernel_params, &self.remove_kernel_params).context("--kernel-param/--remove-kernel-param")
+    pub fn kernel_param_changes(&self) -> Result<Vec<Changes>> {
+        let user = Changes::parse(&self.kernel_params, &self.remove_kernel_params)
+            .context("--kernel-param/--remove-kernel-param")?;
+        Ok(self.profile.iter().map(|p| p.kernel_params.clone()).chain([user]).collect())
     }
 }
 
@@ -167,10 +173,11 @@ fn check_boot_files(system: &System, closure: &Closure) -> Result<()> {
     Ok(())
 }
 
-/// The report of what was resolved (no image yet: see [`Report::image`]).
-pub fn report(r: &Resolved, changes: &Changes) -> Result<Report> {
+/// The report of what was resolved (no image yet: see [`Report::image`]); `changes` are applied to the command
+/// lines in order.
+pub fn report(r: &Resolved, changes: &[Changes]) -> Result<Report> {
     let (store, system, closure, inv) = (&r.store, &r.system, &r.closure, &r.inventory);
-    let resolved = boot::entries(system, &[changes])?;
+    let resolved = boot::entries(system, &changes.iter().collect::<Vec<_>>())?;
     let boots = std::iter::once(&system.boot).chain(system.specialisations.iter().map(|s| &s.boot));
     let entries = resolved
         .into_iter()

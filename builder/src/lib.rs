@@ -16,6 +16,7 @@ pub mod inventory;
 pub mod nar;
 pub mod nixdb;
 pub mod output;
+pub mod profile;
 pub mod progress;
 pub mod render;
 pub mod rootfs;

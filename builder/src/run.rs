@@ -18,15 +18,13 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Build(args) => build(*args),
         Command::Inspect(args) => crate::inspect::command(args),
         Command::Verify(args) => crate::verify::command(args),
+        Command::Profiles(args) => crate::profile::command(args),
     }
 }
 
 /// Options whose values no stage implements yet: refused before any work, so nothing pretends to work.
 fn reject_unsupported(args: &BuildArgs) -> Result<()> {
     let name = |v: Option<clap::builder::PossibleValue>| v.map(|v| v.get_name().to_owned()).unwrap_or_default();
-    if let Some(profile) = &args.profile {
-        bail!("not supported yet: --profile {profile} (image profiles)");
-    }
     if let Some(layout) = args.layout {
         let boots = crate::disk::Boots::of(layout)?;
         if let Some(b) = args.bootloader {
@@ -86,7 +84,11 @@ fn timestamp() -> Result<u32> {
     }
 }
 
-fn build(args: BuildArgs) -> Result<()> {
+fn build(mut args: BuildArgs) -> Result<()> {
+    let profile = crate::profile::load_and_apply(&mut args)?;
+    if let Some(p) = &profile {
+        p.reject_unsupported()?;
+    }
     reject_unsupported(&args)?;
     let threads = args.threads.map_or(0, usize::from);
     let pool = rayon::ThreadPoolBuilder::new()
@@ -109,6 +111,7 @@ fn build(args: BuildArgs) -> Result<()> {
         kernel_params: args.kernel_params,
         remove_kernel_params: args.remove_kernel_params,
         extra_paths: args.extra_paths,
+        profile,
     };
     let (report, written) = if let Some(layout) = args.layout {
         let req = build::BuildRequest {

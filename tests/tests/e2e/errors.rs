@@ -253,7 +253,7 @@ fn unimplemented_option_values_are_refused() {
         (&["--layout", "efi", "--bootloader", "grub"][..], "--bootloader grub does not fit --layout efi"),
         (&["--layout", "efi"][..], "has no systemd-boot binary"),
         (&["--layout", "legacy+gpt"][..], "needs GRUB for i386-pc, and the closure has none"),
-        (&["--profile", "amazon"][..], "not supported yet: --profile amazon"),
+        (&["--profile", "amazon"][..], "not supported yet: --format ami"),
         (&["--size", "8G"][..], "--size describes an image: give --layout"),
     ] {
         m.dry_run(flags).fails_with(&[want]);

@@ -13,5 +13,6 @@ mod interrupt;
 mod nar;
 mod nix_state;
 mod nixdb;
+mod profiles;
 mod util;
 mod verify;

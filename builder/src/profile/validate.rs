@@ -1,0 +1,92 @@
+//! Checks of a merged profile: values that may come from different files of an `extends` chain and must go
+//! together. Each error names where the values were set.
+
+use anyhow::{Result, bail};
+use clap::ValueEnum;
+
+use super::{Loc, Profile, Role};
+use crate::cli::{Bootloader, Layout};
+
+/// Which ways a layout boots: (UEFI, BIOS).
+#[must_use]
+pub(super) fn boots(layout: Layout) -> (bool, bool) {
+    match layout {
+        Layout::Efi | Layout::Efixbootldr => (true, false),
+        Layout::Legacy | Layout::LegacyGpt => (false, true),
+        Layout::Hybrid => (true, true),
+        Layout::None => (false, false),
+    }
+}
+
+/// Whether `bootloader` is one the layout installs.
+#[must_use]
+pub(super) fn fits(bootloader: Bootloader, layout: Layout) -> bool {
+    let (uefi, bios) = boots(layout);
+    match bootloader {
+        Bootloader::SystemdBoot => uefi,
+        Bootloader::Grub => bios,
+        Bootloader::None => !uefi && !bios,
+    }
+}
+
+fn name<T: ValueEnum>(v: T) -> String {
+    v.to_possible_value().map(|p| p.get_name().to_owned()).unwrap_or_default()
+}
+
+/// Runs every check over the merged profile.
+pub(super) fn check(p: &Profile) -> Result<()> {
+    let at = |key: &str| p.origin(key).map_or_else(|| "?".to_owned(), Loc::to_string);
+    if let (Some(_), Some(_)) = (p.layout, &p.partitions) {
+        bail!(
+            "{}: partitions and layout ({}) are exclusive: a partition list replaces the layout",
+            at("partitions"),
+            at("layout")
+        );
+    }
+    if let (Some(b), Some(l)) = (p.bootloader, p.layout)
+        && !fits(b, l)
+    {
+        bail!(
+            "{}: bootloader {} does not fit layout {} ({}): efi and efixbootldr boot with systemd-boot, legacy and \
+             legacy+gpt with grub, hybrid with both, none with none",
+            at("bootloader"),
+            name(b),
+            name(l),
+            at("layout")
+        );
+    }
+    let has = |role: Role| p.partitions.as_ref().is_some_and(|list| list.iter().any(|x| x.role == role));
+    if let (Some(b), Some(_)) = (p.bootloader, &p.partitions) {
+        let need = match b {
+            Bootloader::SystemdBoot => Some(Role::Esp),
+            Bootloader::Grub => Some(Role::BiosBoot),
+            Bootloader::None => None,
+        };
+        if let Some(role) = need
+            && !has(role)
+        {
+            bail!(
+                "{}: bootloader {} needs a partition with role = {:?}, and the partitions ({}) have none",
+                at("bootloader"),
+                name(b),
+                role.name(),
+                at("partitions")
+            );
+        }
+    }
+    if p.sector_size == Some(4096) {
+        let bios = match (p.layout, p.bootloader) {
+            (Some(l), _) if boots(l).1 => Some(format!("layout {} ({})", name(l), at("layout"))),
+            _ if has(Role::BiosBoot) => Some(format!("a bios-boot partition ({})", at("partitions"))),
+            (_, Some(Bootloader::Grub)) => Some(format!("bootloader grub ({})", at("bootloader"))),
+            _ => None,
+        };
+        if let Some(bios) = bios {
+            bail!(
+                "{}: sector-size 4096 cannot boot by BIOS, as {bios} does: GRUB's BIOS boot needs 512",
+                at("sector-size")
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! Image profiles: `kiln profiles`, and `kiln build --profile` with built-in and user profiles.
+
+use std::ffi::OsStr;
+use std::path::Path;
+
+use kiln_tests::disk::{sfdisk_json, sgdisk_verify};
+use kiln_tests::fixtures;
+use serde_json::Value;
+
+use crate::util::{build_demo_disk, dry_run_json, kiln, store_of};
+
+const BUILTINS: [&str; 8] = ["amazon", "gce", "azure", "openstack", "qemu-efi", "qemu-bios", "usb-hybrid", "metal-efi"];
+
+#[test]
+fn kiln_profiles_lists_every_builtin_with_its_description() {
+    let out = kiln(["profiles"]).ok();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), BUILTINS.len(), "{out}");
+    for (line, name) in lines.iter().zip(BUILTINS) {
+        let (first, description) = line.split_once("  ").unwrap_or_else(|| panic!("no description: {line:?}"));
+        assert_eq!(first, name);
+        assert!(!description.trim().is_empty(), "{line:?}");
+    }
+    let json: Value = serde_json::from_str(&kiln(["profiles", "--json"]).ok()).unwrap();
+    assert_eq!((json["v"].as_u64(), json["type"].as_str()), (Some(1), Some("profiles")));
+    let listed: Vec<&str> = json["profiles"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(listed, BUILTINS);
+    for p in json["profiles"].as_array().unwrap() {
+        assert_eq!(p["file"], format!("images/{}.toml", p["name"].as_str().unwrap()));
+        assert!(lines.iter().any(|l| l.ends_with(p["description"].as_str().unwrap())), "{p}");
+    }
+}
+
+#[test]
+fn kiln_profiles_show_resolves_extends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("mine.toml");
+    std::fs::write(&file, "extends = \"qemu-bios\"\nformat = \"raw\"\n[grub]\nterminal = [\"serial\"]\n").unwrap();
+    let out = kiln([OsStr::new("profiles"), OsStr::new("show"), file.as_os_str()]).ok();
+    assert!(
+        out.starts_with(&format!(
+            "# kiln profile {}, resolved from {}, images/qemu-bios.toml\n",
+            file.display(),
+            file.display()
+        )),
+        "{out}"
+    );
+    for want in [
+        "layout = \"legacy+gpt\"\n",
+        "bootloader = \"grub\"\n",
+        "format = \"raw\"\n",
+        "terminal = [\"serial\"]\n",
+        "serial = \"--unit=0 --speed=115200\"\n",
+    ] {
+        assert!(out.contains(want), "lacks {want:?}:\n{out}");
+    }
+    assert!(!out.contains("extends"), "{out}");
+    // What show prints is a profile file that reads back to itself.
+    let shown = tmp.path().join("shown.toml");
+    std::fs::write(&shown, &out).unwrap();
+    let again = kiln([OsStr::new("profiles"), OsStr::new("show"), shown.as_os_str()]).ok();
+    assert_eq!(again.lines().skip(1).collect::<Vec<_>>(), out.lines().skip(1).collect::<Vec<_>>());
+    let json: Value = serde_json::from_str(&kiln(["profiles", "show", "amazon", "--json"]).ok()).unwrap();
+    assert_eq!(json["type"], "profile");
+    assert_eq!(json["files"], serde_json::json!(["images/amazon.toml"]));
+    assert_eq!(json["profile"]["format"], "ami");
+    assert_eq!(json["profile"]["esp-size"], "256M");
+    assert_eq!(
+        json["profile"]["kernel-params"]["add"],
+        serde_json::json!(["console=ttyS0,115200n8", "random.trust_cpu=on", "nvme_core.io_timeout=4294967295"])
+    );
+}
+
+#[test]
+fn a_bad_profile_file_is_refused_with_its_position_and_leaves_no_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("bad.toml");
+    std::fs::write(&file, "# a typo\nextends = \"amazon\"\nlayot = \"efi\"\n").unwrap();
+    let out = tmp.path().join("out.img");
+    let fx = fixtures::demo_closure();
+    let top = fixtures::toplevel_of(&fx);
+    let store = store_of(&fx);
+    let r = kiln([
+        OsStr::new("build"),
+        OsStr::new("--system"),
+        OsStr::new(&top),
+        OsStr::new("--store-dir"),
+        store.as_os_str(),
+        OsStr::new("--output"),
+        out.as_os_str(),
+        OsStr::new("--profile"),
+        file.as_os_str(),
+    ]);
+    r.fails_with(&[&format!(
+        "{}:3:1: unknown field `layot`, expected one of `description`, `extends`, `layout`",
+        file.display()
+    )]);
+    assert!(!out.exists(), "nothing may be left at the output path");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1, "no temporary file either");
+    kiln([OsStr::new("profiles"), OsStr::new("show"), file.as_os_str()])
+        .fails_with(&[&format!("{}:3:1: unknown field `layot`", file.display())]);
+    kiln(["profiles", "show", "amzon"])
+        .fails_with(&["no built-in profile is called \"amzon\" (the built-ins: amazon, gce,"]);
+}
+
+/// `--dry-run --progress json` of the demo closure with `extra` flags.
+fn demo_dry_run(extra: &[&OsStr]) -> Value {
+    let fx = fixtures::demo_closure();
+    let top = fixtures::toplevel_of(&fx);
+    let store = store_of(&fx);
+    let ci = fx.join("closure-info");
+    let mut args: Vec<&OsStr> = vec![OsStr::new("--system"), OsStr::new(&top), OsStr::new("--store-dir")];
+    args.extend([store.as_os_str(), OsStr::new("--closure-info"), ci.as_os_str()]);
+    args.extend_from_slice(extra);
+    dry_run_json(&args)
+}
+
+#[test]
+fn dry_run_with_a_user_profile_applies_its_kernel_params_before_the_users() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("ec2-raw.toml");
+    std::fs::write(
+        &file,
+        "# Amazon's settings, as a raw disk.\nextends = \"amazon\"\nformat = \"raw\"\n\n\
+         [kernel-params]\nremove = [\"loglevel\"]\nadd = [\"quiet\"]\n",
+    )
+    .unwrap();
+    let report = demo_dry_run(&[
+        OsStr::new("--profile"),
+        file.as_os_str(),
+        OsStr::new("--kernel-param"),
+        OsStr::new("console=tty1"),
+        OsStr::new("--remove-kernel-param"),
+        OsStr::new("random.trust_cpu"),
+    ]);
+    let top = fixtures::toplevel_of(&fixtures::demo_closure());
+    let lines: Vec<&str> =
+        report["entries"].as_array().unwrap().iter().map(|e| e["command_line"].as_str().unwrap()).collect();
+    // The bootspec's `console=ttyS0 panic=-1 loglevel=4`; then the profile's layer (amazon's additions and the
+    // file's, less loglevel); then the user's (less random.trust_cpu, which amazon added; console=tty1 last).
+    let profile_then_user = "console=ttyS0,115200n8 nvme_core.io_timeout=4294967295 quiet console=tty1";
+    assert_eq!(lines[0], format!("init={top}/init console=ttyS0 panic=-1 {profile_then_user}"));
+    assert_eq!(lines.len(), 2, "the system and its specialisation");
+    assert_eq!(
+        lines[1].split_once(" console=ttyS0 panic=-1 debug ").map(|(_, rest)| rest),
+        Some(profile_then_user),
+        "{}",
+        lines[1]
+    );
+    // The profile's other settings reached the plan: amazon's layout and its 256 MiB ESP.
+    let image = &report["image"];
+    assert_eq!((image["layout"].as_str(), image["format"].as_str()), (Some("efi"), Some("raw")));
+    let esp = image["partitions"].as_array().unwrap().iter().find(|p| p["name"] == "ESP").expect("an ESP");
+    assert_eq!(esp["size"], 256 << 20);
+    assert_eq!(image["bootloaders"], serde_json::json!(["systemd-boot"]));
+}
+
+#[test]
+fn builtin_profiles_with_formats_not_built_yet_are_refused_before_any_work() {
+    for (name, want) in [
+        ("amazon", "not supported yet: --format ami"),
+        ("gce", "not supported yet: --format gce"),
+        ("azure", "not supported yet: --format vhd"),
+        ("qemu-bios", "not supported yet: --format qcow2"),
+        ("metal-efi", "not supported yet: --bmap"),
+    ] {
+        kiln(["build", "--system", "/nix/store/x", "--dry-run", "--profile", name]).fails_with(&[want]);
+    }
+}
+
+/// (size, type GUID) of each partition, from sfdisk.
+fn partitions(img: &Path) -> Vec<(u64, String)> {
+    let json = sfdisk_json(img);
+    json["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["size"].as_u64().unwrap() * 512, p["type"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+#[test]
+fn a_build_takes_what_the_command_line_leaves_to_the_profile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("vm.toml");
+    std::fs::write(&file, "extends = \"qemu-efi\"\nformat = \"raw\"\nlayout = \"legacy+gpt\"\nesp-size = \"300M\"\n")
+        .unwrap();
+    let profile = file.display().to_string();
+    // The profile's ESP size; the command line's layout wins over the profile's.
+    let (_t, img) = build_demo_disk("efi", &["--profile", &profile]);
+    sgdisk_verify(&img).unwrap();
+    let parts = partitions(&img);
+    assert_eq!(parts.len(), 2, "{parts:?}");
+    assert_eq!(parts[0], (300 << 20, "C12A7328-F81F-11D2-BA4B-00A0C93EC93B".to_owned()), "the profile's ESP size");
+    let (_t, img) = build_demo_disk("efi", &["--profile", &profile, "--esp-size", "200M"]);
+    assert_eq!(partitions(&img)[0].0, 200 << 20, "--esp-size wins over the profile");
+}
