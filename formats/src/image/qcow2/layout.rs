@@ -192,7 +192,8 @@ impl Layout {
         if l1_size * 8 > MAX_L1_BYTES {
             return Err(too_large("the L1 table's size in bytes", l1_size * 8, MAX_L1_BYTES));
         }
-        let l1_clusters = (l1_size * 8).div_ceil(cs).max(1);
+        // An empty disk has no L1 table (QEMU counts no reference to one, so a cluster for it would leak).
+        let l1_clusters = (l1_size * 8).div_ceil(cs);
         let l2_first = self.next_free;
         let l1_first = HostCluster(l2_first.0 + self.l2.len() as u64);
         let metadata_end = l1_first.0 + l1_clusters;
@@ -225,7 +226,9 @@ impl Layout {
             write(out, "L2 table", offset, &be_u64s(table))?;
             l1[index as usize * 8..][..8].copy_from_slice(&(COPIED | offset).to_be_bytes());
         }
-        write(out, "L1 table", self.offset(l1_first), &l1)?;
+        if l1_size > 0 {
+            write(out, "L1 table", self.offset(l1_first), &l1)?;
+        }
         for (i, counts) in self.refcounts.chunks(per_block as usize).enumerate() {
             let mut block = vec![0u8; cs as usize];
             for (b, &n) in block.chunks_exact_mut(2).zip(counts) {
@@ -242,7 +245,7 @@ impl Layout {
             cluster_size: self.cluster_size,
             size,
             l1_size: u32::try_from(l1_size).map_err(|_| too_large("the L1 table's size", l1_size, MAX_L1_BYTES / 8))?,
-            l1_table_offset: self.offset(l1_first),
+            l1_table_offset: if l1_size > 0 { self.offset(l1_first) } else { 0 },
             refcount_table_offset: self.offset(table_first),
             refcount_table_clusters: u32::try_from(table_clusters)
                 .map_err(|_| too_large("the refcount table's size in clusters", table_clusters, u32::MAX.into()))?,
