@@ -5,6 +5,8 @@
 //! zeros and is never read. Containers that are the raw bytes plus a trailer (raw, fixed VHD) can instead be
 //! finished in place, so the image is never copied.
 
+pub mod qcow2;
+
 use std::fs::File;
 use std::io;
 use std::ops::Range;
