@@ -4,7 +4,8 @@
 //! The sparse map is the image's extents refined to their non-zero 4 KiB blocks, so all-zero blocks inside
 //! data are holes too. The archive is fully determined by the image and the options: uid/gid 0, owner names
 //! `root`, mode 0644, mtime from [`Gce::mtime`]; it ends with two zero blocks and is padded to a 10 KiB record
-//! as GNU tar does. It is compressed as one gzip member whose pieces are deflated in parallel (see `gzip`).
+//! as GNU tar does. It is compressed as one gzip member whose pieces are deflated in parallel on the current
+//! rayon pool (the caller's `ThreadPool::install`); the bytes do not depend on the pool's size.
 
 mod gzip;
 mod tar;

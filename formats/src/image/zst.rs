@@ -6,16 +6,16 @@
 //!
 //! # Deterministic for any thread count
 //!
-//! zstd's multithreaded mode cuts the input into jobs of a fixed size (by default 4 × the window size, at least
-//! 1 MiB: it depends on the level and the pledged size, never on the number of workers), and each job is
-//! compressed with a fixed overlap from the previous one, whichever worker runs it. So the output is the same
-//! bytes for every worker count ≥ 1, provided that:
+//! zstd's multithreaded mode cuts the input into jobs of a fixed size, derived from the compression parameters
+//! only (4 × the window size, at least 1 MiB, at the usual levels) and never from the number of workers, and
+//! compresses each job with a fixed overlap from the previous one, whichever worker runs it. So the output is
+//! the same bytes for every worker count ≥ 1, provided that:
 //! - the worker count is never 0 (zstd's single-threaded mode, whose output differs): [`RawZst::threads`] 0
 //!   is taken as 1, and 1 means one worker beside the thread that feeds it;
 //! - the stream is never flushed before its end (a flush cuts a job short): the encoder is only written to
 //!   and finished;
-//! - the job size and overlap are zstd's defaults for the level, set explicitly to 0 ("default") here so that
-//!   no environment changes them.
+//! - the job size and overlap are zstd's defaults (set to 0, "default", explicitly), which depend on the level
+//!   and the pledged size, both fixed by the image and the options.
 //!
 //! The `stream` integration tests compare the bytes for 1, 2 and 3 threads on an input of several jobs.
 
