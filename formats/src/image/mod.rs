@@ -5,7 +5,13 @@
 //! zeros and is never read. Containers that are the raw bytes plus a trailer (raw, fixed VHD) can instead be
 //! finished in place, so the image is never copied.
 
+pub mod bmap;
+pub mod checksum;
+pub mod gce;
 pub mod qcow2;
+pub mod raw;
+mod scan;
+pub mod zst;
 
 use std::fs::File;
 use std::io;
