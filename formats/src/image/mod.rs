@@ -11,6 +11,15 @@ use std::ops::Range;
 
 use crate::sparse::{DataRanges, read_full};
 
+mod copy;
+pub mod vhd;
+pub mod vhdx;
+pub mod vmdk;
+
+pub use vhd::Vhd;
+pub use vhdx::Vhdx;
+pub use vmdk::{AdapterType, Vmdk};
+
 /// A raw disk image to convert: its bytes, its virtual size and where data may be.
 #[derive(Debug)]
 pub struct RawImage<'a> {

@@ -1,0 +1,153 @@
+//! What the container writers share: copying byte ranges between files (in the kernel where it can), telling
+//! zero buffers apart, and errors that say which structure at which offset failed.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+use rustix::io::Errno;
+
+use super::Progress;
+use crate::sparse::read_full;
+
+/// How much one `copy_file_range` call or one buffered copy step moves, so progress is reported regularly.
+const STEP: u64 = 64 << 20;
+
+/// The buffer of the read/write fallback; runs of zeros this long are left as holes.
+const FALLBACK_BUF: usize = 1 << 20;
+
+/// Whether every byte of `buf` is zero.
+pub(crate) fn is_zero(buf: &[u8]) -> bool {
+    let mut chunks = buf.chunks_exact(64);
+    // OR-ing a whole chunk at once lets the compiler vectorise the test.
+    let body = chunks.by_ref().all(|c| c.iter().fold(0, |acc, &b| acc | b) == 0);
+    body && chunks.remainder().iter().all(|&b| b == 0)
+}
+
+/// `err` with `what` (the structure and offset being read or written) in front of its message; the kind is kept.
+pub(crate) fn context(err: io::Error, what: impl FnOnce() -> String) -> io::Error {
+    io::Error::new(err.kind(), format!("{}: {err}", what()))
+}
+
+/// Fails unless `out` is empty: the writers lay their structures out from offset 0.
+pub(crate) fn ensure_empty(out: &File, format: &str) -> io::Result<()> {
+    let len = out.metadata()?.len();
+    if len != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{format} output must start empty, it holds {len} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Copies byte ranges from one file to another with `copy_file_range` (the kernel copies, clones or reflinks
+/// without passing the bytes through user space), falling back to reads and writes where the kernel cannot
+/// (another filesystem on old kernels, special files). The fallback leaves all-zero runs as holes.
+#[derive(Debug, Default)]
+pub(crate) struct RangeCopier {
+    fallback: bool,
+    buf: Vec<u8>,
+}
+
+impl RangeCopier {
+    /// Copies `len` bytes at `src_off` of `src` to `dst_off` of `dst`, reporting each step to `progress`.
+    ///
+    /// # Errors
+    /// If reading or writing fails, or `src` ends before `src_off + len`.
+    pub(crate) fn copy(
+        &mut self,
+        src: &File,
+        dst: &File,
+        (src_off, dst_off): (u64, u64),
+        len: u64,
+        progress: &dyn Progress,
+    ) -> io::Result<()> {
+        let mut done = 0;
+        while done < len && !self.fallback {
+            let (mut off_in, mut off_out) = (src_off + done, dst_off + done);
+            let want = usize::try_from((len - done).min(STEP)).unwrap_or(usize::MAX);
+            match rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), want) {
+                Ok(0) => self.fallback = true,
+                Ok(n) => {
+                    done += n as u64;
+                    progress.advance(n as u64);
+                }
+                Err(Errno::INTR) => {}
+                Err(Errno::XDEV | Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS | Errno::BADF | Errno::PERM) => {
+                    self.fallback = true;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        while done < len {
+            self.buf.resize(FALLBACK_BUF, 0);
+            let n = (len - done).min(FALLBACK_BUF as u64);
+            let buf = &mut self.buf[..n as usize];
+            if !read_full(src, buf, src_off + done)? {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("the image file ends before {}", src_off + len),
+                ));
+            }
+            if !is_zero(buf) {
+                dst.write_all_at(buf, dst_off + done)?;
+            }
+            done += n;
+            progress.advance(n);
+        }
+        Ok(())
+    }
+
+    /// Forces the read/write path, so tests cover it on filesystems where the kernel copy works.
+    #[cfg(test)]
+    fn without_kernel_copy() -> Self {
+        Self { fallback: true, buf: Vec::new() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    #[derive(Default)]
+    struct Count(AtomicU64);
+
+    impl Progress for Count {
+        fn advance(&self, bytes: u64) {
+            self.0.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn zero_test() {
+        assert!(is_zero(&[]));
+        assert!(is_zero(&[0; 1000]));
+        for i in [0, 63, 64, 999] {
+            let mut b = vec![0; 1000];
+            b[i] = 1;
+            assert!(!is_zero(&b), "{i}");
+        }
+    }
+
+    #[test]
+    fn copies_ranges_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let src =
+            File::options().read(true).write(true).create(true).truncate(true).open(dir.path().join("s")).unwrap();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        src.write_all_at(&data, 0).unwrap();
+        for mut copier in [RangeCopier::default(), RangeCopier::without_kernel_copy()] {
+            let dst =
+                File::options().read(true).write(true).create(true).truncate(true).open(dir.path().join("d")).unwrap();
+            let count = Count::default();
+            copier.copy(&src, &dst, (1000, 5000), 2_000_000, &count).unwrap();
+            assert_eq!(count.0.load(Ordering::Relaxed), 2_000_000);
+            let mut back = vec![0; 2_000_000];
+            assert!(read_full(&dst, &mut back, 5000).unwrap());
+            assert_eq!(back, data[1000..2_001_000]);
+            assert!(copier.copy(&src, &dst, (2_999_000, 0), 2000, &()).is_err());
+        }
+    }
+}
