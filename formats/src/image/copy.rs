@@ -3,11 +3,12 @@
 
 use std::fs::File;
 use std::io;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 
 use rustix::io::Errno;
 
-use super::Progress;
+use super::{Progress, RawImage};
 use crate::sparse::read_full;
 
 /// How much one `copy_file_range` call or one buffered copy step moves, so progress is reported regularly.
@@ -22,6 +23,43 @@ pub(crate) fn is_zero(buf: &[u8]) -> bool {
     // OR-ing a whole chunk at once lets the compiler vectorise the test.
     let body = chunks.by_ref().all(|c| c.iter().fold(0, |acc, &b| acc | b) == 0);
     body && chunks.remainder().iter().all(|&b| b == 0)
+}
+
+/// The parts of `image`'s data ranges within `range` that the file holds (before `file_len`, its length):
+/// the only bytes a writer needs to copy there, everything else being zeros.
+pub(crate) fn data_within<'a>(
+    image: &'a RawImage<'_>,
+    range: Range<u64>,
+    file_len: u64,
+) -> impl Iterator<Item = Range<u64>> + 'a {
+    let first = image.extents().partition_point(|e| e.end <= range.start);
+    let end = range.end.min(file_len);
+    image.extents()[first..]
+        .iter()
+        .take_while(move |e| e.start < end)
+        .map(move |e| e.start.max(range.start)..e.end.min(end))
+        .filter(|r| !r.is_empty())
+}
+
+/// Whether `image` has a non-zero byte in `range`: reads its data ranges there in pieces of `buf`'s size, and
+/// stops at the first piece holding one.
+pub(crate) fn has_nonzero(image: &RawImage<'_>, range: Range<u64>, buf: &mut [u8]) -> io::Result<bool> {
+    let end = range.end.min(image.size());
+    let first = image.extents().partition_point(|e| e.end <= range.start);
+    for e in image.extents()[first..].iter().take_while(|e| e.start < end) {
+        let mut pos = e.start.max(range.start);
+        let stop = e.end.min(end);
+        while pos < stop {
+            let n = (stop - pos).min(buf.len() as u64);
+            let piece = &mut buf[..n as usize];
+            image.read_at(piece, pos).map_err(|err| context(err, || format!("reading image bytes {pos}..")))?;
+            if !is_zero(piece) {
+                return Ok(true);
+            }
+            pos += n;
+        }
+    }
+    Ok(false)
 }
 
 /// `err` with `what` (the structure and offset being read or written) in front of its message; the kind is kept.
@@ -129,6 +167,24 @@ mod tests {
             b[i] = 1;
             assert!(!is_zero(&b), "{i}");
         }
+    }
+
+    #[test]
+    fn data_within_a_range() {
+        let f = tempfile::tempfile().unwrap();
+        f.write_all_at(&[0; 100], 0).unwrap();
+        f.write_all_at(&[7], 150).unwrap();
+        let image = RawImage::new(&f, 400, vec![0..10, 20..30, 140..160, 300..400]).unwrap();
+        let within = |r: Range<u64>, len| data_within(&image, r, len).collect::<Vec<_>>();
+        assert_eq!(within(0..400, 400), [0..10, 20..30, 140..160, 300..400]);
+        assert_eq!(within(5..25, 400), [5..10, 20..25]);
+        assert_eq!(within(10..20, 400), []);
+        assert_eq!(within(0..400, 151), [0..10, 20..30, 140..151]);
+        let mut buf = [0; 4];
+        assert!(!has_nonzero(&image, 0..100, &mut buf).unwrap());
+        assert!(has_nonzero(&image, 0..400, &mut buf).unwrap());
+        assert!(has_nonzero(&image, 150..151, &mut buf).unwrap());
+        assert!(!has_nonzero(&image, 151..400, &mut buf).unwrap());
     }
 
     #[test]

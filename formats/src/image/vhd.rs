@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
-use super::copy::{RangeCopier, context, ensure_empty};
+use super::copy::{RangeCopier, context, data_within, ensure_empty};
 use super::{Container, Progress, RawImage};
 use crate::disk::Guid;
 
@@ -193,17 +193,13 @@ impl Container for Vhd {
         let file_len = image.file().metadata()?.len();
         let mut copier = RangeCopier::default();
         let mut pos = 0;
-        for e in image.extents() {
-            progress.advance(e.start - pos);
-            // Bytes past the end of the file read as zeros: nothing to copy.
-            let end = e.end.min(file_len).max(e.start);
-            if end > e.start {
-                copier
-                    .copy(image.file(), out, (e.start, e.start), end - e.start, progress)
-                    .map_err(|err| context(err, || format!("copying image bytes {}..{end} into the VHD", e.start)))?;
-            }
-            progress.advance(e.end - end);
-            pos = e.end;
+        // Bytes past the end of the file read as zeros: nothing to copy there.
+        for r in data_within(image, 0..image.size(), file_len) {
+            progress.advance(r.start - pos);
+            copier
+                .copy(image.file(), out, (r.start, r.start), r.end - r.start, progress)
+                .map_err(|err| context(err, || format!("copying image bytes {}..{} into the VHD", r.start, r.end)))?;
+            pos = r.end;
         }
         progress.advance(image.size() - pos);
         out.set_len(vsize)?;

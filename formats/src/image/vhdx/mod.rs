@@ -2,9 +2,10 @@
 //! `PAYLOAD_BLOCK_ZERO`. Microsoft's MS-VHDX specification; the structures are in the `layout` module.
 //!
 //! Blocks never written are `ZERO` rather than `NOT_PRESENT`: for a dynamic disk the specification leaves the
-//! contents of a `NOT_PRESENT` block undefined, and a filesystem image relies on its zeros. Within a stored block
-//! all-zero 4 KiB runs are not written, so they stay holes in the output file. The log is empty (the headers' log
-//! GUID is zero) and the logical/physical sector sizes are 512/4096 bytes.
+//! contents of a `NOT_PRESENT` block undefined, and a filesystem image relies on its zeros. A block is stored if
+//! its data ranges hold a non-zero byte (the test stops at the first one); its data ranges are then copied in the
+//! kernel (`copy_file_range`), so the image's holes stay holes in the output file. The log is empty (the headers'
+//! log GUID is zero) and the logical/physical sector sizes are 512/4096 bytes.
 
 mod layout;
 
@@ -16,12 +17,12 @@ use self::layout::{
     BAT_OFFSET, HEADER_OFFSETS, HeaderIds, LOGICAL_SECTOR, Layout, METADATA_OFFSET, PAYLOAD_BLOCK_FULLY_PRESENT,
     PAYLOAD_BLOCK_ZERO, REGION_TABLE_OFFSETS,
 };
-use super::copy::{context, ensure_empty, is_zero};
+use super::copy::{RangeCopier, context, data_within, ensure_empty, has_nonzero};
 use super::{Container, Progress, RawImage};
 use crate::disk::Guid;
 
-/// Within a stored block, runs of zeros this long and aligned are left as holes.
-const HOLE_GRANULE: usize = 4096;
+/// How much of a block the zero test reads at a time.
+const ZERO_TEST_PIECE: usize = 256 << 10;
 
 /// The creator recorded in the file type identifier.
 const CREATOR: &str = "kiln";
@@ -61,59 +62,41 @@ impl Container for Vhdx {
         size.next_multiple_of(u64::from(LOGICAL_SECTOR))
     }
 
-    /// Reads one payload block at a time (only the image's data ranges), stores it if it holds a non-zero byte,
-    /// then writes the BAT, the metadata, the region tables and last the headers.
+    /// Goes through the payload blocks in order, storing each one that holds a non-zero byte (reading only the
+    /// image's data ranges), then writes the BAT, the metadata, the region tables and last the headers.
     fn convert(&self, image: &RawImage<'_>, out: &File, progress: &dyn Progress) -> io::Result<()> {
         ensure_empty(out, "VHDX")?;
         let layout = Layout::new(self.virtual_size(image.size()), self.block_size)?;
+        let file_len = image.file().metadata()?.len();
         let mut bat = vec![0u64; usize::try_from(layout.bat_entries).unwrap_or(usize::MAX)];
         let mut end = layout.data_offset;
-        let mut buf = vec![0u8; usize::try_from(layout.block_size).unwrap_or(usize::MAX)];
+        let mut copier = RangeCopier::default();
+        let mut buf = vec![0u8; ZERO_TEST_PIECE];
         for block in 0..layout.payload_blocks {
             let start = block * layout.block_size;
             // The image proper; the last block may reach past it into the sector padding and the block's tail.
             let image_end = (start + layout.block_size).min(image.size());
-            let stored = if start < image_end && image.may_have_data(start..image_end) {
-                let data = &mut buf[..usize::try_from(image_end - start).unwrap_or(usize::MAX)];
-                image.read_at(data, start).map_err(|e| context(e, || format!("reading image bytes {start}..")))?;
-                write_present(out, data, end).map_err(|e| context(e, || format!("writing VHDX block {block}")))?
-            } else {
-                false
-            };
-            bat[layout.bat_index(block)] = if stored {
-                let entry = layout::bat_entry(PAYLOAD_BLOCK_FULLY_PRESENT, end);
+            let entry = if start < image_end && has_nonzero(image, start..image_end, &mut buf)? {
+                for r in data_within(image, start..image_end, file_len) {
+                    let to = end + (r.start - start);
+                    copier.copy(image.file(), out, (r.start, to), r.end - r.start, &()).map_err(|e| {
+                        context(e, || {
+                            format!("copying image bytes {}..{} to VHDX block {block} at {to}", r.start, r.end)
+                        })
+                    })?;
+                }
                 end += layout.block_size;
-                entry
+                layout::bat_entry(PAYLOAD_BLOCK_FULLY_PRESENT, end - layout.block_size)
             } else {
                 PAYLOAD_BLOCK_ZERO
             };
+            bat[layout.bat_index(block)] = entry;
             progress.advance(image_end.saturating_sub(start));
         }
         // The last stored block is whole in the file even where its tail is a hole.
         out.set_len(end)?;
         write_metadata(out, &layout, &bat, self)
     }
-}
-
-/// Writes the non-zero 4 KiB runs of a block's `data` at `offset`; false (nothing written) if all of it is zero.
-fn write_present(out: &File, data: &[u8], offset: u64) -> io::Result<bool> {
-    let mut run: Option<usize> = None;
-    let mut any = false;
-    let granules = data.len().div_ceil(HOLE_GRANULE);
-    for g in 0..=granules {
-        let zero = g == granules || is_zero(&data[g * HOLE_GRANULE..((g + 1) * HOLE_GRANULE).min(data.len())]);
-        match (zero, run) {
-            (false, None) => run = Some(g * HOLE_GRANULE),
-            (true, Some(from)) => {
-                let to = (g * HOLE_GRANULE).min(data.len());
-                out.write_all_at(&data[from..to], offset + from as u64)?;
-                any = true;
-                run = None;
-            }
-            _ => {}
-        }
-    }
-    Ok(any)
 }
 
 /// Writes everything but the payload: BAT, metadata region, both region tables, file identifier, both headers.
@@ -133,30 +116,4 @@ fn write_metadata(out: &File, layout: &Layout, bat: &[u64], opts: &Vhdx) -> io::
         out.write_all_at(&layout::header(sequence as u64, ids), offset).map_err(at("header", offset))?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn present_runs_leave_zero_granules_unwritten() {
-        let dir = tempfile::tempdir().unwrap();
-        let out =
-            File::options().read(true).write(true).create(true).truncate(true).open(dir.path().join("o")).unwrap();
-        out.set_len(1 << 20).unwrap();
-        out.write_all_at(&[0xEE; 1 << 20], 0).unwrap();
-        let mut data = vec![0u8; 5 * HOLE_GRANULE + 100];
-        data[HOLE_GRANULE + 5] = 1;
-        data[5 * HOLE_GRANULE + 99] = 2;
-        assert!(write_present(&out, &data, 1000).unwrap());
-        let mut back = vec![0u8; data.len()];
-        out.read_exact_at(&mut back, 1000).unwrap();
-        // Granules 0, 2, 3 and 4 are zero: not written, so the old bytes remain there.
-        assert!(back[..HOLE_GRANULE].iter().all(|&b| b == 0xEE));
-        assert_eq!(back[HOLE_GRANULE..2 * HOLE_GRANULE], data[HOLE_GRANULE..2 * HOLE_GRANULE]);
-        assert!(back[2 * HOLE_GRANULE..5 * HOLE_GRANULE].iter().all(|&b| b == 0xEE));
-        assert_eq!(back[5 * HOLE_GRANULE..], data[5 * HOLE_GRANULE..]);
-        assert!(!write_present(&out, &[0; 10_000], 0).unwrap());
-    }
 }

@@ -154,13 +154,17 @@ fn pack(image: &RawImage<'_>, g: u64, z: &mut Compress, buf: &mut [u8]) -> io::R
         return Ok(None);
     }
     z.reset();
-    // Deflate's worst case is a few bytes per 16 KiB stored block over the input; leave ample room.
-    let mut out = Vec::with_capacity(GRAIN_MARKER_LEN + GRAIN as usize + 1024);
+    let mut out = Vec::with_capacity(GRAIN_MARKER_LEN + GRAIN as usize + GRAIN as usize / 8);
     out.extend((g * GRAIN_SECTORS).to_le_bytes());
     out.extend(0u32.to_le_bytes());
-    match z.compress_vec(buf, &mut out, FlushCompress::Finish) {
-        Ok(Status::StreamEnd) => {}
-        other => return Err(io::Error::other(format!("compressing grain {g} of the VMDK: {other:?}"))),
+    // Incompressible grains grow (by an eighth at most with fixed Huffman codes): grow the room until done.
+    loop {
+        let consumed = usize::try_from(z.total_in()).unwrap_or(usize::MAX);
+        match z.compress_vec(&buf[consumed..], &mut out, FlushCompress::Finish) {
+            Ok(Status::StreamEnd) => break,
+            Ok(Status::Ok | Status::BufError) => out.reserve(GRAIN as usize / 8),
+            Err(e) => return Err(io::Error::other(format!("compressing grain {g} of the VMDK: {e}"))),
+        }
     }
     let size = (out.len() - GRAIN_MARKER_LEN) as u32;
     out[8..12].copy_from_slice(&size.to_le_bytes());
@@ -226,6 +230,50 @@ impl Iterator for GrainsWithData<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn grains_pack_at_every_level_even_incompressible() {
+        let f = tempfile::tempfile().unwrap();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let noise: Vec<u8> = (0..GRAIN + 1000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect();
+        f.write_all_at(&noise, 0).unwrap();
+        let image = RawImage::from_file(&f).unwrap();
+        assert_eq!(image.size(), GRAIN + 1000);
+        let mut buf = vec![0; GRAIN as usize];
+        for level in 0..=9 {
+            let mut z = Compress::new(Compression::new(level), true);
+            for g in [0, 1] {
+                let packed = pack(&image, g, &mut z, &mut buf).unwrap().unwrap();
+                assert_eq!(packed.len() % SECTOR as usize, 0);
+                assert_eq!(packed[0..8], (g * GRAIN_SECTORS).to_le_bytes());
+                let size = u32::from_le_bytes(packed[8..12].try_into().unwrap()) as usize;
+                let mut back = Vec::new();
+                let mut d = flate2::Decompress::new(true);
+                back.reserve(GRAIN as usize);
+                let status = d.decompress_vec(&packed[12..12 + size], &mut back, flate2::FlushDecompress::Finish);
+                assert_eq!(status.unwrap(), Status::StreamEnd, "level {level}");
+                let want = if g == 0 {
+                    noise[..GRAIN as usize].to_vec()
+                } else {
+                    let mut w = noise[GRAIN as usize..].to_vec();
+                    w.resize(GRAIN as usize, 0);
+                    w
+                };
+                assert!(back == want, "level {level} grain {g}");
+            }
+        }
+        // A grain of zeros is left out.
+        let zeros = RawImage::new(&f, 2 * GRAIN, vec![]).unwrap();
+        assert!(pack(&zeros, 1, &mut Compress::new(Compression::default(), true), &mut buf).unwrap().is_none());
+    }
 
     #[test]
     #[expect(clippy::single_range_in_vec_init, reason = "lists of extents that happen to hold one")]
