@@ -431,9 +431,13 @@ fn large_image_converts() {
         let qemu_time = t.elapsed();
         let (_, check) = qemu_img(&["check", "-f", fmt, s(&ours)]);
         qemu_ok(&["compare", "-f", "raw", "-F", fmt, s(&raw), s(&ours)]);
-        let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+        let size = |p: &Path| {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::metadata(p).unwrap();
+            format!("{:>11} bytes ({:>11} allocated)", m.len(), m.blocks() * 512)
+        };
         println!(
-            "{fmt:5} ours {ours_time:>8.2?} {:>11} bytes | qemu-img {qemu_time:>8.2?} {:>11} bytes | check: {}",
+            "{fmt:5} ours {ours_time:>8.2?} {} | qemu-img {qemu_time:>8.2?} {} | check: {}",
             size(&ours),
             size(&theirs),
             check.lines().next().unwrap_or(""),

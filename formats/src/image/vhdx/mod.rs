@@ -85,8 +85,9 @@ impl Container for Vhdx {
                         })
                     })?;
                 }
+                let entry = layout::bat_entry(PAYLOAD_BLOCK_FULLY_PRESENT, end);
                 end += layout.block_size;
-                layout::bat_entry(PAYLOAD_BLOCK_FULLY_PRESENT, end - layout.block_size)
+                entry
             } else {
                 PAYLOAD_BLOCK_ZERO
             };
