@@ -7,10 +7,14 @@
 
 pub mod bmap;
 pub mod checksum;
+mod copy;
 pub mod gce;
 pub mod qcow2;
 pub mod raw;
 mod scan;
+pub mod vhd;
+pub mod vhdx;
+pub mod vmdk;
 pub mod zst;
 
 use std::fs::File;
@@ -18,6 +22,10 @@ use std::io;
 use std::ops::Range;
 
 use crate::sparse::{DataRanges, read_full};
+
+pub use vhd::Vhd;
+pub use vhdx::Vhdx;
+pub use vmdk::{AdapterType, Vmdk};
 
 /// A raw disk image to convert: its bytes, its virtual size and where data may be.
 #[derive(Debug)]
