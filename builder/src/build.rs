@@ -52,6 +52,10 @@ pub struct BuildRequest {
     pub default_specialisation: Option<String>,
     /// The disk's logical sector size.
     pub sector_size: kiln_formats::disk::SectorSize,
+    /// The output format and what goes beside it.
+    pub emit: crate::emit::Request,
+    /// Worker threads (for formats that run their own, such as zstd's).
+    pub threads: usize,
 }
 
 /// What the image will be.
@@ -61,7 +65,7 @@ pub struct ImageSummary {
     pub layout: &'static str,
     /// Output format.
     pub format: &'static str,
-    /// Image size in bytes.
+    /// Virtual disk size in bytes.
     pub size_bytes: u64,
     /// Logical sector size of the disk in bytes.
     pub sector_size: u64,
@@ -180,7 +184,8 @@ struct DiskPlan {
 
 /// Runs a build (or, without an output, a dry run of one): a bare root filesystem (`--layout none`) or a
 /// whole disk.
-pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Option<PathBuf>)> {
+pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Option<crate::emit::Written>)> {
+    req.emit.check()?;
     if let Some(target) = &req.output {
         AtomicOutput::check(target, req.force)?;
     }
@@ -207,6 +212,7 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
         }
     }
     let seed = Seed::new(req.seed.as_deref().unwrap_or(&r.system.toplevel.to_string()));
+    let container = crate::emit::container(&req.emit, &seed, req.timestamp, req.threads, req.output.as_deref())?;
     let timestamp = i64::from(req.timestamp);
     let changes = req.base.kernel_param_changes()?;
     let entries = crate::boot::entries(&r.system, &changes.iter().collect::<Vec<_>>())?;
@@ -370,8 +376,9 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
         disk_plan.as_ref().map_or(0, |d| d.layout.byte_range(d.numbers.root).expect("root partition").start.get());
     let image = ImageSummary {
         layout: layout_name(req.layout),
-        format: "raw",
-        size_bytes: disk_plan.as_ref().map_or(plan.size_bytes(), |d| d.layout.size().get()),
+        format: crate::emit::format_name(req.emit.format),
+        // Disks are whole MiB already; a bare filesystem in a container that rounds gets zeros after it.
+        size_bytes: container.virtual_size(disk_plan.as_ref().map_or(plan.size_bytes(), |d| d.layout.size().get())),
         sector_size: req.sector_size.bytes().get(),
         seed: seed.as_str().to_owned(),
         partitions: disk_plan
@@ -416,19 +423,19 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
     report.image = Some(image);
     let Some(target) = &req.output else { return Ok((report, None)) };
     let size = report.image.as_ref().expect("set above").size_bytes;
-    let written = progress::phase(
-        progress,
-        Phase::Write,
-        || -> Result<PathBuf> {
-            let out = AtomicOutput::create(target, req.force)?;
-            let temp = out.temp_path().display().to_string();
-            out.file().set_len(size).with_context(|| format!("sizing {temp}"))?;
-            let sink = out.file();
+    let facts = crate::emit::SystemFacts {
+        toplevel_name: r.system.toplevel.name().to_owned(),
+        system: r.system.boot.system.clone(),
+        layout: req.layout,
+    };
+    let written =
+        crate::emit::write(&req.emit, container.as_ref(), &facts, target, req.force, size, progress, |sink| {
+            let shown = target.display().to_string();
             if let Some(d) = &disk_plan {
-                d.layout.write(sink).with_context(|| format!("writing the partition table of {temp}"))?;
+                d.layout.write(sink).with_context(|| format!("writing the partition table of {shown}"))?;
                 for (tree, fplan, n, what) in &d.fats {
                     let at = d.layout.byte_range(*n).expect("planned partition").start.get();
-                    fplan.write(tree, sink, at).with_context(|| format!("writing the {what} of {temp}"))?;
+                    fplan.write(tree, sink, at).with_context(|| format!("writing the {what} of {shown}"))?;
                 }
             }
             let meter = progress::Meter::new(progress, Phase::Write, r.inventory.totals.unique_bytes);
@@ -436,22 +443,20 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
                 || plan.write_metadata(&tree, sink, root_offset).map_err(anyhow::Error::new),
                 || copy_and_hash(&r, &nodes, &plan, sink, root_offset, req.verify_hashes, &meter),
             );
-            meta.with_context(|| format!("writing {temp}"))?;
+            meta.with_context(|| format!("writing {shown}"))?;
             let (_, copied) = data?;
             // Files outside the store (the database, its schema file, …) are the ones no store path copied.
             plan.write_files(&tree, sink, root_offset, &|i| copied[i].load(std::sync::atomic::Ordering::Relaxed))
-                .with_context(|| format!("writing {temp}"))?;
+                .with_context(|| format!("writing {shown}"))?;
             if let Some(embedding) = disk_plan.as_ref().and_then(|d| d.grub.as_ref()) {
-                embedding.write(sink).with_context(|| format!("installing GRUB into {temp}"))?;
+                embedding.write(sink).with_context(|| format!("installing GRUB into {shown}"))?;
                 use std::os::unix::fs::FileExt;
                 embedding
                     .verify(|offset, buf| sink.read_exact_at(buf, offset.get()))
-                    .with_context(|| format!("reading GRUB back from {temp}"))?;
+                    .with_context(|| format!("reading GRUB back from {shown}"))?;
             }
-            out.commit()
-        },
-        |path| format!("{}", path.display()),
-    )?;
+            Ok(())
+        })?;
     Ok((report, Some(written)))
 }
 

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod closure;
 pub mod disk;
 pub mod dry_run;
+pub mod emit;
 pub mod inspect;
 pub mod inventory;
 pub mod nar;

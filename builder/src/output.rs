@@ -94,8 +94,18 @@ impl AtomicOutput {
 
     /// Creates the temporary file beside `target`. Refuses an existing target unless `force`.
     pub fn create(target: &Path, force: bool) -> Result<Self> {
+        Self::create_with_suffix(target, force, "tmp")
+    }
+
+    /// A scratch file beside `target` (`.NAME.kiln-PID.SUFFIX`), removed when dropped: an intermediate that is
+    /// never committed, such as the raw image a qcow2 is made from.
+    pub fn scratch(target: &Path, suffix: &str) -> Result<Self> {
+        Self::create_with_suffix(target, true, suffix)
+    }
+
+    fn create_with_suffix(target: &Path, force: bool, suffix: &str) -> Result<Self> {
         let (dir, name) = Self::place(target, force)?;
-        let temp = dir.join(format!(".{name}.kiln-{}.tmp", std::process::id()));
+        let temp = dir.join(format!(".{name}.kiln-{}.{suffix}", std::process::id()));
         let file = File::options()
             .read(true)
             .write(true)
@@ -131,6 +141,76 @@ impl AtomicOutput {
         unregister_temporary(&self.temp);
         renamed?;
         Ok(self.target.clone())
+    }
+}
+
+/// A temporary directory that becomes `target` on [`AtomicDir::commit`] (a bundle such as an AMI's); removed
+/// with everything in it if dropped first.
+#[derive(Debug)]
+pub struct AtomicDir {
+    target: PathBuf,
+    temp: Option<PathBuf>,
+    force: bool,
+}
+
+impl AtomicDir {
+    /// Creates the temporary directory beside `target`. Refuses an existing target unless `force`.
+    pub fn create(target: &Path, force: bool) -> Result<Self> {
+        let (dir, name) = AtomicOutput::place(target, force)?;
+        let temp = dir.join(format!(".{name}.kiln-{}.tmp", std::process::id()));
+        std::fs::create_dir(&temp).with_context(|| format!("creating {}", temp.display()))?;
+        register_temporary(&temp);
+        Ok(Self { target: target.to_path_buf(), temp: Some(temp), force })
+    }
+
+    /// The temporary directory.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        self.temp.as_deref().expect("present until committed")
+    }
+
+    /// The final path.
+    #[must_use]
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Renames the directory to the target (moving an existing target aside first with `--force`, and
+    /// removing it after).
+    pub fn commit(mut self) -> Result<PathBuf> {
+        let temp = self.temp.take().expect("present until committed");
+        let old = self.target.with_file_name(format!(
+            ".{}.kiln-{}.old",
+            self.target.file_name().unwrap_or_default().to_string_lossy(),
+            std::process::id()
+        ));
+        let replaced = self.force && std::fs::symlink_metadata(&self.target).is_ok();
+        if replaced {
+            std::fs::rename(&self.target, &old)
+                .with_context(|| format!("moving the old {} aside", self.target.display()))?;
+        }
+        let renamed = std::fs::rename(&temp, &self.target)
+            .with_context(|| format!("renaming {} to {}", temp.display(), self.target.display()));
+        unregister_temporary(&temp);
+        if renamed.is_err() {
+            let _ = std::fs::remove_dir_all(&temp);
+            if replaced {
+                let _ = std::fs::rename(&old, &self.target);
+            }
+        } else if replaced {
+            let _ = if old.is_dir() { std::fs::remove_dir_all(&old) } else { std::fs::remove_file(&old) };
+        }
+        renamed?;
+        Ok(self.target.clone())
+    }
+}
+
+impl Drop for AtomicDir {
+    fn drop(&mut self) {
+        if let Some(temp) = self.temp.take() {
+            let _ = std::fs::remove_dir_all(&temp);
+            unregister_temporary(&temp);
+        }
     }
 }
 

@@ -43,18 +43,6 @@ fn reject_unsupported(args: &BuildArgs) -> Result<()> {
             }
         }
     }
-    match args.format {
-        None | Some(Format::Raw) => {}
-        Some(other) => {
-            bail!("not supported yet: --format {} (output formats; raw is supported)", name(other.to_possible_value()))
-        }
-    }
-    if args.compress.is_some() {
-        bail!("not supported yet: --compress (output formats)");
-    }
-    if args.bmap || args.checksum {
-        bail!("not supported yet: --bmap and --checksum (output formats)");
-    }
     if args.layout.is_none() && !args.dry_run {
         bail!("choose a disk layout: --layout efi, legacy+gpt, legacy, hybrid, or none for a bare root filesystem");
     }
@@ -86,10 +74,25 @@ fn timestamp() -> Result<u32> {
 
 fn build(mut args: BuildArgs) -> Result<()> {
     let profile = crate::profile::load_and_apply(&mut args)?;
+    let label = profile.as_ref().and_then(|p| p.output.label.clone());
     if let Some(p) = &profile {
         p.reject_unsupported()?;
     }
     reject_unsupported(&args)?;
+    let emit = crate::emit::Request {
+        format: args.format.unwrap_or(Format::Raw),
+        compress: args.compress,
+        bmap: args.bmap,
+        checksum: if args.checksum {
+            Some(true)
+        } else if args.no_checksum {
+            Some(false)
+        } else {
+            None
+        },
+        label,
+    };
+    emit.check()?;
     let threads = args.threads.map_or(0, usize::from);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -132,6 +135,8 @@ fn build(mut args: BuildArgs) -> Result<()> {
                 Some(4096) => kiln_formats::disk::SectorSize::S4096,
                 _ => kiln_formats::disk::SectorSize::S512,
             },
+            emit,
+            threads: pool.current_num_threads(),
         };
         pool.install(|| build::run(&req, &sink))?
     } else {
@@ -143,13 +148,31 @@ fn build(mut args: BuildArgs) -> Result<()> {
         (ProgressMode::Json, None) => {
             writeln!(out, "{}", serde_json::json!({ "v": v, "type": "dry-run", "report": report }))?
         }
-        (ProgressMode::Json, Some(path)) => {
-            writeln!(out, "{}", serde_json::json!({ "v": v, "type": "built", "output": path, "report": report }))?
+        (ProgressMode::Json, Some(w)) => {
+            let phases: serde_json::Map<String, serde_json::Value> =
+                sink.timings().iter().map(|(p, t)| (p.name().to_owned(), (t.as_millis() as u64).into())).collect();
+            let line = serde_json::json!({
+                "v": v, "type": "built", "output": w.output, "written": w, "phase_ms": phases, "report": report,
+            });
+            writeln!(out, "{line}")?
         }
         (_, None) => write!(out, "{}", report.to_text())?,
-        (_, Some(path)) => {
-            let image = report.image.as_ref().expect("a build plans an image");
-            writeln!(out, "wrote {} ({} bytes)", path.display(), image.size_bytes)?;
+        (_, Some(w)) => {
+            use crate::render::bytes;
+            writeln!(out, "wrote {} ({}, {} bytes)", w.output.display(), w.format, w.file_bytes)?;
+            writeln!(
+                out,
+                "  disk         {} bytes ({}), {} allocated",
+                w.disk_bytes,
+                bytes(w.disk_bytes),
+                bytes(w.allocated_bytes)
+            )?;
+            if let Some(sum) = &w.sha256 {
+                writeln!(out, "  sha256       {sum}  {}", w.image.display())?;
+            }
+            for f in w.files.iter().skip(1) {
+                writeln!(out, "  also         {}", f.display())?;
+            }
             let phases: Vec<String> =
                 sink.timings().iter().map(|(p, t)| format!("{} {:.2}s", p.name(), t.as_secs_f64())).collect();
             writeln!(out, "  phases       {}", phases.join(", "))?;

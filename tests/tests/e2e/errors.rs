@@ -246,14 +246,15 @@ fn threads_zero_is_refused_by_the_parser() {
 fn unimplemented_option_values_are_refused() {
     let m = Mini::new();
     for (flags, want) in [
-        (&["--format", "qcow2"][..], "not supported yet: --format qcow2"),
+        (&["--format", "vhd", "--compress", "zlib"][..], "--compress applies to --format qcow2, not vhd"),
+        (&["--format", "qcow2", "--bmap"][..], "--bmap goes with --format raw or raw.zst"),
         (&["--layout", "efixbootldr"][..], "has no systemd-boot binary"),
         (&["--sector-size", "4096"][..], "--sector-size describes an image: give --layout"),
         (&["--bootloader", "grub"][..], "--bootloader describes an image: give --layout"),
         (&["--layout", "efi", "--bootloader", "grub"][..], "--bootloader grub does not fit --layout efi"),
         (&["--layout", "efi"][..], "has no systemd-boot binary"),
         (&["--layout", "legacy+gpt"][..], "needs GRUB for i386-pc, and the closure has none"),
-        (&["--profile", "amazon"][..], "not supported yet: --format ami"),
+        (&["--profile", "amazon"][..], "has no systemd-boot binary"),
         (&["--size", "8G"][..], "--size describes an image: give --layout"),
     ] {
         m.dry_run(flags).fails_with(&[want]);

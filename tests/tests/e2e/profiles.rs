@@ -156,15 +156,23 @@ fn dry_run_with_a_user_profile_applies_its_kernel_params_before_the_users() {
 }
 
 #[test]
-fn builtin_profiles_with_formats_not_built_yet_are_refused_before_any_work() {
-    for (name, want) in [
-        ("amazon", "not supported yet: --format ami"),
-        ("gce", "not supported yet: --format gce"),
-        ("azure", "not supported yet: --format vhd"),
-        ("qemu-bios", "not supported yet: --format qcow2"),
-        ("metal-efi", "not supported yet: --bmap"),
+fn every_builtin_profile_plans_the_demo_system() {
+    for (name, layout, format) in [
+        ("amazon", "efi", "ami"),
+        ("gce", "efi", "gce"),
+        ("azure", "efi", "vhd"),
+        ("openstack", "efi", "qcow2"),
+        ("qemu-efi", "efi", "qcow2"),
+        ("qemu-bios", "legacy+gpt", "qcow2"),
+        ("usb-hybrid", "hybrid", "raw"),
+        ("metal-efi", "efi", "raw"),
     ] {
-        kiln(["build", "--system", "/nix/store/x", "--dry-run", "--profile", name]).fails_with(&[want]);
+        let report = demo_dry_run(&[OsStr::new("--profile"), OsStr::new(name)]);
+        let image = &report["image"];
+        assert_eq!((image["layout"].as_str(), image["format"].as_str()), (Some(layout), Some(format)), "{name}");
+        if format == "vhd" || format == "ami" {
+            assert_eq!(image["size_bytes"].as_u64().unwrap() % (1 << 20), 0, "{name}: VHDs are whole MiB");
+        }
     }
 }
 

@@ -1,0 +1,434 @@
+//! Output formats: the planned raw disk written as the file or bundle the user asked for (raw, raw.zst, qcow2,
+//! VHD, VHDX, VMDK, a GCE tarball, an AMI bundle), with a bmaptool block map and `SHA256SUMS`-style checksums
+//! beside it. Everything is named and checked before the first byte is written; every file is written under a
+//! temporary name and renamed only when complete.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use kiln_formats::image::{self, Container, RawImage};
+
+use crate::cli::{Compression, Format, Layout};
+use crate::output::{AtomicDir, AtomicOutput};
+use crate::progress::{self, Meter, Phase, Progress};
+use crate::seed::Seed;
+
+/// The format an output path's extension asks for, if it names one.
+#[must_use]
+pub fn format_of(output: &Path) -> Option<Format> {
+    let name = output.file_name()?.to_str()?.to_ascii_lowercase();
+    [
+        (".raw.tar.gz", Format::Gce),
+        (".raw.zst", Format::RawZst),
+        (".img.zst", Format::RawZst),
+        (".zst", Format::RawZst),
+        (".qcow2", Format::Qcow2),
+        (".vhdx", Format::Vhdx),
+        (".vhd", Format::Vhd),
+        (".vmdk", Format::Vmdk),
+        (".raw", Format::Raw),
+        (".img", Format::Raw),
+    ]
+    .into_iter()
+    .find(|(ext, _)| name.ends_with(ext))
+    .map(|(_, f)| f)
+}
+
+/// The command-line name of a format.
+#[must_use]
+pub fn format_name(format: Format) -> &'static str {
+    match format {
+        Format::Raw => "raw",
+        Format::RawZst => "raw.zst",
+        Format::Qcow2 => "qcow2",
+        Format::Vhd => "vhd",
+        Format::Vhdx => "vhdx",
+        Format::Vmdk => "vmdk",
+        Format::Gce => "gce",
+        Format::Ami => "ami",
+    }
+}
+
+/// What the user asked to have written.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The format.
+    pub format: Format,
+    /// `--compress`, for qcow2.
+    pub compress: Option<Compression>,
+    /// `--bmap`, for raw and raw.zst.
+    pub bmap: bool,
+    /// Whether to write checksums (`--checksum`/`--no-checksum`; `None`: the format's default).
+    pub checksum: Option<bool>,
+    /// The image label for bundles (`image-info.json`), else derived from the toplevel's name.
+    pub label: Option<String>,
+}
+
+impl Request {
+    /// Refuses combinations that make no sense, before any work.
+    ///
+    /// # Errors
+    /// `--compress` with a format other than qcow2; `--bmap` with a format other than raw or raw.zst.
+    pub fn check(&self) -> Result<()> {
+        let name = format_name(self.format);
+        if let Some(c) = self.compress
+            && self.format != Format::Qcow2
+            && c != Compression::None
+        {
+            bail!(
+                "--compress applies to --format qcow2, not {name} (vmdk and gce always compress with deflate, \
+                 raw.zst with zstd)"
+            );
+        }
+        if self.bmap && !matches!(self.format, Format::Raw | Format::RawZst) {
+            bail!("--bmap goes with --format raw or raw.zst (what bmaptool flashes), not {name}");
+        }
+        Ok(())
+    }
+
+    /// Whether checksums are written: as asked, else on for bundles (ami, gce).
+    #[must_use]
+    pub fn writes_checksum(&self) -> bool {
+        self.checksum.unwrap_or(matches!(self.format, Format::Ami | Format::Gce))
+    }
+}
+
+/// The facts a bundle's metadata needs about the system.
+#[derive(Debug, Clone)]
+pub struct SystemFacts {
+    /// The toplevel's store path name (`…-nixos-system-HOST-LABEL`).
+    pub toplevel_name: String,
+    /// `x86_64-linux`, …
+    pub system: String,
+    /// The partition layout, for `boot_mode`.
+    pub layout: Layout,
+}
+
+/// The container for `format`, with every identity derived from `seed` and every time from `timestamp`.
+///
+/// # Errors
+/// If the options are out of range.
+pub fn container(
+    req: &Request,
+    seed: &Seed,
+    timestamp: u32,
+    threads: usize,
+    output: Option<&Path>,
+) -> Result<Box<dyn Container>> {
+    use image::qcow2::{Compression as Q, Qcow2};
+    let guid = |what: &str| kiln_formats::disk::Guid::v4_from_bytes(seed.bytes16(what));
+    Ok(match req.format {
+        Format::Raw => Box::new(image::raw::Raw),
+        Format::RawZst => Box::new(image::zst::RawZst::new(
+            image::zst::RawZst::DEFAULT_LEVEL,
+            u32::try_from(threads.max(1)).unwrap_or(u32::MAX),
+        )),
+        Format::Qcow2 => {
+            let c = match req.compress.unwrap_or(Compression::Zstd) {
+                Compression::None => Q::None,
+                Compression::Zstd => Q::zstd(),
+                Compression::Zlib => Q::zlib(),
+            };
+            Box::new(Qcow2::new(c).context("qcow2 options")?)
+        }
+        Format::Vhd | Format::Ami => {
+            let mut vhd = image::vhd::Vhd::new(guid("vhd-unique-id"));
+            vhd.timestamp = image::vhd::Vhd::timestamp_from_unix(u64::from(timestamp));
+            Box::new(vhd)
+        }
+        Format::Vhdx => {
+            Box::new(image::vhdx::Vhdx::new(guid("vhdx-disk-id"), guid("vhdx-file-write"), guid("vhdx-data-write")))
+        }
+        Format::Vmdk => {
+            let cid = u32::from_le_bytes(seed.bytes16("vmdk-cid")[..4].try_into().expect("4 bytes"));
+            // ffffffff and fffffffe are reserved.
+            let mut vmdk = image::vmdk::Vmdk::new(cid.min(0xffff_fffd));
+            // The descriptor names the file holding the extent: the output itself.
+            if let Some(name) = output.and_then(Path::file_name) {
+                vmdk.extent_name = name.to_string_lossy().into_owned();
+            }
+            Box::new(vmdk)
+        }
+        Format::Gce => Box::new(image::gce::Gce::new(u64::from(timestamp), image::gce::Gce::DEFAULT_LEVEL)),
+    })
+}
+
+/// What was written.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Written {
+    /// The output path (a file, or the bundle directory).
+    pub output: PathBuf,
+    /// The disk image file itself (inside the bundle for ami).
+    pub image: PathBuf,
+    /// The format.
+    pub format: &'static str,
+    /// The virtual disk size in bytes.
+    pub disk_bytes: u64,
+    /// Bytes of the disk that hold data (the rest are holes, never read).
+    pub allocated_bytes: u64,
+    /// The image file's size in bytes.
+    pub file_bytes: u64,
+    /// The image file's sha256, when checksums were written.
+    pub sha256: Option<String>,
+    /// Every file written, the image first.
+    pub files: Vec<PathBuf>,
+}
+
+/// Writes the disk: `write_raw` fills a file of `size` bytes with the raw image (it may leave holes), then the
+/// container, block map, checksums and bundle metadata are made from it, and everything is renamed into place.
+///
+/// # Errors
+/// Whatever fails; nothing is left at the output paths then.
+#[allow(clippy::too_many_arguments)]
+pub fn write(
+    req: &Request,
+    container: &dyn Container,
+    facts: &SystemFacts,
+    target: &Path,
+    force: bool,
+    size: u64,
+    progress: &dyn Progress,
+    write_raw: impl FnOnce(&File) -> Result<()>,
+) -> Result<Written> {
+    let bundle = req.format == Format::Ami;
+    let dir = if bundle { Some(AtomicDir::create(target, force)?) } else { None };
+    let label = req.label.clone().unwrap_or_else(|| label_of(&facts.toplevel_name));
+    // The image's final path, and where it is written before the rename.
+    let (image_target, image_temp_dir) = match &dir {
+        Some(d) => {
+            let name = format!("nixos-amazon-image-{label}-{}.vhd", facts.system);
+            (target.join(&name), Some(d.path().join(&name)))
+        }
+        None => (target.to_path_buf(), None),
+    };
+    let open_image = || -> Result<AtomicOutput> {
+        match &image_temp_dir {
+            // Inside the temporary bundle directory, the file is written under its final name.
+            Some(path) => AtomicOutput::create(path, false),
+            None => AtomicOutput::create(target, force),
+        }
+    };
+    let vsize = container.virtual_size(size);
+    let write_phase = |file: &File| -> Result<()> {
+        file.set_len(vsize).context("sizing the image")?;
+        progress::phase(progress, Phase::Write, || write_raw(file), |()| format!("{vsize} bytes of disk"))
+    };
+    // The raw image: the output itself for raw and fixed VHD, else a scratch file beside the output.
+    let (out, scratch) = if container.in_place() {
+        let out = open_image()?;
+        write_phase(out.file())?;
+        (out, None)
+    } else {
+        let scratch = AtomicOutput::scratch(target, "raw.tmp")?;
+        write_phase(scratch.file())?;
+        (open_image()?, Some(scratch))
+    };
+    let raw_file = scratch.as_ref().map_or_else(|| out.file(), AtomicOutput::file);
+    let raw = RawImage::from_file(raw_file).context("finding the image's data ranges")?;
+    let allocated = raw.allocated_bytes();
+    let bmap = if req.bmap {
+        let meter = Meter::new(progress, Phase::Checksum, vsize);
+        let text = progress::phase(
+            progress,
+            Phase::Checksum,
+            || image::bmap::generate(&raw, &meter).context("computing the block map"),
+            |_| "block map".to_owned(),
+        )?;
+        Some(text)
+    } else {
+        None
+    };
+    let shown = out.temp_path().display().to_string();
+    progress::phase(
+        progress,
+        Phase::Format,
+        || -> Result<()> {
+            if container.in_place() {
+                container.finish_in_place(out.file(), vsize).with_context(|| format!("finishing {shown}"))
+            } else {
+                let meter = Meter::new(progress, Phase::Format, vsize);
+                container.convert(&raw, out.file(), &meter).with_context(|| format!("writing {shown}"))
+            }
+        },
+        |()| format!("{} of {vsize} bytes", container.name()),
+    )?;
+    drop(raw);
+    drop(scratch);
+    let file_bytes = out.file().metadata().with_context(|| format!("reading the size of {shown}"))?.len();
+    let sha256 = if req.writes_checksum() || bundle {
+        Some(progress::phase(
+            progress,
+            Phase::Checksum,
+            || image::checksum::sha256_file(out.file()).with_context(|| format!("hashing {shown}")),
+            |h| format!("sha256 {h}"),
+        )?)
+    } else {
+        None
+    };
+    // Side files, each written atomically; the image is renamed last, so no file at its path is ever partial.
+    let mut sides = Vec::new();
+    let image_name = file_name(&image_target);
+    if let Some(text) = &bmap {
+        let path = bmap_path(target);
+        sides.push((path, text.clone().into_bytes()));
+    }
+    if bundle {
+        let info = serde_json::json!({
+            "label": label,
+            "boot_mode": boot_mode(facts.layout),
+            "system": facts.system,
+            "logical_bytes": vsize.to_string(),
+            "format": "vpc",
+            "file": absolute(&image_target)?,
+            "disks": { "root": { "logical_bytes": vsize.to_string(), "file": absolute(&image_target)? } },
+        });
+        let d = dir.as_ref().expect("bundle");
+        let support = d.path().join("nix-support");
+        std::fs::create_dir(&support).with_context(|| format!("creating {}", support.display()))?;
+        let products = format!("file vpc {}\n", absolute(&image_target)?.display());
+        sides.push((support.join("image-info.json"), format!("{info:#}\n").into_bytes()));
+        sides.push((support.join("hydra-build-products"), products.into_bytes()));
+    }
+    if let Some(sum) = &sha256 {
+        let mut sums = image::checksum::Sha256Sums::new();
+        sums.push(&image_name, sum)?;
+        for (path, bytes) in &sides {
+            if !bundle || path.parent() == dir.as_ref().map(AtomicDir::path) {
+                sums.push(&file_name(path), &sha256_hex(bytes))?;
+            }
+        }
+        let path = match &dir {
+            Some(d) => d.path().join("SHA256SUMS"),
+            None => sums_path(target),
+        };
+        sides.push((path, sums.to_string().into_bytes()));
+    }
+    let mut files = vec![image_target.clone()];
+    let bundle_temp = dir.as_ref().map(|d| d.path().to_path_buf());
+    let mut committed = Vec::new();
+    for (path, bytes) in &sides {
+        let side = AtomicOutput::create(path, force || bundle)?;
+        std::io::Write::write_all(&mut side.file(), bytes).with_context(|| format!("writing {}", path.display()))?;
+        committed.push(side);
+    }
+    // Commit: side files first, then the image (or the whole bundle directory at once).
+    let mut done = Vec::new();
+    let result = (|| -> Result<()> {
+        for side in committed {
+            done.push(side.commit()?);
+        }
+        out.commit()?;
+        if let Some(d) = dir {
+            d.commit()?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        if !bundle {
+            for p in &done {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        return Err(e);
+    }
+    match &bundle_temp {
+        Some(temp) => files.extend(sides.iter().map(|(p, _)| target.join(p.strip_prefix(temp).unwrap_or(p)))),
+        None => files.extend(done),
+    }
+    Ok(Written {
+        output: target.to_path_buf(),
+        image: image_target,
+        format: format_name(req.format),
+        disk_bytes: vsize,
+        allocated_bytes: allocated,
+        file_bytes,
+        sha256,
+        files,
+    })
+}
+
+/// Where the block map goes: `disk.raw` → `disk.raw.bmap`, `disk.raw.zst` → `disk.raw.bmap` (where bmaptool
+/// looks for it).
+#[must_use]
+pub fn bmap_path(target: &Path) -> PathBuf {
+    let name = file_name(target);
+    let stem = name.strip_suffix(".zst").unwrap_or(&name);
+    target.with_file_name(format!("{stem}.bmap"))
+}
+
+/// Where the checksums of a single-file output go: `disk.qcow2` → `disk.qcow2.sha256`.
+#[must_use]
+pub fn sums_path(target: &Path) -> PathBuf {
+    target.with_file_name(format!("{}.sha256", file_name(target)))
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("making {} absolute", path.display()))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let digest: [u8; 32] = sha2::Sha256::digest(bytes).into();
+    image::checksum::hex(&digest)
+}
+
+/// The label of a NixOS toplevel named `nixos-system-HOST-LABEL` (NixOS's `system.nixos.label`, which starts
+/// with the release's digits); the whole name after `nixos-system-` when there is no such part.
+#[must_use]
+pub fn label_of(toplevel_name: &str) -> String {
+    let rest = toplevel_name.split_once("-nixos-system-").map_or(toplevel_name, |(_, r)| r);
+    // The first `-` followed by digits and a dot: `24.11…` after a host name that may hold dashes and digits.
+    let starts_label = |i: usize| {
+        let after = &rest.as_bytes()[i + 1..];
+        let digits = after.iter().take_while(|b| b.is_ascii_digit()).count();
+        digits > 0 && after.get(digits) == Some(&b'.')
+    };
+    rest.char_indices().find(|&(i, c)| c == '-' && starts_label(i)).map_or(rest, |(i, _)| &rest[i + 1..]).to_owned()
+}
+
+/// AWS's boot mode for a layout.
+#[must_use]
+pub fn boot_mode(layout: Layout) -> &'static str {
+    match layout {
+        Layout::Efi | Layout::Efixbootldr | Layout::None => "uefi",
+        Layout::Legacy | Layout::LegacyGpt => "legacy-bios",
+        Layout::Hybrid => "uefi-preferred",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_from_extensions() {
+        for (name, want) in [
+            ("a.qcow2", Some(Format::Qcow2)),
+            ("a.raw.zst", Some(Format::RawZst)),
+            ("nixos.raw.tar.gz", Some(Format::Gce)),
+            ("A.VHD", Some(Format::Vhd)),
+            ("a.vhdx", Some(Format::Vhdx)),
+            ("a.vmdk", Some(Format::Vmdk)),
+            ("disk.img", Some(Format::Raw)),
+            ("disk", None),
+            ("disk.tar.gz", None),
+        ] {
+            assert_eq!(format_of(Path::new(name)), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn labels_and_side_paths() {
+        assert_eq!(label_of("71zzak9vk75pfnjkjd60vwx37nxakddq-nixos-system-demo-24.11.demo"), "24.11.demo");
+        assert_eq!(label_of("x-nixos-system-my-host-2-24.05.1234.abcdef"), "24.05.1234.abcdef");
+        assert_eq!(label_of("x-nixos-system-plain"), "plain");
+        assert_eq!(bmap_path(Path::new("/o/disk.raw.zst")), Path::new("/o/disk.raw.bmap"));
+        assert_eq!(bmap_path(Path::new("/o/disk.img")), Path::new("/o/disk.img.bmap"));
+        assert_eq!(sums_path(Path::new("/o/d.qcow2")), Path::new("/o/d.qcow2.sha256"));
+    }
+}
