@@ -73,6 +73,10 @@ fn timestamp() -> Result<u32> {
 }
 
 fn build(mut args: BuildArgs) -> Result<()> {
+    // The output's extension names the format when --format does not (before a profile's format).
+    if args.format.is_none() {
+        args.format = args.output.as_deref().and_then(crate::emit::format_of);
+    }
     let profile = crate::profile::load_and_apply(&mut args)?;
     let label = profile.as_ref().and_then(|p| p.output.label.clone());
     if let Some(p) = &profile {
