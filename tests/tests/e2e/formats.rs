@@ -207,7 +207,7 @@ fn json_progress_reports_the_format_phase_and_the_written_files() {
     .ok();
     let lines: Vec<serde_json::Value> = run.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(lines.iter().any(|l| l["type"] == "phase-end" && l["phase"] == "format"), "{run}");
-    let last = lines.iter().filter(|l| l["type"] == "progress" && l["phase"] == "format").last().expect("progress");
+    let last = lines.iter().rfind(|l| l["type"] == "progress" && l["phase"] == "format").expect("progress");
     assert_eq!(last["done"], last["total"], "{last}");
     let built = lines.last().unwrap();
     assert_eq!(built["type"], "built");
