@@ -245,7 +245,8 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
             };
             rootfs::add_nix_state(&mut tree, state, timestamp)?;
             if boots.uefi || boots.bios {
-                let cfg = boots.bios.then(|| disk::grub_cfg(&entries, default, 1));
+                let console = disk::GrubConsole::from_profile(req.base.profile.as_ref().map(|p| &p.grub));
+                let cfg = boots.bios.then(|| disk::grub_cfg(&entries, default, 1, &console));
                 rootfs::add_boot_dir(&mut tree, cfg, timestamp)?;
             }
             let mut opts =

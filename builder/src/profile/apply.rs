@@ -15,9 +15,9 @@ pub struct Applied {
     /// Changes to every boot entry's command line, applied before the user's `--remove-kernel-param` and
     /// `--kernel-param`.
     pub kernel_params: Changes,
-    /// GRUB's terminal settings for grub.cfg (not used by the build yet).
+    /// GRUB's terminal settings for grub.cfg.
     pub grub: Grub,
-    /// Output metadata such as the AMI bundle's label (not used by the build yet).
+    /// Output metadata such as the AMI bundle's label.
     pub output: Output,
     /// The profile's custom partitions, unless `--layout` replaced them (not built yet).
     pub partitions: Option<Vec<PartitionSpec>>,
