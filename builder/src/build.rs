@@ -189,7 +189,12 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
     if let Some(target) = &req.output {
         AtomicOutput::check(target, req.force)?;
     }
-    let boots = disk::Boots::of(req.layout)?;
+    let custom =
+        req.base.profile.as_ref().and_then(|p| p.partitions.as_deref()).filter(|_| req.layout == Layout::Custom);
+    let boots = match custom {
+        Some(specs) => disk::Boots::of_partitions(specs),
+        None => disk::Boots::of(req.layout)?,
+    };
     let mut r = dry_run::resolve(&req.base, progress)?;
     // Paths without a registered hash (a reference scan found them) are hashed now: the database in the
     // image needs every narHash before the image is planned. The copy then checks the files still match.
@@ -222,7 +227,7 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
         &r.closure,
         &r.system,
         &entries,
-        req.esp_size,
+        custom_sizes(custom, req.esp_size),
         req.grub.as_deref(),
         req.default_specialisation.as_deref(),
         timestamp,
@@ -283,13 +288,13 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
             }
             // A disk: with --size the root partition fills what the others leave; without, the disk fits them.
             let system_type = &r.system.boot.system;
+            let lay = |root, disk| match custom {
+                Some(specs) => disk::custom_layout(specs, &parts, system_type, &seed, root, disk),
+                None => disk::layout(req.layout, &parts, system_type, &seed, root, disk),
+            };
             let (plan, (layout, numbers)) = match fixed {
                 Some(bytes) => {
-                    let laid = disk::layout(
-                        req.layout,
-                        &parts,
-                        system_type,
-                        &seed,
+                    let laid = lay(
                         kiln_formats::disk::PartitionSize::Fill,
                         kiln_formats::disk::DiskSize::Exactly(kiln_formats::disk::Bytes(bytes)),
                     );
@@ -298,11 +303,7 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
                         Err(_) => {
                             // Too small even for the partitions besides the root: say what the whole needs.
                             let root = plan_root(Size::Auto { extra_bytes: 0 }, &mut opts.clone())?.size_bytes();
-                            let (l, _) = disk::layout(
-                                req.layout,
-                                &parts,
-                                system_type,
-                                &seed,
+                            let (l, _) = lay(
                                 kiln_formats::disk::PartitionSize::AtLeast(kiln_formats::disk::Bytes(root)),
                                 kiln_formats::disk::DiskSize::Fit,
                             )?;
@@ -321,11 +322,16 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
                     (plan, (layout, numbers))
                 }
                 None => {
-                    let plan = plan_root(Size::Auto { extra_bytes: extra }, &mut opts)?;
+                    let mut plan = plan_root(Size::Auto { extra_bytes: extra }, &mut opts)?;
                     let size = kiln_formats::disk::PartitionSize::AtLeast(kiln_formats::disk::Bytes(plan.size_bytes()));
-                    let laid =
-                        disk::layout(req.layout, &parts, system_type, &seed, size, kiln_formats::disk::DiskSize::Fit)?;
-                    (plan, laid)
+                    let (layout, numbers) = lay(size, kiln_formats::disk::DiskSize::Fit)?;
+                    // A profile may make the root partition larger than the filesystem needs: fill it.
+                    let range = layout.byte_range(numbers.root).expect("root partition");
+                    let root_len = range.end.get() - range.start.get();
+                    if root_len > plan.size_bytes() {
+                        plan = plan_root(Size::Fixed { bytes: root_len }, &mut opts)?;
+                    }
+                    (plan, (layout, numbers))
                 }
             };
             // A FAT32 filesystem for each boot partition: (tree, plan, partition number, what).
@@ -427,7 +433,7 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
     let facts = crate::emit::SystemFacts {
         toplevel_name: r.system.toplevel.name().to_owned(),
         system: r.system.boot.system.clone(),
-        layout: req.layout,
+        boot_mode: crate::emit::boot_mode(boots.uefi, boots.bios),
     };
     let written =
         crate::emit::write(&req.emit, container.as_ref(), &facts, target, req.force, size, progress, |sink| {
@@ -437,6 +443,14 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
                 for (tree, fplan, n, what) in &d.fats {
                     let at = d.layout.byte_range(*n).expect("planned partition").start.get();
                     fplan.write(tree, sink, at).with_context(|| format!("writing the {what} of {shown}"))?;
+                }
+                for (n, label) in &d.numbers.swaps {
+                    let range = d.layout.byte_range(*n).expect("planned partition");
+                    let uuid = seed.bytes16(&format!("swap-uuid-{n}"));
+                    let page = kiln_formats::swap::header(range.end.get() - range.start.get(), uuid, label)
+                        .map_err(|e| anyhow::anyhow!("partition {n}: {e}"))?;
+                    std::os::unix::fs::FileExt::write_all_at(sink, &page, range.start.get())
+                        .with_context(|| format!("writing the swap signature of {shown}"))?;
                 }
             }
             let meter = progress::Meter::new(progress, Phase::Write, r.inventory.totals.unique_bytes);
@@ -461,6 +475,18 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
     Ok((report, Some(written)))
 }
 
+/// The ESP and XBOOTLDR sizes: a profile's partition list gives them, else `--esp-size` (or the defaults).
+fn custom_sizes(custom: Option<&[crate::profile::PartitionSpec]>, esp_size: Option<u64>) -> (Option<u64>, Option<u64>) {
+    use crate::profile::{PartSize, Role};
+    let size_of = |role| {
+        custom?.iter().find(|p| p.role == role).and_then(|p| match p.size {
+            PartSize::Bytes(b) => Some(b.0),
+            PartSize::Fill => None,
+        })
+    };
+    (size_of(Role::Esp).or(esp_size), size_of(Role::Xbootldr))
+}
+
 fn layout_name(layout: Layout) -> &'static str {
     match layout {
         Layout::Efi => "efi",
@@ -469,6 +495,7 @@ fn layout_name(layout: Layout) -> &'static str {
         Layout::Hybrid => "hybrid",
         Layout::Efixbootldr => "efixbootldr",
         Layout::None => "none",
+        Layout::Custom => "custom",
     }
 }
 

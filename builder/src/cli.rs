@@ -236,6 +236,9 @@ pub enum Layout {
     Efixbootldr,
     /// No partition table: a bare root filesystem.
     None,
+    /// A profile's own partition list (`[[partitions]]`); not a command-line value.
+    #[value(skip)]
+    Custom,
 }
 
 /// Bootloaders.

@@ -12,6 +12,7 @@ use kiln_formats::{fat, grub};
 
 use crate::boot::{self, Entry, systemd_boot};
 use crate::cli::Layout;
+use crate::profile::{PartSize, PartitionSpec, Role};
 use crate::seed::Seed;
 use crate::store::StoreDir;
 use crate::system::System;
@@ -44,7 +45,18 @@ impl Boots {
             Layout::Hybrid => Self { uefi: true, bios: true, xbootldr: false },
             Layout::Efixbootldr => Self { uefi: true, bios: false, xbootldr: true },
             Layout::None => Self { uefi: false, bios: false, xbootldr: false },
+            Layout::Custom => bail!("a custom layout's bootloaders come from its partitions (Boots::of_partitions)"),
         })
+    }
+}
+
+impl Boots {
+    /// The bootloaders a profile's own partition list installs: systemd-boot with an ESP, GRUB with a BIOS boot
+    /// partition, the entries on XBOOTLDR when there is one.
+    #[must_use]
+    pub fn of_partitions(specs: &[PartitionSpec]) -> Self {
+        let has = |role| specs.iter().any(|p| p.role == role);
+        Self { uefi: has(Role::Esp), bios: has(Role::BiosBoot), xbootldr: has(Role::Esp) && has(Role::Xbootldr) }
     }
 }
 
@@ -158,7 +170,7 @@ pub fn parts(
     closure: &crate::closure::Closure,
     system: &System,
     entries: &[Entry],
-    esp_size: Option<u64>,
+    (esp_size, xbootldr_size): (Option<u64>, Option<u64>),
     grub_dir: Option<&Path>,
     default_specialisation: Option<&str>,
     build_time: i64,
@@ -192,7 +204,7 @@ pub fn parts(
     let (esp, xbootldr) = esp.map_or((None, None), |(e, x)| (Some(e), x));
     let fat_min = fat::min_size(&fat::Tree::new(), fat_sector(sector)).context("sizing FAT32")?;
     let (esp_size, xbootldr_size) = if boots.xbootldr {
-        (esp_size.unwrap_or(DEFAULT_SMALL_ESP.max(fat_min)), DEFAULT_ESP)
+        (esp_size.unwrap_or(DEFAULT_SMALL_ESP.max(fat_min)), xbootldr_size.unwrap_or(DEFAULT_ESP))
     } else {
         (esp_size.unwrap_or(DEFAULT_ESP), 0)
     };
@@ -213,12 +225,14 @@ pub fn parts(
 }
 
 /// Partition numbers (1-based) of the layout's partitions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Numbers {
     /// The ESP.
     pub esp: Option<usize>,
     /// The XBOOTLDR partition.
     pub xbootldr: Option<usize>,
+    /// Swap partitions, with their labels.
+    pub swaps: Vec<(usize, String)>,
     /// The root filesystem.
     pub root: usize,
 }
@@ -274,8 +288,103 @@ pub fn layout(
         (PartitionTable::Gpt { disk_guid: guid("gpt-disk") }, requests)
     };
     let number = |name: &str| requests.iter().position(|r| r.name == name).map(|i| i + 1);
-    let numbers = Numbers { esp: number("ESP"), xbootldr: number("XBOOTLDR"), root: requests.len() };
+    let numbers = Numbers { esp: number("ESP"), xbootldr: number("XBOOTLDR"), swaps: Vec::new(), root: requests.len() };
     let layout = DiskLayout::sequential(parts.sector, table, disk, requests).context("laying out partitions")?;
+    Ok((layout, numbers))
+}
+
+/// The partition table a profile lists (`[[partitions]]`), GPT, in its order. `root` is how big the root
+/// partition must be when the profile says `fill` (or at least, for a given size); `disk` as for [`layout`].
+/// Roles take their Discoverable Partitions Spec types and default names unless the profile gives its own;
+/// an `empty` entry is space left without a partition entry.
+pub fn custom_layout(
+    specs: &[PartitionSpec],
+    parts: &DiskParts,
+    system_type: &str,
+    seed: &Seed,
+    root: PartitionSize,
+    disk: DiskSize,
+) -> Result<(DiskLayout, Numbers)> {
+    let root_type = match system_type {
+        "x86_64-linux" => partition_type::ROOT_X86_64,
+        "aarch64-linux" => partition_type::ROOT_ARM64,
+        _ => partition_type::LINUX_DATA,
+    };
+    let mut requests = Vec::new();
+    let mut seen = std::collections::HashMap::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let n = i + 1;
+        let (default_name, default_type, fixed) = match spec.role {
+            Role::Esp => ("ESP", partition_type::ESP, Some(parts.esp_size)),
+            Role::Xbootldr => ("XBOOTLDR", partition_type::XBOOTLDR, Some(parts.xbootldr_size)),
+            Role::BiosBoot => ("BIOS boot", partition_type::BIOS_BOOT, None),
+            Role::Root => ("nixos", root_type, None),
+            Role::Swap => ("swap", partition_type::LINUX_SWAP, None),
+            Role::Linux => ("data", partition_type::LINUX_DATA, None),
+            Role::Empty => ("", partition_type::LINUX_DATA, None),
+        };
+        let count = seen.entry(spec.role).or_insert(0);
+        *count += 1;
+        if *count > 1 && !matches!(spec.role, Role::Swap | Role::Linux | Role::Empty) {
+            bail!("partition {n}: a second {} partition (the profile may list one)", spec.role.name());
+        }
+        let size = match (spec.role, spec.size) {
+            (Role::Root, PartSize::Fill) => root,
+            (Role::Root, PartSize::Bytes(b)) => match root {
+                PartitionSize::AtLeast(Bytes(need)) if b.0 < need => bail!(
+                    "partition {n} (root) is {} bytes, and the root filesystem needs {need} ({} MiB)",
+                    b.0,
+                    need.div_ceil(1 << 20)
+                ),
+                _ => PartitionSize::AtLeast(Bytes(b.0)),
+            },
+            (_, PartSize::Fill) => {
+                if matches!(disk, DiskSize::Fit) {
+                    bail!(
+                        "partition {n} ({}) has size = \"fill\": that needs a disk size (--size), or give it a size",
+                        spec.role.name()
+                    );
+                }
+                PartitionSize::Fill
+            }
+            (_, PartSize::Bytes(b)) => PartitionSize::AtLeast(Bytes(fixed.unwrap_or(b.0).max(b.0))),
+        };
+        if spec.role == Role::Swap
+            && let PartitionSize::AtLeast(Bytes(b)) = size
+            && b < kiln_formats::swap::MIN_BYTES
+        {
+            bail!("partition {n} (swap) is {b} bytes; swap needs at least {}", kiln_formats::swap::MIN_BYTES);
+        }
+        let guid = Guid::v4_from_bytes(seed.bytes16(&format!("gpt-partition-{n}")));
+        let attributes = GptAttributes::NONE;
+        let name = spec.name.clone().unwrap_or_else(|| default_name.to_owned());
+        requests.push(PartitionRequest {
+            name,
+            type_guid: spec.type_guid.unwrap_or(default_type),
+            guid,
+            attributes,
+            size,
+        });
+    }
+    let table = PartitionTable::Gpt { disk_guid: Guid::v4_from_bytes(seed.bytes16("gpt-disk")) };
+    let laid = DiskLayout::sequential(parts.sector, table, disk, requests).context("laying out partitions")?;
+    // `empty` entries held their place while laying out; the table does not list them.
+    let kept: Vec<usize> = (0..specs.len()).filter(|&i| specs[i].role != Role::Empty).collect();
+    let partitions = kept.iter().map(|&i| laid.partitions()[i].clone()).collect();
+    let layout = DiskLayout::new(parts.sector, laid.size(), table, partitions).context("laying out partitions")?;
+    let number = |role: Role| kept.iter().position(|&i| specs[i].role == role).map(|k| k + 1);
+    let swaps = kept
+        .iter()
+        .enumerate()
+        .filter(|&(_, &i)| specs[i].role == Role::Swap)
+        .map(|(k, &i)| (k + 1, specs[i].label.clone().unwrap_or_default()))
+        .collect();
+    let numbers = Numbers {
+        esp: number(Role::Esp),
+        xbootldr: number(Role::Xbootldr),
+        swaps,
+        root: number(Role::Root).context("the partitions have no root partition")?,
+    };
     Ok((layout, numbers))
 }
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use kiln_formats::image::{self, Container, RawImage};
 
-use crate::cli::{Compression, Format, Layout};
+use crate::cli::{Compression, Format};
 use crate::output::{AtomicDir, AtomicOutput};
 use crate::progress::{self, Meter, Phase, Progress};
 use crate::seed::Seed;
@@ -101,8 +101,8 @@ pub struct SystemFacts {
     pub toplevel_name: String,
     /// `x86_64-linux`, …
     pub system: String,
-    /// The partition layout, for `boot_mode`.
-    pub layout: Layout,
+    /// How the disk boots: `uefi`, `legacy-bios` or `uefi-preferred` (AWS's names).
+    pub boot_mode: &'static str,
 }
 
 /// The container for `format`, with every identity derived from `seed` and every time from `timestamp`.
@@ -276,7 +276,7 @@ pub fn write(
     if bundle {
         let info = serde_json::json!({
             "label": label,
-            "boot_mode": boot_mode(facts.layout),
+            "boot_mode": facts.boot_mode,
             "system": facts.system,
             "logical_bytes": vsize.to_string(),
             "format": "vpc",
@@ -391,13 +391,13 @@ pub fn label_of(toplevel_name: &str) -> String {
     rest.char_indices().find(|&(i, c)| c == '-' && starts_label(i)).map_or(rest, |(i, _)| &rest[i + 1..]).to_owned()
 }
 
-/// AWS's boot mode for a layout.
+/// AWS's boot mode for a disk that boots by UEFI and/or BIOS.
 #[must_use]
-pub fn boot_mode(layout: Layout) -> &'static str {
-    match layout {
-        Layout::Efi | Layout::Efixbootldr | Layout::None => "uefi",
-        Layout::Legacy | Layout::LegacyGpt => "legacy-bios",
-        Layout::Hybrid => "uefi-preferred",
+pub fn boot_mode(uefi: bool, bios: bool) -> &'static str {
+    match (uefi, bios) {
+        (true, true) => "uefi-preferred",
+        (false, true) => "legacy-bios",
+        _ => "uefi",
     }
 }
 

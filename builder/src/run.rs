@@ -25,7 +25,7 @@ pub fn run(cli: Cli) -> Result<()> {
 /// Options whose values no stage implements yet: refused before any work, so nothing pretends to work.
 fn reject_unsupported(args: &BuildArgs) -> Result<()> {
     let name = |v: Option<clap::builder::PossibleValue>| v.map(|v| v.get_name().to_owned()).unwrap_or_default();
-    if let Some(layout) = args.layout {
+    if let Some(layout) = args.layout.filter(|&l| l != crate::cli::Layout::Custom) {
         let boots = crate::disk::Boots::of(layout)?;
         if let Some(b) = args.bootloader {
             let fits = match b {
@@ -79,8 +79,9 @@ fn build(mut args: BuildArgs) -> Result<()> {
     }
     let profile = crate::profile::load_and_apply(&mut args)?;
     let label = profile.as_ref().and_then(|p| p.output.label.clone());
-    if let Some(p) = &profile {
-        p.reject_unsupported()?;
+    // A profile's own partition list is the layout (a --layout given by the user has already replaced it).
+    if args.layout.is_none() && profile.as_ref().is_some_and(|p| p.partitions.is_some()) {
+        args.layout = Some(crate::cli::Layout::Custom);
     }
     reject_unsupported(&args)?;
     let emit = crate::emit::Request {

@@ -7,3 +7,4 @@ pub mod grub;
 pub mod image;
 pub mod sink;
 pub mod sparse;
+pub mod swap;

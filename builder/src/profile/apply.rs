@@ -1,6 +1,6 @@
 //! A profile applied to `kiln build`'s arguments: the command line always wins, the profile fills in the rest.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use kernel_params::Changes;
 
 use super::validate::fits;
@@ -19,25 +19,8 @@ pub struct Applied {
     pub grub: Grub,
     /// Output metadata such as the AMI bundle's label.
     pub output: Output,
-    /// The profile's custom partitions, unless `--layout` replaced them (not built yet).
+    /// The profile's custom partitions, unless `--layout` replaced them.
     pub partitions: Option<Vec<PartitionSpec>>,
-}
-
-impl Applied {
-    /// Refuses what a profile can say that no stage implements yet, before any work.
-    ///
-    /// # Errors
-    /// A custom partition list.
-    pub fn reject_unsupported(&self) -> Result<()> {
-        if self.partitions.is_some() {
-            bail!(
-                "not supported yet: custom partitions ([[partitions]] of profile {}); give --layout to build a \
-                 standard layout instead",
-                self.name
-            );
-        }
-        Ok(())
-    }
 }
 
 impl Profile {

@@ -14,7 +14,7 @@ pub(super) fn boots(layout: Layout) -> (bool, bool) {
         Layout::Efi | Layout::Efixbootldr => (true, false),
         Layout::Legacy | Layout::LegacyGpt => (false, true),
         Layout::Hybrid => (true, true),
-        Layout::None => (false, false),
+        Layout::None | Layout::Custom => (false, false),
     }
 }
 

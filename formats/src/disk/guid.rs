@@ -145,6 +145,8 @@ pub mod partition_type {
     pub const ROOT_ARM64: Guid = constant("B921B045-1DF0-41C3-AF44-4C6F280D3FAE");
     /// Generic Linux filesystem data.
     pub const LINUX_DATA: Guid = constant("0FC63DAF-8483-4772-8E79-3D69D8477DE4");
+    /// Linux swap.
+    pub const LINUX_SWAP: Guid = constant("0657FD6D-A4AB-43C4-84E5-0933C84B4F4F");
 }
 
 /// GPT partition attribute bits.

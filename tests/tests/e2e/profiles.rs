@@ -7,7 +7,7 @@ use kiln_tests::disk::{sfdisk_json, sgdisk_verify};
 use kiln_tests::fixtures;
 use serde_json::Value;
 
-use crate::util::{build_demo_disk, dry_run_json, kiln, store_of};
+use crate::util::{build_demo_disk, build_demo_disk_with, dry_run_json, kiln, store_of};
 
 const BUILTINS: [&str; 8] = ["amazon", "gce", "azure", "openstack", "qemu-efi", "qemu-bios", "usb-hybrid", "metal-efi"];
 
@@ -202,4 +202,51 @@ fn a_build_takes_what_the_command_line_leaves_to_the_profile() {
     assert_eq!(parts[0], (300 << 20, "C12A7328-F81F-11D2-BA4B-00A0C93EC93B".to_owned()), "the profile's ESP size");
     let (_t, img) = build_demo_disk("efi", &["--profile", &profile, "--esp-size", "200M"]);
     assert_eq!(partitions(&img)[0].0, 200 << 20, "--esp-size wins over the profile");
+}
+
+#[test]
+fn a_profiles_own_partition_list_builds_and_boots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("parts.toml");
+    std::fs::write(
+        &file,
+        "extends = \"qemu-efi\"\nformat = \"raw\"\n\n\
+         [[partitions]]\nrole = \"esp\"\nsize = \"300M\"\n\n\
+         [[partitions]]\nrole = \"swap\"\nsize = \"64M\"\nlabel = \"swap0\"\n\n\
+         [[partitions]]\nrole = \"empty\"\nsize = \"16M\"\n\n\
+         [[partitions]]\nrole = \"root\"\nname = \"system\"\nsize = \"fill\"\n",
+    )
+    .unwrap();
+    let report = demo_dry_run(&[OsStr::new("--profile"), file.as_os_str()]);
+    assert_eq!(report["image"]["layout"], "custom");
+    let (_t, img) = build_demo_disk_with(&["--profile", file.to_str().unwrap()]);
+    sgdisk_verify(&img).unwrap();
+    let json = sfdisk_json(&img);
+    let parts = json["partitiontable"]["partitions"].as_array().unwrap();
+    let rows: Vec<(u64, u64, &str, &str)> = parts
+        .iter()
+        .map(|p| {
+            let (start, size) = (p["start"].as_u64().unwrap() * 512, p["size"].as_u64().unwrap() * 512);
+            (start, size, p["type"].as_str().unwrap(), p["name"].as_str().unwrap_or(""))
+        })
+        .collect();
+    assert_eq!(rows.len(), 3, "the empty entry has no partition: {rows:?}");
+    assert_eq!((rows[0].1, rows[0].2), (300 << 20, "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"));
+    assert_eq!((rows[1].1, rows[1].2), (64 << 20, "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F"));
+    assert_eq!(rows[2].0, rows[1].0 + rows[1].1 + (16 << 20), "16 MiB left empty before the root");
+    assert_eq!((rows[2].2, rows[2].3), ("4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709", "system"));
+    // util-linux recognises the swap signature and its label.
+    let probe = kiln_tests::tools::run_ok(
+        std::process::Command::new(kiln_tests::tools::require("blkid", "util-linux"))
+            .args(["-p", "-o", "export", "-O", &rows[1].0.to_string(), "--size", &rows[1].1.to_string()])
+            .arg(&img),
+    );
+    let probe = String::from_utf8_lossy(&probe.stdout).into_owned();
+    assert!(probe.contains("TYPE=swap") && probe.contains("LABEL=swap0"), "{probe}");
+    kiln_tests::ext4::e2fsck_clean(&img, rows[2].0).unwrap();
+    let marker = std::fs::read_to_string(fixtures::demo_closure().join("marker")).unwrap();
+    kiln_tests::boot::Boot::new(&img, marker)
+        .timeout(std::time::Duration::from_secs(180))
+        .run()
+        .unwrap_or_else(|e| panic!("the custom layout did not boot: {e}"));
 }

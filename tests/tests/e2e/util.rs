@@ -81,17 +81,21 @@ pub fn store_of(dir: &Path) -> PathBuf {
 
 /// Builds the demo closure (with its closureInfo) as a disk with `layout` into a temporary directory.
 pub fn build_demo_disk(layout: &str, extra: &[&str]) -> (tempfile::TempDir, PathBuf) {
+    build_demo_disk_with(&[&["--layout", layout][..], extra].concat())
+}
+
+/// Builds the demo closure (with its closureInfo) into `disk.img` in a temporary directory, with `flags`.
+pub fn build_demo_disk_with(flags: &[&str]) -> (tempfile::TempDir, PathBuf) {
     let fx = fixtures::demo_closure();
     let top = fixtures::toplevel_of(&fx);
     let tmp = tempfile::tempdir().unwrap();
-    let img = tmp.path().join(format!("{layout}.img"));
+    let img = tmp.path().join("disk.img");
     let ci = fx.join("closure-info");
     let store = store_of(&fx);
-    let mut args: Vec<&OsStr> =
-        ["build", "--progress", "none", "--layout", layout, "--system"].map(OsStr::new).to_vec();
+    let mut args: Vec<&OsStr> = ["build", "--progress", "none", "--system"].map(OsStr::new).to_vec();
     args.extend([OsStr::new(&top), OsStr::new("--store-dir"), store.as_os_str(), OsStr::new("--closure-info")]);
     args.extend([ci.as_os_str(), OsStr::new("--output"), img.as_os_str()]);
-    args.extend(extra.iter().map(OsStr::new));
+    args.extend(flags.iter().map(OsStr::new));
     kiln(args).ok();
     (tmp, img)
 }
