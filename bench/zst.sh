@@ -58,11 +58,17 @@ kiln_size=$(stat -c %s "$work/kiln.zst")
 zstd_size=$(stat -c %s "$work/zstd.zst")
 rm -f "$work/kiln.zst" "$work/zstd.zst"
 
-# Runs "$@" once; appends its wall time (bash's EPOCHREALTIME) to $work/times.NAME.
+# Runs "$@" once; appends its wall time (bash's EPOCHREALTIME) to $work/times.NAME and, with GNU time, its CPU
+# time (user + system) to $work/cpu.NAME.
 timed() {
   local name=$1; shift
   local t0=$EPOCHREALTIME
-  "$@" > /dev/null || die "$name failed: $*"
+  if [ -x /usr/bin/time ]; then
+    /usr/bin/time -f '%U %S' -o "$work/time.out" "$@" > /dev/null || die "$name failed: $*"
+    awk '{ printf "%.2f\n", $1 + $2 }' "$work/time.out" >> "$work/cpu.$name"
+  else
+    "$@" > /dev/null || die "$name failed: $*"
+  fi
   local t1=$EPOCHREALTIME
   awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.6f\n", b - a }' >> "$work/times.$name"
 }
@@ -89,6 +95,12 @@ z_min=$(sort -n "$work/times.zstd" | awk 'NR == 1 { printf "%.3f", $1 }')
 ratio=$(awk -v a="$k_med" -v b="$z_med" 'BEGIN { printf "%.3f", a / b }')
 ratio_best=$(awk -v a="$k_min" -v b="$z_min" 'BEGIN { printf "%.3f", a / b }')
 size_ratio=$(awk -v a="$kiln_size" -v b="$zstd_size" 'BEGIN { printf "%.4f", a / b }')
+cpu_line="CPU time  not measured (GNU time, Debian package 'time', is missing)"
+if [ -s "$work/cpu.kiln" ] && [ -s "$work/cpu.zstd" ]; then
+  k_cpu=$(median < "$work/cpu.kiln")
+  z_cpu=$(median < "$work/cpu.zstd")
+  cpu_line="CPU time  user+sys medians: kiln $k_cpu s, zstd $z_cpu s (kiln / zstd = $(awk -v a="$k_cpu" -v b="$z_cpu" 'BEGIN { printf "%.3f", a / b }')): less noisy than wall time on a shared machine"
+fi
 verdict=$(awk -v r="$ratio" 'BEGIN { print (r <= 1.1 ? "met" : "MISSED") }')
 allocated=$(( $(stat -c %b "$image") * $(stat -c %B "$image") ))
 
@@ -106,5 +118,6 @@ zstd -T0 -$level          $(printf '%9s %9s' "$z_med" "$z_min")  $(awk '{ printf
 
 sizes     kiln $kiln_size bytes, zstd $zstd_size bytes (kiln / zstd = $size_ratio)
 time      kiln / zstd = ${ratio}x   target <= 1.1x   $verdict   (of medians; of best runs ${ratio_best}x)
+$cpu_line
 check     zstd -d of kiln's output = the image (cmp): ok
 EOF
