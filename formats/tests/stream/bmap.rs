@@ -68,6 +68,20 @@ fn bmaptool_copies_raw_and_zst() {
 }
 
 #[test]
+fn bmaptool_copies_an_image_without_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (raw, map, dest) = (d.join("disk.raw"), d.join("disk.bmap"), d.join("dest"));
+    sparse_file(&raw, (10 << 20) + 5, &[]);
+    let xml = generate(&raw, 2);
+    assert!(xml.contains("<MappedBlocksCount> 0 </MappedBlocksCount>"), "{xml}");
+    std::fs::write(&map, &xml).unwrap();
+    let (ok, out) = bmaptool_copy(&raw, &map, &dest);
+    assert!(ok, "{out}");
+    same_bytes(&raw, &dest);
+}
+
+#[test]
 fn bmaptool_rejects_wrong_checksums() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -46,6 +46,7 @@ fn zstd_gives_back_the_image() {
             c.size
         );
         assert!(list.contains("Check: XXH64"), "{}: content checksum in\n{list}", c.name);
+        assert!(list.contains("# Zstandard Frames: 1\n"), "{}: one frame in\n{list}", c.name);
     }
 }
 

@@ -35,7 +35,8 @@ where
     };
     out.write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 3])?;
     let pieces = len.div_ceil(PIECE).max(1);
-    let batch = (rayon::current_num_threads() as u64 * 2).max(2);
+    // Two pieces per thread keep every thread busy; the cap bounds memory on big machines.
+    let batch = (rayon::current_num_threads() as u64 * 2).clamp(2, 64);
     let mut crc = Crc::new();
     for first in (0..pieces).step_by(batch as usize) {
         let last = (first + batch).min(pieces);
