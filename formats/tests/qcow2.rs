@@ -245,6 +245,30 @@ fn cluster_sizes_and_levels() {
     }
 }
 
+/// 512-byte clusters over 10 MiB of data: hundreds of L1 clusters, L2 tables and refcount blocks, and (stored
+/// uncompressed) a refcount table of two clusters, whose own refcounts must be counted too.
+#[test]
+fn many_metadata_clusters() {
+    let spec = Spec {
+        size: 12 << 20,
+        segments: vec![(0..6 << 20, Fill::Random(11)), (6 << 20..10 << 20, Fill::Text(12))],
+        garbage: false,
+    };
+    for compression in [Compression::None, Compression::zlib()] {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, expected) = spec.write(dir.path());
+        let image = RawImage::new(&file, spec.size, spec.extents()).unwrap();
+        let q = Qcow2::new(compression).unwrap().with_cluster_size(ClusterSize::new(512).unwrap());
+        let check = convert_and_check(&q, &image, &expected, dir.path());
+        assert_eq!(check["allocated-clusters"], 20480, "{compression:?}: {check}");
+        let header = std::fs::read(dir.path().join("out.qcow2")).unwrap();
+        let refcount_table_clusters = u32::from_be_bytes(header[56..60].try_into().unwrap());
+        if compression == Compression::None {
+            assert!(refcount_table_clusters >= 2, "{refcount_table_clusters}");
+        }
+    }
+}
+
 /// Bytes outside the data extents are garbage in the file: they must not reach the image (never read).
 #[test]
 fn reads_only_the_extents() {

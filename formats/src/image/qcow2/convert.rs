@@ -7,7 +7,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::compress::Workers;
-use super::layout::{GuestCluster, Layout, Run};
+use super::layout::{Cluster, GuestCluster, Layout, Run};
 use super::{ClusterSize, Compression, Error, Qcow2};
 use crate::image::{Container, Progress, RawImage};
 use crate::sink::WriteAt;
@@ -19,13 +19,18 @@ const BATCH_BYTES: u64 = 16 << 20;
 pub(super) fn convert(q: &Qcow2, image: &RawImage<'_>, out: &File, progress: &dyn Progress) -> Result<(), Error> {
     let size = q.virtual_size(image.size());
     let workers = Workers::new(q.compression, q.cluster_size);
-    let mut layout = Layout::new(q.cluster_size);
+    let mut placing = Placing {
+        layout: Layout::new(q.cluster_size),
+        cluster_size: q.cluster_size,
+        image_size: image.size(),
+        done: 0,
+    };
     let batch_clusters = (BATCH_BYTES >> q.cluster_size.bits()).max(16);
-    let mut writing: Vec<Run> = Vec::new();
-    let mut done = 0;
+    let mut compressed: Option<(Vec<GuestCluster>, Vec<Cluster>)> = None;
     for batch in Batches::new(image.extents(), q.cluster_size, batch_clusters) {
-        let (written, compressed) = rayon::join(
-            || write_runs(out, &writing),
+        // The previous batch is placed and written while this one is compressed.
+        let (placed, clusters) = rayon::join(
+            || placing.place(compressed.take(), out, progress),
             || {
                 batch
                     .par_iter()
@@ -33,20 +38,42 @@ pub(super) fn convert(q: &Qcow2, image: &RawImage<'_>, out: &File, progress: &dy
                     .collect::<Result<Vec<_>, _>>()
             },
         );
-        written?;
-        for (&guest, cluster) in batch.iter().zip(compressed?) {
-            layout.push(guest, cluster)?;
-        }
-        writing = layout.take_writes();
-        let last = batch.last().map_or(0, |g| g.0 + 1);
-        let reached = (last << q.cluster_size.bits()).min(image.size());
-        progress.advance(reached - done);
-        done = reached;
+        placed?;
+        compressed = Some((batch, clusters?));
     }
-    write_runs(out, &writing)?;
-    layout.finish(size, compression_type(q.compression), out)?;
-    progress.advance(image.size() - done);
+    placing.place(compressed, out, progress)?;
+    placing.layout.finish(size, compression_type(q.compression), out)?;
+    progress.advance(image.size() - placing.done);
     Ok(())
+}
+
+/// Places compressed batches in order and writes them.
+struct Placing {
+    layout: Layout,
+    cluster_size: ClusterSize,
+    image_size: u64,
+    /// Bytes of the image done (reported to the progress).
+    done: u64,
+}
+
+impl Placing {
+    fn place(
+        &mut self,
+        batch: Option<(Vec<GuestCluster>, Vec<Cluster>)>,
+        out: &dyn WriteAt,
+        progress: &dyn Progress,
+    ) -> Result<(), Error> {
+        let Some((guests, clusters)) = batch else { return Ok(()) };
+        for (&guest, cluster) in guests.iter().zip(clusters) {
+            self.layout.push(guest, cluster)?;
+        }
+        write_runs(out, &self.layout.take_writes())?;
+        let last = guests.last().map_or(0, |g| g.0 + 1);
+        let reached = (last << self.cluster_size.bits()).min(self.image_size);
+        progress.advance(reached - self.done);
+        self.done = reached;
+        Ok(())
+    }
 }
 
 /// The header's `compression_type`.

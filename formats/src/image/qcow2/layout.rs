@@ -262,3 +262,48 @@ fn be_u64s(values: &[u64]) -> Vec<u8> {
 fn write(out: &dyn WriteAt, what: &'static str, offset: u64, data: &[u8]) -> Result<(), Error> {
     out.write_all_at(data, offset).map_err(|source| Error::Write { what, offset, len: data.len() as u64, source })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::qcow2::header::COMPRESSED;
+    use crate::sink::MemSink;
+
+    fn be64(b: &[u8], at: u64) -> u64 {
+        u64::from_be_bytes(b[at as usize..][..8].try_into().unwrap())
+    }
+
+    /// Compressed clusters share host clusters byte by byte, each host cluster counting every compressed cluster
+    /// whose sectors touch it; a held standard cluster goes after them; metadata follows and counts itself.
+    #[test]
+    fn packs_and_counts() {
+        let cs = ClusterSize::new(512).unwrap();
+        let mut layout = Layout::new(cs);
+        layout.push(GuestCluster(0), Cluster::Compressed(vec![1; 300])).unwrap(); // 512..812
+        layout.push(GuestCluster(1), Cluster::Compressed(vec![2; 300])).unwrap(); // 812..1112
+        layout.push(GuestCluster(2), Cluster::Raw(vec![3; 512])).unwrap(); // held
+        layout.push(GuestCluster(3), Cluster::Zero).unwrap();
+        layout.push(GuestCluster(4), Cluster::Compressed(vec![4; 100])).unwrap(); // 1112..1212
+        let writes: Vec<(u64, usize)> = layout.take_writes().iter().map(|r| (r.offset, r.data.len())).collect();
+        assert_eq!(writes, [(512, 700)]);
+
+        let sink = MemSink::new(16 << 10);
+        layout.finish(5 * 512, 1, &sink).unwrap();
+        let file = sink.into_inner();
+        assert_eq!(&file[..4], b"QFI\xfb");
+        assert_eq!(file[1536..2048], [3; 512], "the standard cluster after the compressed ones");
+        // Host clusters: 0 header, 1–2 compressed, 3 standard, 4 L2 table, 5 L1 table, 6 refcount block,
+        // 7 refcount table.
+        let (l1, l1_size) = (be64(&file, 40), u32::from_be_bytes(file[36..40].try_into().unwrap()));
+        assert_eq!((l1, l1_size), (5 * 512, 1));
+        assert_eq!(be64(&file, l1), COPIED | 2048);
+        let l2: Vec<u64> = (0..5).map(|i| be64(&file, 4 * 512 + i * 8)).collect();
+        let x = 62 - (9 - 8);
+        assert_eq!(l2, [COMPRESSED | 512, COMPRESSED | 1 << x | 812, COPIED | 1536, 0, COMPRESSED | 1112], "{l2:x?}");
+        assert_eq!(be64(&file, 48), 7 * 512, "refcount table offset");
+        assert_eq!(be64(&file, 7 * 512), 6 * 512, "refcount block offset");
+        let refcounts: Vec<u16> =
+            (0..9).map(|i| u16::from_be_bytes(file[6 * 512 + i * 2..][..2].try_into().unwrap())).collect();
+        assert_eq!(refcounts, [1, 2, 2, 1, 1, 1, 1, 1, 0]);
+    }
+}
