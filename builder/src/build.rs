@@ -254,8 +254,9 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
                 let cfg = boots.bios.then(|| disk::grub_cfg(&entries, default, 1, &console));
                 rootfs::add_boot_dir(&mut tree, cfg, timestamp)?;
             }
+            let root_label = custom_label(custom, crate::profile::Role::Root).map_or(ROOT_LABEL, str::as_bytes);
             let mut opts =
-                Options::new(ROOT_LABEL, seed.uuid("ext4-uuid"), seed.bytes16("ext4-hash-seed"), req.timestamp);
+                Options::new(root_label, seed.uuid("ext4-uuid"), seed.bytes16("ext4-hash-seed"), req.timestamp);
             let extra = req.extra_space.unwrap_or_else(|| MIN_EXTRA.max(r.inventory.totals.unique_bytes / 10));
             let fixed = match req.size {
                 None | Some(SizeSpec::Auto) => None,
@@ -336,16 +337,17 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
             };
             // A FAT32 filesystem for each boot partition: (tree, plan, partition number, what).
             let mut fats = Vec::new();
-            for (tree, n, what, label) in [
-                (&parts.esp, numbers.esp, "ESP", "ESP"),
-                (&parts.xbootldr, numbers.xbootldr, "XBOOTLDR partition", "XBOOTLDR"),
+            for (tree, n, what, default_label, role) in [
+                (&parts.esp, numbers.esp, "ESP", "ESP", crate::profile::Role::Esp),
+                (&parts.xbootldr, numbers.xbootldr, "XBOOTLDR partition", "XBOOTLDR", crate::profile::Role::Xbootldr),
             ] {
+                let label = custom_label(custom, role).unwrap_or(default_label);
                 let (Some(tree), Some(n)) = (tree, n) else { continue };
                 let range = layout.byte_range(n).expect("planned partition");
                 let sector = req.sector_size.bytes().get();
                 let hidden = u32::try_from(range.start.get() / sector)
                     .with_context(|| format!("the {what} starts beyond sector 2^32"))?;
-                let id = seed.bytes16(if label == "ESP" { "fat-volume-id" } else { "fat-volume-id-xbootldr" });
+                let id = seed.bytes16(if what == "ESP" { "fat-volume-id" } else { "fat-volume-id-xbootldr" });
                 let volume_id = u32::from_le_bytes(id[..4].try_into().expect("4 bytes"));
                 let mut fopts = fat::Options::new(range.end.get() - range.start.get(), hidden, volume_id, timestamp);
                 fopts.sector_size = disk::fat_sector(req.sector_size);
@@ -485,6 +487,11 @@ fn custom_sizes(custom: Option<&[crate::profile::PartitionSpec]>, esp_size: Opti
         })
     };
     (size_of(Role::Esp).or(esp_size), size_of(Role::Xbootldr))
+}
+
+/// The label a profile's partition list gives the partition of `role`.
+fn custom_label(custom: Option<&[crate::profile::PartitionSpec]>, role: crate::profile::Role) -> Option<&str> {
+    custom?.iter().find(|p| p.role == role)?.label.as_deref()
 }
 
 fn layout_name(layout: Layout) -> &'static str {

@@ -211,10 +211,11 @@ fn a_profiles_own_partition_list_builds_and_boots() {
     std::fs::write(
         &file,
         "extends = \"qemu-efi\"\nformat = \"raw\"\n\n\
+         [kernel-params]\nadd = [\"root=LABEL=sysroot\"]\n\n\
          [[partitions]]\nrole = \"esp\"\nsize = \"300M\"\n\n\
          [[partitions]]\nrole = \"swap\"\nsize = \"64M\"\nlabel = \"swap0\"\n\n\
          [[partitions]]\nrole = \"empty\"\nsize = \"16M\"\n\n\
-         [[partitions]]\nrole = \"root\"\nname = \"system\"\nsize = \"fill\"\n",
+         [[partitions]]\nrole = \"root\"\nname = \"system\"\nlabel = \"sysroot\"\nsize = \"fill\"\n",
     )
     .unwrap();
     let report = demo_dry_run(&[OsStr::new("--profile"), file.as_os_str()]);
@@ -244,6 +245,13 @@ fn a_profiles_own_partition_list_builds_and_boots() {
     let probe = String::from_utf8_lossy(&probe.stdout).into_owned();
     assert!(probe.contains("TYPE=swap") && probe.contains("LABEL=swap0"), "{probe}");
     kiln_tests::ext4::e2fsck_clean(&img, rows[2].0).unwrap();
+    let probe = kiln_tests::tools::run_ok(
+        std::process::Command::new(kiln_tests::tools::require("blkid", "util-linux"))
+            .args(["-p", "-o", "export", "-O", &rows[2].0.to_string()])
+            .arg(&img),
+    );
+    let probe = String::from_utf8_lossy(&probe.stdout).into_owned();
+    assert!(probe.contains("TYPE=ext4") && probe.contains("LABEL=sysroot"), "the profile's root label: {probe}");
     let marker = std::fs::read_to_string(fixtures::demo_closure().join("marker")).unwrap();
     kiln_tests::boot::Boot::new(&img, marker)
         .timeout(std::time::Duration::from_secs(180))
