@@ -305,3 +305,17 @@ fn efixbootldr_keeps_entries_and_kernels_on_xbootldr_and_boots() {
     // systemd-boot finds the entries on XBOOTLDR by its partition type and boots the kernel from there.
     boots(&img, Firmware::Uefi, "none");
 }
+
+#[test]
+fn the_qemu_and_usb_profiles_build_bootable_raw_disks() {
+    for (profile, firmware) in
+        [("qemu-efi", Firmware::Uefi), ("qemu-bios", Firmware::Bios), ("usb-hybrid", Firmware::Bios)]
+    {
+        let (_tmp, img) = crate::util::build_demo_disk_with(&["--profile", profile, "--format", "raw"]);
+        if profile == "usb-hybrid" {
+            let bmap = img.with_file_name("disk.img.bmap");
+            assert!(bmap.is_file(), "usb-hybrid writes a block map for flashing");
+        }
+        boots(&img, firmware, "none");
+    }
+}
