@@ -124,14 +124,14 @@ pub fn container(
             image::zst::RawZst::DEFAULT_LEVEL,
             u32::try_from(threads.max(1)).unwrap_or(u32::MAX),
         )),
-        Format::Qcow2 => {
-            let c = match req.compress.unwrap_or(Compression::Zstd) {
-                Compression::None => Q::None,
-                Compression::Zstd => Q::zstd(),
-                Compression::Zlib => Q::zlib(),
-            };
-            Box::new(Qcow2::new(c).context("qcow2 options")?)
-        }
+        Format::Qcow2 => Box::new(match req.compress.unwrap_or(Compression::Zstd) {
+            Compression::None => Qcow2::new(Q::None)?,
+            // zstd level 1 in 256 KiB clusters: on a NixOS store about 2% smaller than qemu-img's level 3 in
+            // 64 KiB clusters, for under half the CPU time. Every qcow2 reader takes any cluster size.
+            Compression::Zstd => Qcow2::new(Q::Zstd { level: 1 })?
+                .with_cluster_size(image::qcow2::ClusterSize::new(256 << 10).context("qcow2 cluster size")?),
+            Compression::Zlib => Qcow2::new(Q::zlib())?,
+        }),
         Format::Vhd | Format::Ami => {
             let mut vhd = image::vhd::Vhd::new(guid("vhd-unique-id"));
             vhd.timestamp = image::vhd::Vhd::timestamp_from_unix(u64::from(timestamp));

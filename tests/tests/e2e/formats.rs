@@ -78,6 +78,7 @@ fn every_container_shows_qemu_the_raw_disk_and_the_demo_boots_from_qcow2_vhd_and
             assert_eq!(info["format-specific"]["data"]["create-type"], "streamOptimized", "{info}");
         }
         if name == "zstd.qcow2" {
+            assert_eq!(info["cluster-size"], 262_144, "zstd level 1 in 256 KiB clusters: {info}");
             let file = std::fs::metadata(&out).unwrap().len();
             assert!(file * 4 < size, "{name}: {file} bytes for a {size}-byte disk is not compressed");
         }

@@ -38,21 +38,26 @@ fn leftovers(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn sigkill_at_random_points_never_leaves_a_file_at_the_output() {
     let tmp = tempfile::tempdir().unwrap();
-    // One undisturbed build: its duration spreads the kills, its bytes are what a finished build must hold.
+    // Undisturbed builds: the fastest one's duration spreads the kills (a loaded machine only makes the killed
+    // builds slower, so more of them die mid-way), and its bytes are what a finished build must hold.
     let reference = tmp.path().join("reference.img");
-    let start = Instant::now();
-    let out = spawn(&reference).wait_with_output().unwrap();
-    let full = start.elapsed();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut full = Duration::MAX;
+    for _ in 0..3 {
+        let _ = std::fs::remove_file(&reference);
+        let start = Instant::now();
+        let out = spawn(&reference).wait_with_output().unwrap();
+        full = full.min(start.elapsed());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
     let want = sha256(&reference);
 
     let trials = 24u32;
     let (mut killed, mut finished) = (0, 0);
-    // A fixed LCG: the same kill points every run, spread over 0..120% of a whole build.
+    // A fixed LCG: the same kill points every run, spread over 0..100% of the fastest whole build.
     let mut state = 0x2545_f491_u64;
     for trial in 0..trials {
         state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-        let fraction = (state >> 40) as f64 / f64::from(1u32 << 24) * 1.2;
+        let fraction = (state >> 40) as f64 / f64::from(1u32 << 24);
         let dir = tmp.path().join(format!("trial-{trial}"));
         std::fs::create_dir(&dir).unwrap();
         let target = dir.join("disk.img");
@@ -78,7 +83,10 @@ fn sigkill_at_random_points_never_leaves_a_file_at_the_output() {
             }
         }
     }
-    assert!(killed >= 12, "only {killed} of {trials} trials were killed before finishing ({finished} finished)");
+    assert!(
+        killed >= trials / 2,
+        "only {killed} of {trials} trials were killed before finishing ({finished} finished)"
+    );
 }
 
 /// Starts a build, waits until its temporary output exists, sends `signal`, and checks the aftermath.
