@@ -17,11 +17,6 @@ fn temporaries() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
     TEMPORARIES.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Registers `path` for removal on a signal.
-pub(crate) fn register_temporary(path: &Path) {
-    temporaries().push(path.to_path_buf());
-}
-
 /// Forgets `path` (committed, or removed already).
 pub(crate) fn unregister_temporary(path: &Path) {
     temporaries().retain(|p| p != path);
@@ -141,13 +136,17 @@ impl AtomicOutput {
     pub fn create(target: &Path, force: bool) -> Result<Self> {
         let (dir, name) = Self::place(target, force)?;
         let temp = dir.join(format!(".{name}.kiln-{}.tmp", std::process::id()));
+        // Created and registered under the lock the signal handler holds while it removes and exits: a signal
+        // between the two would otherwise leave the file behind.
+        let mut temps = temporaries();
         let file = File::options()
             .read(true)
             .write(true)
             .create_new(true)
             .open(&temp)
             .with_context(|| format!("creating {}", temp.display()))?;
-        register_temporary(&temp);
+        temps.push(temp.clone());
+        drop(temps);
         Ok(Self { target: target.to_path_buf(), temp, file: Some(file) })
     }
 
