@@ -216,6 +216,10 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
             r.closure.paths.get_mut(&path).expect("inventoried paths are in the closure").nar = Some(info);
         }
     }
+    let mut self_hashed = vec![false; r.inventory.paths.len()];
+    for &i in &unhashed {
+        self_hashed[i] = true;
+    }
     let seed = Seed::new(req.seed.as_deref().unwrap_or(&r.system.toplevel.to_string()));
     let container = crate::emit::container(&req.emit, &seed, req.timestamp, req.threads, req.output.as_deref())?;
     let timestamp = i64::from(req.timestamp);
@@ -295,31 +299,46 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
             };
             let (plan, (layout, numbers)) = match fixed {
                 Some(bytes) => {
+                    // The smallest disk that holds the root filesystem: the partitions up to the end of the root
+                    // (the last, whole MiB), then the backup GPT. What "too small" says, so that size builds.
+                    let min_disk = |opts: &Options| -> Result<u64> {
+                        let root = plan_root(Size::Auto { extra_bytes: 0 }, &mut opts.clone())?.size_bytes();
+                        let root = kiln_formats::disk::PartitionSize::AtLeast(kiln_formats::disk::Bytes(root));
+                        let fit = kiln_formats::disk::DiskSize::Fit;
+                        let (l, n) = lay(root, fit)?;
+                        let end = l.byte_range(n.root).expect("root partition").end.get();
+                        let sector = l.sector_size();
+                        let backup = l.gpt_geometry().map_or(0, |_| {
+                            kiln_formats::disk::GptGeometry::copy_sectors(sector) * sector.bytes().get()
+                        });
+                        Ok(end + backup)
+                    };
                     let laid = lay(
                         kiln_formats::disk::PartitionSize::Fill,
                         kiln_formats::disk::DiskSize::Exactly(kiln_formats::disk::Bytes(bytes)),
                     );
                     let (layout, numbers) = match laid {
                         Ok(l) => l,
-                        Err(_) => {
-                            // Too small even for the partitions besides the root: say what the whole needs.
-                            let root = plan_root(Size::Auto { extra_bytes: 0 }, &mut opts.clone())?.size_bytes();
-                            let (l, _) = lay(
-                                kiln_formats::disk::PartitionSize::AtLeast(kiln_formats::disk::Bytes(root)),
-                                kiln_formats::disk::DiskSize::Fit,
-                            )?;
-                            return Err(too_small(l.size().get(), bytes));
+                        // Too small even for the partitions besides the root: say what the whole needs.
+                        Err(e)
+                            if e.chain().any(|c| {
+                                matches!(
+                                    c.downcast_ref::<kiln_formats::disk::Error>(),
+                                    Some(kiln_formats::disk::Error::DiskTooSmall { .. })
+                                )
+                            }) =>
+                        {
+                            return Err(too_small(min_disk(&opts)?, bytes));
                         }
+                        Err(e) => return Err(e.context(format!("--size {bytes}"))),
                     };
                     let range = layout.byte_range(numbers.root).expect("root partition");
                     let root_len = range.end.get() - range.start.get();
-                    let plan = plan_root(Size::Fixed { bytes: root_len }, &mut opts).map_err(|e| {
-                        let root = plan_root(Size::Auto { extra_bytes: 0 }, &mut opts.clone()).map(|p| p.size_bytes());
-                        match root {
-                            Ok(root) => too_small(bytes - root_len + root, bytes),
-                            Err(_) => e,
-                        }
-                    })?;
+                    let plan =
+                        plan_root(Size::Fixed { bytes: root_len }, &mut opts).map_err(|e| match min_disk(&opts) {
+                            Ok(needed) if needed > bytes => too_small(needed, bytes),
+                            _ => e,
+                        })?;
                     (plan, (layout, numbers))
                 }
                 None => {
@@ -432,6 +451,7 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
     report.image = Some(image);
     let Some(target) = &req.output else { return Ok((report, None)) };
     let size = report.image.as_ref().expect("set above").size_bytes;
+    let free_before = crate::output::free_space(target);
     let facts = crate::emit::SystemFacts {
         toplevel_name: r.system.toplevel.name().to_owned(),
         system: r.system.boot.system.clone(),
@@ -458,7 +478,7 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
             let meter = progress::Meter::new(progress, Phase::Write, r.inventory.totals.unique_bytes);
             let (meta, data) = rayon::join(
                 || plan.write_metadata(&tree, sink, root_offset).map_err(anyhow::Error::new),
-                || copy_and_hash(&r, &nodes, &plan, sink, root_offset, req.verify_hashes, &meter),
+                || copy_and_hash(&r, &nodes, &plan, sink, root_offset, req.verify_hashes, &self_hashed, &meter),
             );
             meta.with_context(|| format!("writing {shown}"))?;
             let (_, copied) = data?;
@@ -473,7 +493,8 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
                     .with_context(|| format!("reading GRUB back from {shown}"))?;
             }
             Ok(())
-        })?;
+        })
+        .map_err(|e| crate::output::explain_no_space(e, target, free_before))?;
     Ok((report, Some(written)))
 }
 
@@ -508,8 +529,11 @@ fn layout_name(layout: Layout) -> &'static str {
 
 /// Copies the closure's file data into the image, one store path at a time in NAR order (paths in parallel,
 /// largest first), hashing what it copies from the same reads; checks each narHash against the registered one
-/// when `verify` and one is registered. A file hard-linked from several paths is written once and hashed for
+/// when `verify` and one is registered, and always against the one the hash phase took for the paths marked
+/// in `self_hashed` (inventory order: the image's database records that hash, so a store path that changed
+/// in between must fail the build). A file hard-linked from several paths is written once and hashed for
 /// each. Returns every path's NAR hash and size, in inventory order, and which data jobs it wrote.
+#[allow(clippy::too_many_arguments)]
 fn copy_and_hash(
     r: &dry_run::Resolved,
     nodes: &[Vec<ext4::NodeId>],
@@ -517,6 +541,7 @@ fn copy_and_hash(
     sink: &std::fs::File,
     base: u64,
     verify: bool,
+    self_hashed: &[bool],
     meter: &progress::Meter<'_>,
 ) -> Result<(Vec<crate::closure::NarInfo>, Vec<std::sync::atomic::AtomicBool>)> {
     use rayon::prelude::*;
@@ -541,15 +566,29 @@ fn copy_and_hash(
                 }
                 if let Some((_, Some(w))) = &current {
                     if bytes.iter().any(|&b| b != 0) {
-                        w.write_at(offset, bytes)?;
+                        w.write_at(offset, bytes).with_context(|| {
+                            format!("copying {} bytes at file offset {offset} into the image", bytes.len())
+                        })?;
                     }
                     meter.add(bytes.len() as u64);
                 }
                 Ok(())
             })?;
             let got = hasher.finish().with_context(|| format!("{}: NAR serialisation", p.path))?;
-            if verify && let Some(expected) = r.closure.paths[&p.path].nar {
-                crate::nar::verify(&expected, &got, &p.path)?;
+            match r.closure.paths[&p.path].nar {
+                // The database in the image records the hash taken before: the copy must be what was hashed.
+                Some(before) if self_hashed[pi] && before != got => bail!(
+                    "{}: store path {} changed during the build: hashed as narHash {} narSize {}, copied as \
+                     narHash {} narSize {}",
+                    r.store.physical(&p.path).display(),
+                    p.path,
+                    crate::nar::hash_string(&before.hash),
+                    before.size,
+                    crate::nar::hash_string(&got.hash),
+                    got.size
+                ),
+                Some(expected) if verify && !self_hashed[pi] => crate::nar::verify(&expected, &got, &p.path)?,
+                _ => {}
             }
             Ok((pi, got))
         })

@@ -17,11 +17,6 @@ fn temporaries() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
     TEMPORARIES.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Registers `path` for removal on a signal.
-pub(crate) fn register_temporary(path: &Path) {
-    temporaries().push(path.to_path_buf());
-}
-
 /// Forgets `path` (committed, or removed already).
 pub(crate) fn unregister_temporary(path: &Path) {
     temporaries().retain(|p| p != path);
@@ -58,6 +53,54 @@ pub fn remove_temporaries_on_signals() -> Result<()> {
     Ok(())
 }
 
+/// The directory `target` goes into.
+fn dir_of(target: &Path) -> PathBuf {
+    match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem that will hold `target`, when it can be
+/// measured (for error messages: an image's data may not fit).
+#[must_use]
+pub fn free_space(target: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(dir_of(target)).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// When `err` comes from a full filesystem (`ENOSPC`) or an exhausted quota (`EDQUOT`) under it, an error
+/// that says so first and names the output, with the space that was free when writing began
+/// (`free_before`, from [`free_space`]) and where the write failed; any other error unchanged.
+#[must_use]
+pub fn explain_no_space(err: anyhow::Error, target: &Path, free_before: Option<u64>) -> anyhow::Error {
+    let Some(io) = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<std::io::Error>())
+        .filter(|io| matches!(io.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded))
+    else {
+        return err;
+    };
+    let what =
+        if io.kind() == std::io::ErrorKind::StorageFull { "no space left on device" } else { "disk quota exceeded" };
+    // Where it failed: the contexts above the I/O error, without the copies of its text that wrapping
+    // errors print after a colon.
+    let io_text = format!(": {io}");
+    let place: Vec<String> = err
+        .chain()
+        .take_while(|e| e.downcast_ref::<std::io::Error>().is_none())
+        .map(|e| e.to_string().trim_end_matches(io_text.as_str()).to_owned())
+        .collect();
+    let free = free_before.map_or_else(String::new, |n| {
+        format!(" ({} free in {} when writing began)", crate::dry_run::human_bytes(n), dir_of(target).display())
+    });
+    anyhow::anyhow!(
+        "output {}: {what}{free}: the image does not fit; stopped at: {}",
+        target.display(),
+        place.join(": ")
+    )
+}
+
 /// A temporary output file that becomes `target` on [`AtomicOutput::commit`].
 #[derive(Debug)]
 pub struct AtomicOutput {
@@ -79,10 +122,7 @@ impl AtomicOutput {
             .with_context(|| format!("output {}: not a file name", target.display()))?
             .to_string_lossy()
             .into_owned();
-        let dir = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let dir = dir_of(target);
         if !dir.is_dir() {
             bail!("output {}: directory {} does not exist", target.display(), dir.display());
         }
@@ -106,13 +146,17 @@ impl AtomicOutput {
     fn create_with_suffix(target: &Path, force: bool, suffix: &str) -> Result<Self> {
         let (dir, name) = Self::place(target, force)?;
         let temp = dir.join(format!(".{name}.kiln-{}.{suffix}", std::process::id()));
+        // Created and registered under the lock the signal handler holds while it removes and exits: a signal
+        // between the two would otherwise leave the file behind.
+        let mut temps = temporaries();
         let file = File::options()
             .read(true)
             .write(true)
             .create_new(true)
             .open(&temp)
             .with_context(|| format!("creating {}", temp.display()))?;
-        register_temporary(&temp);
+        temps.push(temp.clone());
+        drop(temps);
         Ok(Self { target: target.to_path_buf(), temp, file: Some(file) })
     }
 
@@ -158,8 +202,11 @@ impl AtomicDir {
     pub fn create(target: &Path, force: bool) -> Result<Self> {
         let (dir, name) = AtomicOutput::place(target, force)?;
         let temp = dir.join(format!(".{name}.kiln-{}.tmp", std::process::id()));
+        // Created and registered under the signal handler's lock, as AtomicOutput's file.
+        let mut temps = temporaries();
         std::fs::create_dir(&temp).with_context(|| format!("creating {}", temp.display()))?;
-        register_temporary(&temp);
+        temps.push(temp.clone());
+        drop(temps);
         Ok(Self { target: target.to_path_buf(), temp: Some(temp), force })
     }
 
@@ -246,5 +293,31 @@ mod tests {
         assert!(AtomicOutput::create(&target, true).is_ok());
         let err = AtomicOutput::create(&dir.path().join("no/such/out.img"), false).unwrap_err();
         assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn a_full_device_is_named_with_the_output() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("writing file data at image offset 4096: {source}")]
+        struct Wrapped {
+            source: std::io::Error,
+        }
+        let target = Path::new("/out/disk.img");
+        let full = anyhow::Error::new(Wrapped { source: std::io::Error::from_raw_os_error(28) })
+            .context("writing the ESP of /out/.disk.img.kiln-1.tmp");
+        let err = explain_no_space(full, target, Some(3 << 20)).to_string();
+        assert_eq!(
+            err,
+            "output /out/disk.img: no space left on device (3.0 MiB free in /out when writing began): the image does \
+             not fit; stopped at: writing the ESP of /out/.disk.img.kiln-1.tmp: writing file data at image offset 4096"
+        );
+        let quota = anyhow::Error::new(std::io::Error::from_raw_os_error(122)).context("writing x");
+        let err = explain_no_space(quota, target, None).to_string();
+        assert_eq!(err, "output /out/disk.img: disk quota exceeded: the image does not fit; stopped at: writing x");
+        let other = anyhow::Error::new(std::io::Error::from_raw_os_error(5)).context("writing x");
+        assert_eq!(
+            format!("{:#}", explain_no_space(other, target, None)),
+            "writing x: Input/output error (os error 5)"
+        );
     }
 }

@@ -64,6 +64,32 @@ fn reject_unsupported(args: &BuildArgs) -> Result<()> {
     Ok(())
 }
 
+/// Options describing a part of the image that the chosen layout does not have: refused, so nothing given on
+/// the command line is silently ignored.
+fn reject_misfits(args: &BuildArgs, user_esp_size: bool) -> Result<()> {
+    let Some(layout) = args.layout.filter(|&l| l != crate::cli::Layout::Custom) else { return Ok(()) };
+    let boots = crate::disk::Boots::of(layout)?;
+    let layout = layout.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default();
+    if user_esp_size && !boots.uefi {
+        bail!("--esp-size does not fit --layout {layout}, which has no ESP (efi, efixbootldr and hybrid have one)");
+    }
+    if let Some(dir) = &args.grub
+        && !boots.bios
+    {
+        bail!(
+            "--grub {} does not fit --layout {layout}, which does not boot by BIOS (legacy, legacy+gpt and hybrid do)",
+            dir.display()
+        );
+    }
+    if let Some(name) = &args.default_specialisation
+        && !boots.uefi
+        && !boots.bios
+    {
+        bail!("--default-specialisation {name} does not fit --layout {layout}, which installs no boot loader");
+    }
+    Ok(())
+}
+
 /// The time for what the image creates itself: `SOURCE_DATE_EPOCH` when set, else 1 (Nix's store time).
 fn timestamp() -> Result<u32> {
     match std::env::var("SOURCE_DATE_EPOCH") {
@@ -77,6 +103,8 @@ fn build(mut args: BuildArgs) -> Result<()> {
     if args.format.is_none() {
         args.format = args.output.as_deref().and_then(crate::emit::format_of);
     }
+    // A profile's ESP size is dropped silently by a layout without an ESP; the user's own is refused.
+    let user_esp_size = args.esp_size.is_some();
     let profile = crate::profile::load_and_apply(&mut args)?;
     let label = profile.as_ref().and_then(|p| p.output.label.clone());
     // A profile's own partition list is the layout (a --layout given by the user has already replaced it).
@@ -98,6 +126,7 @@ fn build(mut args: BuildArgs) -> Result<()> {
         label,
     };
     emit.check()?;
+    reject_misfits(&args, user_esp_size)?;
     let threads = args.threads.map_or(0, usize::from);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)

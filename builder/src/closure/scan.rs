@@ -10,7 +10,7 @@ use kiln_formats::sparse::DataRanges;
 use rayon::prelude::*;
 
 use crate::inventory::{Kind, PathInventory};
-use crate::store::{HASH_LEN, StoreDir, StorePath, nix32};
+use crate::store::{HASH_LEN, StoreDir, StoreFiles, StorePath, nix32};
 
 /// The store paths a scan may find: every valid store path name in the store directory, by hash part.
 #[derive(Debug)]
@@ -57,6 +57,7 @@ impl Candidates {
     /// `HASH_LEN - 1` bytes of the previous one, so a hash split across reads is still seen whole.
     fn scan_file(
         &self,
+        file: &std::fs::File,
         path: &std::path::Path,
         size: u64,
         sparse: bool,
@@ -68,9 +69,8 @@ impl Candidates {
             static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         let cannot = || format!("{}: cannot read", path.display());
-        let file = std::fs::File::open(path).with_context(cannot)?;
         let ranges: Vec<std::ops::Range<u64>> = if sparse {
-            DataRanges::new(&file).with_context(cannot)?.collect::<std::io::Result<_>>().with_context(cannot)?
+            DataRanges::new(file).with_context(cannot)?.collect::<std::io::Result<_>>().with_context(cannot)?
         } else {
             std::iter::once(0..size).collect()
         };
@@ -103,6 +103,7 @@ impl Candidates {
     /// parallel.
     pub fn references(&self, store: &StoreDir, inv: &PathInventory) -> Result<BTreeSet<StorePath>> {
         let root = store.physical(&inv.path);
+        let files = StoreFiles::new(&root)?;
         let per_entry = inv
             .entries
             .par_iter()
@@ -113,7 +114,8 @@ impl Candidates {
                     Kind::Symlink { target } => self.scan_bytes(target.as_os_str().as_bytes(), &mut found),
                     Kind::File { size, sparse, .. } if *size > 0 => {
                         let path = if e.rel.as_os_str().is_empty() { root.clone() } else { root.join(&e.rel) };
-                        self.scan_file(&path, *size, *sparse, &mut found)?;
+                        let file = files.open(&e.rel).with_context(|| format!("{}: cannot read", path.display()))?;
+                        self.scan_file(&file, &path, *size, *sparse, &mut found)?;
                     }
                     _ => {}
                 }

@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 
 use crate::closure::NarInfo;
 use crate::inventory::{Kind, PathInventory};
-use crate::store::{StoreDir, StorePath, nix32};
+use crate::store::{StoreDir, StoreFiles, StorePath, nix32};
 
 /// Largest single read of file data.
 const CHUNK: usize = 1 << 20;
@@ -374,26 +374,29 @@ pub fn write_path_tee<S: NarSink>(
     writer: &mut NarWriter<S>,
     mut tee: impl FnMut(usize, u64, &[u8]) -> Result<()>,
 ) -> Result<()> {
+    let files = StoreFiles::new(root)?;
     for (i, e) in inv.entries.iter().enumerate() {
         let physical = if e.rel.as_os_str().is_empty() { root.to_path_buf() } else { root.join(&e.rel) };
         writer.entry(&e.rel, &e.kind).with_context(|| format!("{}: NAR serialisation", physical.display()))?;
         if let Kind::File { size, .. } = e.kind {
-            feed_file(writer, &physical, size, &mut |offset, bytes| tee(i, offset, bytes))
+            feed_file(writer, &files, &e.rel, size, &mut |offset, bytes| tee(i, offset, bytes))
                 .with_context(|| format!("{}: reading its contents", physical.display()))?;
         }
     }
     Ok(())
 }
 
-/// Reads one regular file of `size` bytes into `writer` (whose current entry it is) and ends it. Holes are not
-/// read: they are fed as zeros.
+/// Reads one regular file of `size` bytes, `rel` in `files`, into `writer` (whose current entry it is) and ends
+/// it. Holes are not read: they are fed as zeros. The file must keep the size the inventory gave it: one that
+/// changed before, while or after being read is an error, never a silently different copy.
 fn feed_file<S: NarSink>(
     writer: &mut NarWriter<S>,
-    path: &Path,
+    files: &StoreFiles,
+    rel: &Path,
     size: u64,
     tee: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
 ) -> Result<()> {
-    let file = File::open(path).context("cannot open")?;
+    let file = files.open(rel)?;
     let meta = file.metadata().context("cannot stat")?;
     if meta.len() != size {
         bail!("changed since the inventory: {size} bytes then, {} now", meta.len());

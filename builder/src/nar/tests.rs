@@ -225,6 +225,72 @@ fn a_file_changed_since_the_inventory_is_named() {
     assert!(err.contains(&format!("{}: reading its contents: changed since the inventory", f.display())), "{err}");
 }
 
+/// Hashes the store path with a tee that calls `during` once, at the first chunk it is handed.
+fn hash_while(store: &StoreDir, inv: &PathInventory, during: impl FnOnce()) -> String {
+    let mut during = Some(during);
+    let mut hasher = NarHasher::new();
+    let err = write_path_tee(&store.physical(&inv.path), inv, &mut hasher, |_, _, _| {
+        if let Some(f) = during.take() {
+            f();
+        }
+        Ok(())
+    })
+    .unwrap_err();
+    format!("{err:#}")
+}
+
+#[test]
+fn a_file_that_grows_or_shrinks_while_being_read_is_named() {
+    // Larger than one read, so a truncation after the first chunk makes the next read come up short.
+    let big = vec![7u8; CHUNK + 100];
+    let (_dir, store, inv) = one_path(|p| {
+        std::fs::create_dir(p).unwrap();
+        write(&p.join("f"), &big, 0o644);
+    });
+    let f = store.physical(&inv.path).join("f");
+    let err = hash_while(&store, &inv, || {
+        std::fs::OpenOptions::new().append(true).open(&f).unwrap().write_all(b"more").unwrap();
+    });
+    let want = format!(
+        "{}: reading its contents: changed while being read: {} bytes then, {} now",
+        f.display(),
+        big.len(),
+        big.len() + 4
+    );
+    assert!(err.contains(&want), "{err}");
+    write(&f, &big, 0o644);
+    let err =
+        hash_while(&store, &inv, || std::fs::OpenOptions::new().write(true).open(&f).unwrap().set_len(10).unwrap());
+    let want = format!("{}: reading its contents: shrank to {CHUNK} bytes while being read", f.display());
+    assert!(err.contains(&want), "{err}");
+}
+
+#[test]
+fn a_file_replaced_by_a_symlink_is_never_followed() {
+    let (dir, store, inv) = one_path(|p| {
+        std::fs::create_dir_all(p.join("d")).unwrap();
+        write(&p.join("d/f"), b"abc", 0o644);
+    });
+    // Same size as the file, so only the symlink itself can give it away.
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    write(&outside.join("f"), b"xyz", 0o644);
+    let root = store.physical(&inv.path);
+    std::fs::remove_file(root.join("d/f")).unwrap();
+    symlink(outside.join("f"), root.join("d/f")).unwrap();
+    let err = format!("{:#}", nar_info(&store, &inv).unwrap_err());
+    assert!(
+        err.contains(&format!("{}: reading its contents: a symlink is in the way", root.join("d/f").display())),
+        "{err}"
+    );
+    // A directory on the way replaced by a symlink to a copy of it outside the store.
+    std::fs::remove_file(root.join("d/f")).unwrap();
+    std::fs::remove_dir(root.join("d")).unwrap();
+    symlink(&outside, root.join("d")).unwrap();
+    let err = format!("{:#}", nar_info(&store, &inv).unwrap_err());
+    assert!(err.contains("a symlink is in the way"), "{err}");
+}
+
 #[test]
 fn hashes_a_closure_in_input_order() {
     let dir = tempfile::tempdir().unwrap();

@@ -5,7 +5,10 @@
 //! with `--store-dir` (by default `/nix/store` itself, but it may be a chroot or a fixture kept anywhere).
 //! [`StorePath`] is the logical one; [`StoreDir`] maps it to a physical [`PathBuf`]. The two never mix.
 
+mod files;
 pub mod nix32;
+
+pub use files::StoreFiles;
 
 use std::fmt;
 use std::path::{Component, Path, PathBuf};

@@ -7,6 +7,7 @@ mod errors;
 mod ext4_build;
 mod ext4_checkers;
 mod ext4_property;
+mod failures;
 mod formats;
 mod harness;
 mod inspect;
