@@ -16,5 +16,6 @@ mod nar;
 mod nix_state;
 mod nixdb;
 mod profiles;
+mod progress;
 mod util;
 mod verify;
