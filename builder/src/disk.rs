@@ -237,6 +237,15 @@ pub struct Numbers {
     pub root: usize,
 }
 
+/// The root partition's type for the system's architecture (Discoverable Partitions Specification).
+fn root_type(system_type: &str) -> Guid {
+    match system_type {
+        "x86_64-linux" => partition_type::ROOT_X86_64,
+        "aarch64-linux" => partition_type::ROOT_ARM64,
+        _ => partition_type::LINUX_DATA,
+    }
+}
+
 /// The partition table: BIOS boot (GPT with GRUB), ESP, root; or an MBR with the root alone.
 pub fn layout(
     kind: Layout,
@@ -247,11 +256,7 @@ pub fn layout(
     disk: DiskSize,
 ) -> Result<(DiskLayout, Numbers)> {
     let guid = |what: &str| Guid::v4_from_bytes(seed.bytes16(what));
-    let root_type = match system_type {
-        "x86_64-linux" => partition_type::ROOT_X86_64,
-        "aarch64-linux" => partition_type::ROOT_ARM64,
-        _ => partition_type::LINUX_DATA,
-    };
+    let root_type = root_type(system_type);
     let request = |name: &str, type_guid, guid, attributes, size| PartitionRequest {
         name: name.to_owned(),
         type_guid,
@@ -305,11 +310,7 @@ pub fn custom_layout(
     root: PartitionSize,
     disk: DiskSize,
 ) -> Result<(DiskLayout, Numbers)> {
-    let root_type = match system_type {
-        "x86_64-linux" => partition_type::ROOT_X86_64,
-        "aarch64-linux" => partition_type::ROOT_ARM64,
-        _ => partition_type::LINUX_DATA,
-    };
+    let root_type = root_type(system_type);
     let mut requests = Vec::new();
     let mut seen = std::collections::HashMap::new();
     for (i, spec) in specs.iter().enumerate() {

@@ -118,15 +118,7 @@ fn minfo(img: &Path, offset: u64) -> String {
 
 /// Deterministic bytes that do not compress into patterns a reader could get right by accident.
 fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    common::xorshift_bytes(seed, len).collect()
 }
 
 /// A tree and its expected contents.

@@ -11,3 +11,16 @@ pub fn tool(name: &str, package: &str) -> PathBuf {
         .find(|p| p.is_file())
         .unwrap_or_else(|| panic!("{name} not found: install the Debian package {package} (apt-get install {package})"))
 }
+
+/// Deterministic pseudo-random bytes from `seed` (xorshift64), `len` of them: test data no reader gets right
+/// by accident.
+#[allow(dead_code)] // Not every test binary that includes this module uses it.
+pub fn xorshift_bytes(seed: u64, len: usize) -> impl Iterator<Item = u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len).map(move |_| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 56) as u8
+    })
+}

@@ -22,15 +22,7 @@ pub fn sparse_file(path: &Path, size: u64, writes: &[(u64, Vec<u8>)]) {
 
 /// `len` bytes that compress a little, from `seed` (xorshift, low bits masked).
 pub fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 56) as u8 & 0x3f
-        })
-        .collect()
+    crate::common::xorshift_bytes(seed, len).map(|b| b & 0x3f).collect()
 }
 
 /// Converts the raw image at `image` with `container` into `out`, on a rayon pool of `threads` threads.
