@@ -456,7 +456,7 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
             let meter = progress::Meter::new(progress, Phase::Write, r.inventory.totals.unique_bytes);
             let (meta, data) = rayon::join(
                 || plan.write_metadata(&tree, sink, root_offset).map_err(anyhow::Error::new),
-                || copy_and_hash(&r, &nodes, &plan, sink, root_offset, req.verify_hashes, &meter),
+                || crate::copy::copy_and_hash(&r, &nodes, &plan, sink, root_offset, req.verify_hashes, &meter),
             );
             meta.with_context(|| format!("writing {shown}"))?;
             let (_, copied) = data?;
@@ -497,56 +497,4 @@ fn layout_name(layout: Layout) -> &'static str {
         Layout::None => "none",
         Layout::Custom => "custom",
     }
-}
-
-/// Copies the closure's file data into the image, one store path at a time in NAR order (paths in parallel,
-/// largest first), hashing what it copies from the same reads; checks each narHash against the registered one
-/// when `verify` and one is registered. A file hard-linked from several paths is written once and hashed for
-/// each. Returns every path's NAR hash and size, in inventory order, and which data jobs it wrote.
-fn copy_and_hash(
-    r: &dry_run::Resolved,
-    nodes: &[Vec<ext4::NodeId>],
-    plan: &ext4::Plan,
-    sink: &std::fs::File,
-    base: u64,
-    verify: bool,
-    meter: &progress::Meter<'_>,
-) -> Result<(Vec<crate::closure::NarInfo>, Vec<std::sync::atomic::AtomicBool>)> {
-    use rayon::prelude::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let claimed: Vec<AtomicBool> = (0..plan.data.len()).map(|_| AtomicBool::new(false)).collect();
-    let paths = &r.inventory.paths;
-    let mut order: Vec<(u64, usize)> = paths.iter().enumerate().map(|(i, p)| (p.counts().bytes, i)).collect();
-    order.sort_unstable_by(|a, b| b.cmp(a));
-    let mut done = order
-        .par_iter()
-        .with_max_len(1)
-        .map(|&(_, pi)| -> Result<(usize, crate::closure::NarInfo)> {
-            let p = &paths[pi];
-            let mut hasher = crate::nar::NarHasher::new();
-            // (entry, writer) of the file being read, when this path is the one that writes it.
-            let mut current: Option<(usize, Option<ext4::FileWriter<'_>>)> = None;
-            crate::nar::write_path_tee(&r.store.physical(&p.path), p, &mut hasher, |i, offset, bytes| {
-                if current.as_ref().is_none_or(|(e, _)| *e != i) {
-                    let node = nodes[pi][i];
-                    let mine = plan.job_of(node).is_some_and(|j| !claimed[j].swap(true, Ordering::Relaxed));
-                    current = Some((i, mine.then(|| plan.file_writer(node, sink, base)).flatten()));
-                }
-                if let Some((_, Some(w))) = &current {
-                    if bytes.iter().any(|&b| b != 0) {
-                        w.write_at(offset, bytes)?;
-                    }
-                    meter.add(bytes.len() as u64);
-                }
-                Ok(())
-            })?;
-            let got = hasher.finish().with_context(|| format!("{}: NAR serialisation", p.path))?;
-            if verify && let Some(expected) = r.closure.paths[&p.path].nar {
-                crate::nar::verify(&expected, &got, &p.path)?;
-            }
-            Ok((pi, got))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    done.sort_unstable_by_key(|&(i, _)| i);
-    Ok((done.into_iter().map(|(_, info)| info).collect(), claimed))
 }

@@ -172,6 +172,25 @@ impl FileWriter<'_> {
         self.job.size
     }
 
+    /// Where byte `offset` of the file lies in the sink (including the `base` given to
+    /// [`Plan::file_writer`]), and how many bytes from there on are contiguous in the sink: to the end of its
+    /// run of blocks, so the last run's count includes the slack after the file's end in its last block.
+    /// `None` at or beyond the end of the planned blocks. Lets a caller gather the data of files that lie
+    /// next to each other into one large write.
+    #[must_use]
+    pub fn locate(&self, offset: u64) -> Option<(u64, u64)> {
+        let mut logical = 0u64;
+        for run in &self.job.runs {
+            let len = (run.end - run.start) * BLOCK;
+            if offset < logical + len {
+                let within = offset - logical;
+                return Some((self.base + run.start * BLOCK + within, len - within));
+            }
+            logical += len;
+        }
+        None
+    }
+
     /// Writes `bytes` at byte `offset` of the file (within its planned size).
     pub fn write_at(&self, mut offset: u64, mut bytes: &[u8]) -> Result<(), Error> {
         assert!(offset + bytes.len() as u64 <= self.job.size, "write beyond the planned size of the file");
