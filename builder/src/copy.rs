@@ -19,7 +19,7 @@ use crate::dry_run::Resolved;
 use crate::progress::Meter;
 
 /// Bytes gathered before a write (and the largest read).
-const CHUNK: usize = 1 << 20;
+const CHUNK: usize = 512 << 10;
 /// A buffer with less room than this left is written out before the next read.
 const MIN_ROOM: usize = 64 << 10;
 
