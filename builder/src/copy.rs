@@ -133,6 +133,9 @@ impl<'a> ImageTee<'a> {
             self.sink
                 .write_all_at(&self.buf[..self.fill], self.at)
                 .with_context(|| format!("writing file data at image offset {}", self.at))?;
+            // Start writing these pages back now (asynchronously), so the final fsync finds little left.
+            let len = std::num::NonZeroU64::new(self.fill as u64);
+            let _ = rustix::fs::fadvise(self.sink, self.at, len, rustix::fs::Advice::DontNeed);
             self.fill = 0;
         }
         Ok(())
