@@ -478,7 +478,18 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
             let meter = progress::Meter::new(progress, Phase::Write, r.inventory.totals.unique_bytes);
             let (meta, data) = rayon::join(
                 || plan.write_metadata(&tree, sink, root_offset).map_err(anyhow::Error::new),
-                || copy_and_hash(&r, &nodes, &plan, sink, root_offset, req.verify_hashes, &self_hashed, &meter),
+                || {
+                    crate::copy::copy_and_hash(
+                        &r,
+                        &nodes,
+                        &plan,
+                        sink,
+                        root_offset,
+                        req.verify_hashes,
+                        &self_hashed,
+                        &meter,
+                    )
+                },
             );
             meta.with_context(|| format!("writing {shown}"))?;
             let (_, copied) = data?;
@@ -525,74 +536,4 @@ fn layout_name(layout: Layout) -> &'static str {
         Layout::None => "none",
         Layout::Custom => "custom",
     }
-}
-
-/// Copies the closure's file data into the image, one store path at a time in NAR order (paths in parallel,
-/// largest first), hashing what it copies from the same reads; checks each narHash against the registered one
-/// when `verify` and one is registered, and always against the one the hash phase took for the paths marked
-/// in `self_hashed` (inventory order: the image's database records that hash, so a store path that changed
-/// in between must fail the build). A file hard-linked from several paths is written once and hashed for
-/// each. Returns every path's NAR hash and size, in inventory order, and which data jobs it wrote.
-#[allow(clippy::too_many_arguments)]
-fn copy_and_hash(
-    r: &dry_run::Resolved,
-    nodes: &[Vec<ext4::NodeId>],
-    plan: &ext4::Plan,
-    sink: &std::fs::File,
-    base: u64,
-    verify: bool,
-    self_hashed: &[bool],
-    meter: &progress::Meter<'_>,
-) -> Result<(Vec<crate::closure::NarInfo>, Vec<std::sync::atomic::AtomicBool>)> {
-    use rayon::prelude::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let claimed: Vec<AtomicBool> = (0..plan.data.len()).map(|_| AtomicBool::new(false)).collect();
-    let paths = &r.inventory.paths;
-    let mut order: Vec<(u64, usize)> = paths.iter().enumerate().map(|(i, p)| (p.counts().bytes, i)).collect();
-    order.sort_unstable_by(|a, b| b.cmp(a));
-    let mut done = order
-        .par_iter()
-        .with_max_len(1)
-        .map(|&(_, pi)| -> Result<(usize, crate::closure::NarInfo)> {
-            let p = &paths[pi];
-            let mut hasher = crate::nar::NarHasher::new();
-            // (entry, writer) of the file being read, when this path is the one that writes it.
-            let mut current: Option<(usize, Option<ext4::FileWriter<'_>>)> = None;
-            crate::nar::write_path_tee(&r.store.physical(&p.path), p, &mut hasher, |i, offset, bytes| {
-                if current.as_ref().is_none_or(|(e, _)| *e != i) {
-                    let node = nodes[pi][i];
-                    let mine = plan.job_of(node).is_some_and(|j| !claimed[j].swap(true, Ordering::Relaxed));
-                    current = Some((i, mine.then(|| plan.file_writer(node, sink, base)).flatten()));
-                }
-                if let Some((_, Some(w))) = &current {
-                    if bytes.iter().any(|&b| b != 0) {
-                        w.write_at(offset, bytes).with_context(|| {
-                            format!("copying {} bytes at file offset {offset} into the image", bytes.len())
-                        })?;
-                    }
-                    meter.add(bytes.len() as u64);
-                }
-                Ok(())
-            })?;
-            let got = hasher.finish().with_context(|| format!("{}: NAR serialisation", p.path))?;
-            match r.closure.paths[&p.path].nar {
-                // The database in the image records the hash taken before: the copy must be what was hashed.
-                Some(before) if self_hashed[pi] && before != got => bail!(
-                    "{}: store path {} changed during the build: hashed as narHash {} narSize {}, copied as \
-                     narHash {} narSize {}",
-                    r.store.physical(&p.path).display(),
-                    p.path,
-                    crate::nar::hash_string(&before.hash),
-                    before.size,
-                    crate::nar::hash_string(&got.hash),
-                    got.size
-                ),
-                Some(expected) if verify && !self_hashed[pi] => crate::nar::verify(&expected, &got, &p.path)?,
-                _ => {}
-            }
-            Ok((pi, got))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    done.sort_unstable_by_key(|&(i, _)| i);
-    Ok((done.into_iter().map(|(_, info)| info).collect(), claimed))
 }

@@ -45,8 +45,6 @@ pub struct Entry {
     pub mode: u32,
     /// Hard-link group: entries of the closure that are one inode on the host share a group number.
     pub link_group: Option<u32>,
-    /// Host (device, inode), kept only while the inode has other links.
-    host_inode: Option<(u64, u64)>,
 }
 
 /// The entries of one store path, in NAR order (depth first, names sorted bytewise); the first is the root.
@@ -56,6 +54,9 @@ pub struct PathInventory {
     pub path: StorePath,
     /// Its entries.
     pub entries: Vec<Entry>,
+    /// (entry index, host device, host inode) of each entry whose inode has other links, until
+    /// [`Inventory::from_paths`] turns them into link groups (kept apart: most entries have none).
+    host_inodes: Vec<(u32, u64, u64)>,
 }
 
 impl PathInventory {
@@ -63,10 +64,11 @@ impl PathInventory {
     pub fn walk(store: &StoreDir, path: &StorePath) -> Result<Self> {
         let root = store.physical(path);
         let mut entries = Vec::new();
+        let mut host_inodes = Vec::new();
         let meta = std::fs::symlink_metadata(&root)
             .with_context(|| format!("{}: missing from store directory {}", path, store.root().display()))?;
-        visit(&root, PathBuf::new(), meta, path, &mut entries)?;
-        Ok(Self { path: path.clone(), entries })
+        visit(&root, PathBuf::new(), meta, path, &mut entries, &mut host_inodes)?;
+        Ok(Self { path: path.clone(), entries, host_inodes })
     }
 
     /// Counts of this path's entries.
@@ -87,9 +89,19 @@ impl PathInventory {
     }
 }
 
-fn visit(physical: &Path, rel: PathBuf, meta: std::fs::Metadata, sp: &StorePath, out: &mut Vec<Entry>) -> Result<()> {
+fn visit(
+    physical: &Path,
+    rel: PathBuf,
+    meta: std::fs::Metadata,
+    sp: &StorePath,
+    out: &mut Vec<Entry>,
+    host_inodes: &mut Vec<(u32, u64, u64)>,
+) -> Result<()> {
     let ft = meta.file_type();
-    let host_inode = (meta.nlink() > 1 && !ft.is_dir()).then(|| (meta.dev(), meta.ino()));
+    if meta.nlink() > 1 && !ft.is_dir() {
+        let index = u32::try_from(out.len()).context("more than 2^32 entries in one store path")?;
+        host_inodes.push((index, meta.dev(), meta.ino()));
+    }
     let mode = meta.mode() & 0o7777;
     let kind = if ft.is_file() {
         // Proves the file can be read now, before anything is written (cheaper than opening it).
@@ -122,7 +134,7 @@ fn visit(physical: &Path, rel: PathBuf, meta: std::fs::Metadata, sp: &StorePath,
         );
     };
     let is_dir = kind == Kind::Dir;
-    out.push(Entry { rel: rel.clone(), kind, mode, link_group: None, host_inode });
+    out.push(Entry { rel: rel.clone(), kind, mode, link_group: None });
     if is_dir {
         let mut names: Vec<OsString> = std::fs::read_dir(physical)
             .and_then(|rd| rd.map(|e| e.map(|e| e.file_name())).collect())
@@ -132,7 +144,7 @@ fn visit(physical: &Path, rel: PathBuf, meta: std::fs::Metadata, sp: &StorePath,
             let child = physical.join(&name);
             let meta =
                 std::fs::symlink_metadata(&child).with_context(|| format!("{}: cannot stat", child.display()))?;
-            visit(&child, rel.join(&name), meta, sp, out)?;
+            visit(&child, rel.join(&name), meta, sp, out, host_inodes)?;
         }
     }
     Ok(())
@@ -189,22 +201,20 @@ impl Inventory {
         paths.sort_by(|a, b| a.path.cmp(&b.path));
         let mut groups: HashMap<(u64, u64), (u32, u64)> = HashMap::new();
         let mut first_seen = Vec::new();
-        for (pi, p) in paths.iter().enumerate() {
-            for (ei, e) in p.entries.iter().enumerate() {
-                if let Some(id) = e.host_inode {
-                    let n = groups.len() as u32;
-                    let slot = groups.entry(id).or_insert((n, 0));
-                    slot.1 += 1;
-                    if slot.1 == 1 {
-                        first_seen.push((pi, ei));
-                    }
+        for p in &paths {
+            for &(_, dev, ino) in &p.host_inodes {
+                let id = (dev, ino);
+                let n = groups.len() as u32;
+                let slot = groups.entry(id).or_insert((n, 0));
+                slot.1 += 1;
+                if slot.1 == 1 {
+                    first_seen.push(id);
                 }
             }
         }
         // Number groups in order of first appearance; inodes seen once in the closure are no group at all.
         let mut numbering = HashMap::new();
-        for &(pi, ei) in &first_seen {
-            let id = paths[pi].entries[ei].host_inode.expect("recorded above");
+        for id in first_seen {
             if groups[&id].1 > 1 {
                 let next = numbering.len() as u32;
                 numbering.insert(id, next);
@@ -218,8 +228,11 @@ impl Inventory {
             totals.counts.dirs += c.dirs;
             totals.counts.symlinks += c.symlinks;
             totals.counts.bytes += c.bytes;
-            for e in &mut p.entries {
-                e.link_group = e.host_inode.and_then(|id| numbering.get(&id).copied());
+            for &(ei, dev, ino) in &p.host_inodes {
+                p.entries[ei as usize].link_group = numbering.get(&(dev, ino)).copied();
+            }
+            p.host_inodes = Vec::new();
+            for e in &p.entries {
                 let size = match e.kind {
                     Kind::File { size, .. } => size,
                     _ => 0,

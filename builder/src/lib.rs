@@ -9,6 +9,7 @@ pub mod boot;
 pub mod build;
 pub mod cli;
 pub mod closure;
+pub mod copy;
 pub mod disk;
 pub mod dry_run;
 pub mod emit;

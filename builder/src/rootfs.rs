@@ -31,7 +31,8 @@ fn canonical(kind: &Kind) -> Meta {
 pub type StoreTree = (Tree, Vec<Vec<NodeId>>);
 
 /// Builds the tree: `/`, `/nix`, `/nix/store` and every store path of the inventory under it. Directories
-/// the image adds itself get `timestamp` as their time.
+/// the image adds itself get `timestamp` as their time. Store files are [`Source::Caller`]: the data pass
+/// copies them (see [`crate::copy`]), so the tree holds no path per file.
 pub fn store_tree(store: &StoreDir, inv: &Inventory, timestamp: i64) -> Result<StoreTree> {
     let own = |perm, gid| Meta { perm, uid: 0, gid, mtime: timestamp };
     let mut tree = Tree::new(own(0o755, 0));
@@ -67,7 +68,7 @@ pub fn store_tree(store: &StoreDir, inv: &Inventory, timestamp: i64) -> Result<S
                     node
                 }
                 Kind::File { size, .. } => tree
-                    .file(parent, name, meta, *size, Source::Host(physical()))
+                    .file(parent, name, meta, *size, Source::Caller)
                     .with_context(|| format!("{}", physical().display()))?,
                 Kind::Symlink { target } => tree
                     .symlink(parent, name, meta, target.as_os_str().as_bytes())

@@ -361,97 +361,153 @@ pub fn hash_string(hash: &[u8; 32]) -> String {
     format!("sha256:{}", nix32::encode(hash))
 }
 
-/// Serialises one store path into `writer`, reading its files from `root` (its physical location).
-pub fn write_path<S: NarSink>(root: &Path, inv: &PathInventory, writer: &mut NarWriter<S>) -> Result<()> {
-    write_path_tee(root, inv, writer, |_, _, _| Ok(()))
+/// Where the file data a NAR serialisation reads goes: a caller that copies the files in the same pass (the
+/// image's data pass) hands out the buffers that the files are read into, and is told what was read into them.
+pub trait Tee {
+    /// A buffer of 1 to `max` bytes for the next read of entry `entry`'s data at byte `offset`. A read may
+    /// fill less; what it filled is passed to [`filled`](Self::filled) before the next call. `max` may exceed
+    /// what is left of the file by one byte (a read past the end proves the file did not grow).
+    fn buffer(&mut self, entry: usize, offset: u64, max: usize) -> Result<&mut [u8]>;
+    /// The first `n` bytes of the last buffer hold the data just read (already hashed).
+    fn filled(&mut self, n: usize) -> Result<()>;
 }
 
-/// As [`write_path`], also handing every chunk of file data it reads to `tee(entry index, offset, bytes)`, so
-/// a caller can copy the files in the same pass (holes are not read and not handed over: they are zeros).
+/// A [`Tee`] that only reads: one buffer, reused.
+struct ReadOnly<'b>(&'b mut Vec<u8>);
+
+impl Tee for ReadOnly<'_> {
+    fn buffer(&mut self, _: usize, _: u64, max: usize) -> Result<&mut [u8]> {
+        if self.0.len() < CHUNK {
+            self.0.resize(CHUNK, 0);
+        }
+        Ok(&mut self.0[..max.min(CHUNK)])
+    }
+
+    fn filled(&mut self, _: usize) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Serialises one store path into `writer`, reading its files from `root` (its physical location).
+pub fn write_path<S: NarSink>(root: &Path, inv: &PathInventory, writer: &mut NarWriter<S>) -> Result<()> {
+    BUF.with_borrow_mut(|buf| write_path_tee(root, inv, writer, &mut ReadOnly(buf)))
+}
+
+/// As [`write_path`], reading every chunk of file data into the buffers `tee` hands out, so a caller can copy
+/// the files in the same pass (holes are not read and not handed over: they are zeros).
+///
+/// Each file costs an `openat` relative to the store path, its reads and a `close`: the inventory's size and
+/// sparseness stand in for a `fstat`, and the last read asks for one byte more than is left, so a file that
+/// changed since the inventory (grew or shrank) is an error.
 pub fn write_path_tee<S: NarSink>(
     root: &Path,
     inv: &PathInventory,
     writer: &mut NarWriter<S>,
-    mut tee: impl FnMut(usize, u64, &[u8]) -> Result<()>,
+    tee: &mut dyn Tee,
 ) -> Result<()> {
     let files = StoreFiles::new(root)?;
     for (i, e) in inv.entries.iter().enumerate() {
-        let physical = if e.rel.as_os_str().is_empty() { root.to_path_buf() } else { root.join(&e.rel) };
-        writer.entry(&e.rel, &e.kind).with_context(|| format!("{}: NAR serialisation", physical.display()))?;
-        if let Kind::File { size, .. } = e.kind {
-            feed_file(writer, &files, &e.rel, size, &mut |offset, bytes| tee(i, offset, bytes))
-                .with_context(|| format!("{}: reading its contents", physical.display()))?;
+        let physical = || if e.rel.as_os_str().is_empty() { root.to_path_buf() } else { root.join(&e.rel) };
+        writer.entry(&e.rel, &e.kind).with_context(|| format!("{}: NAR serialisation", physical().display()))?;
+        if let Kind::File { size, sparse, .. } = e.kind {
+            files
+                .open(&e.rel)
+                .and_then(|file| feed_file(writer, &file, size, sparse, &mut Entry { index: i, tee }))
+                .with_context(|| format!("{}: reading its contents", physical().display()))?;
         }
     }
     Ok(())
 }
 
-/// Reads one regular file of `size` bytes, `rel` in `files`, into `writer` (whose current entry it is) and ends
-/// it. Holes are not read: they are fed as zeros. The file must keep the size the inventory gave it: one that
-/// changed before, while or after being read is an error, never a silently different copy.
+/// A [`Tee`] and the entry being read.
+struct Entry<'t> {
+    index: usize,
+    tee: &'t mut dyn Tee,
+}
+
+/// Reads one regular file of `size` bytes into `writer` (whose current entry it is) and ends it. Holes are not
+/// read: they are fed as zeros.
 fn feed_file<S: NarSink>(
     writer: &mut NarWriter<S>,
-    files: &StoreFiles,
-    rel: &Path,
+    file: &File,
     size: u64,
-    tee: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+    sparse: bool,
+    tee: &mut Entry<'_>,
 ) -> Result<()> {
-    let file = files.open(rel)?;
-    let meta = file.metadata().context("cannot stat")?;
-    if meta.len() != size {
+    // Fewer allocated blocks than the length means holes (or inline data): ask where the data is.
+    let meta = if sparse { Some(file.metadata().context("cannot stat")?) } else { None };
+    if let Some(meta) = &meta
+        && meta.len() != size
+    {
         bail!("changed since the inventory: {size} bytes then, {} now", meta.len());
     }
-    BUF.with_borrow_mut(|buf| -> Result<()> {
-        if buf.len() < CHUNK {
-            buf.resize(CHUNK, 0);
-        }
-        // Fewer allocated blocks than the length means holes (or inline data): ask where the data is.
-        if meta.blocks() * 512 < size {
-            let mut pos = 0;
-            for range in DataRanges::new(&file).context("cannot find its data ranges")? {
-                let range = range.context("cannot find its data ranges")?;
-                let end = range.end.min(size);
-                if range.start >= end {
-                    continue;
-                }
-                writer.file_zeros(range.start - pos)?;
-                read_into(writer, &file, buf, range.start..end, tee)?;
-                pos = end;
+    if let Some(meta) = meta.filter(|m| m.blocks() * 512 < size) {
+        let mut pos = 0;
+        for range in DataRanges::new(file).context("cannot find its data ranges")? {
+            let range = range.context("cannot find its data ranges")?;
+            let end = range.end.min(size);
+            if range.start >= end {
+                continue;
             }
-            writer.file_zeros(size - pos)?;
-        } else {
-            read_into(writer, &file, buf, 0..size, tee)?;
+            writer.file_zeros(range.start - pos)?;
+            read_into(writer, file, size, range.start..end, false, tee)?;
+            pos = end;
         }
-        Ok(())
-    })?;
-    writer.end_file()?;
-    // A file that grew while it was read is caught here (one that shrank, while reading).
-    let after = file.metadata().context("cannot stat")?.len();
-    if after != size {
-        bail!("changed while being read: {size} bytes then, {after} now");
+        writer.file_zeros(size - pos)?;
+        writer.end_file()?;
+        // A file that grew while it was read is caught here (one that shrank, while reading).
+        let after = file.metadata().context("cannot stat")?.len();
+        if after != meta.len() {
+            bail!("changed while being read: {size} bytes then, {after} now");
+        }
+        return Ok(());
     }
+    read_into(writer, file, size, 0..size, true, tee)?;
+    writer.end_file()?;
     Ok(())
 }
 
+/// Reads `range` of a file of `size` bytes. With `to_end` (`range` ends at `size`), proves the file ends
+/// there: the last read asks for a byte more, or one more read finds nothing.
 fn read_into<S: NarSink>(
     writer: &mut NarWriter<S>,
     file: &File,
-    buf: &mut [u8],
+    size: u64,
     range: std::ops::Range<u64>,
-    tee: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+    to_end: bool,
+    tee: &mut Entry<'_>,
 ) -> Result<()> {
+    let changed =
+        |now: &dyn std::fmt::Display| anyhow::anyhow!("changed since the inventory: {size} bytes then, {now} now");
     let mut pos = range.start;
+    let mut at_end = !to_end;
     while pos < range.end {
-        let want = (range.end - pos).min(buf.len() as u64) as usize;
-        match file.read_at(&mut buf[..want], pos) {
-            Ok(0) => bail!("shrank to {pos} bytes while being read"),
+        let left = range.end - pos;
+        let max = if to_end && left < CHUNK as u64 { left as usize + 1 } else { left.min(CHUNK as u64) as usize };
+        let buf = tee.tee.buffer(tee.index, pos, max)?;
+        let want = buf.len() as u64;
+        match file.read_at(buf, pos) {
+            Ok(0) => return Err(changed(&pos)),
+            Ok(n) if n as u64 > left => return Err(changed(&"more")),
             Ok(n) => {
                 writer.file_chunk(&buf[..n])?;
-                tee(pos, &buf[..n])?;
+                at_end |= want > left && n as u64 == left;
+                tee.tee.filled(n)?;
                 pos += n as u64;
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e).with_context(|| format!("cannot read at offset {pos}")),
+        }
+    }
+    if !at_end {
+        let mut probe = [0u8; 1];
+        loop {
+            match file.read_at(&mut probe, range.end) {
+                Ok(0) => break,
+                Ok(_) => return Err(changed(&"more")),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e).with_context(|| format!("cannot read at offset {}", range.end)),
+            }
         }
     }
     Ok(())

@@ -187,6 +187,12 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// A file whose data the caller was to write ([`Source::Caller`]) left to the writer.
+    #[error("node {node}: its data is written by the caller, not from the tree")]
+    NotWritten {
+        /// The file.
+        node: NodeId,
+    },
     /// Writing the image failed.
     #[error("writing {what} at image offset {offset}: {source}")]
     Write {

@@ -29,6 +29,11 @@ pub enum Source {
     Host(PathBuf),
     /// Bytes in memory.
     Bytes(Arc<[u8]>),
+    /// Written by the caller through [`Plan::file_writer`](super::Plan::file_writer) (for example copied and
+    /// hashed in one pass, reading files it already knows), costing no memory per file here.
+    /// [`Plan::write`](super::Plan::write) fails on such a file with data, and so does
+    /// [`Plan::write_files`](super::Plan::write_files) unless its `skip` claims it.
+    Caller,
 }
 
 /// One node.

@@ -117,19 +117,23 @@ impl Plan {
         set_bits(&mut ib, 0..used);
         set_bits(&mut ib, ipg..BLOCK * 8);
         write(sink, &ib, base + gp.inode_bitmap * BLOCK, "inode bitmap")?;
-        // Inode table: only the blocks holding used inodes.
-        if used > 0 {
-            let first_ino = g * ipg + 1;
-            let bytes = (used * 256).next_multiple_of(BLOCK) as usize;
-            let mut table = vec![0u8; bytes];
-            for i in 0..used {
-                let ino = first_ino + i;
+        // Inode table: only the blocks holding used inodes, a piece at a time (a whole group's table would be
+        // megabytes held while the data pass runs beside it).
+        const PIECE: u64 = 512; // inodes: 128 KiB
+        let first_ino = g * ipg + 1;
+        let mut table = Vec::new();
+        for piece in (0..used).step_by(PIECE as usize) {
+            let n = PIECE.min(used - piece);
+            table.clear();
+            table.resize((n * 256).next_multiple_of(BLOCK) as usize, 0);
+            for i in 0..n {
+                let ino = first_ino + piece + i;
                 if let Some(Some(rec)) = self.inodes.get(ino as usize - 1) {
                     let raw = rec.to_bytes(inode_seed(seed, ino as u32, 0));
                     table[(i * 256) as usize..(i * 256 + 256) as usize].copy_from_slice(&raw);
                 }
             }
-            write(sink, &table, base + gp.inode_table * BLOCK, "inode table")?;
+            write(sink, &table, base + gp.inode_table * BLOCK + piece * 256, "inode table")?;
         }
         let bcsum = crc32c(seed, &bb);
         let icsum = crc32c(seed, &ib[..(ipg / 8) as usize]);
@@ -170,6 +174,25 @@ impl FileWriter<'_> {
     #[must_use]
     pub fn size(&self) -> u64 {
         self.job.size
+    }
+
+    /// Where byte `offset` of the file lies in the sink (including the `base` given to
+    /// [`Plan::file_writer`]), and how many bytes from there on are contiguous in the sink: to the end of its
+    /// run of blocks, so the last run's count includes the slack after the file's end in its last block.
+    /// `None` at or beyond the end of the planned blocks. Lets a caller gather the data of files that lie
+    /// next to each other into one large write.
+    #[must_use]
+    pub fn locate(&self, offset: u64) -> Option<(u64, u64)> {
+        let mut logical = 0u64;
+        for run in &self.job.runs {
+            let len = (run.end - run.start) * BLOCK;
+            if offset < logical + len {
+                let within = offset - logical;
+                return Some((self.base + run.start * BLOCK + within, len - within));
+            }
+            logical += len;
+        }
+        None
     }
 
     /// Writes `bytes` at byte `offset` of the file (within its planned size).
@@ -218,6 +241,7 @@ fn copy_file(tree: &Tree, job: &DataJob, sink: &dyn WriteAt, base: u64) -> Resul
             }
             Ok(())
         }
+        Source::Caller => Err(Error::NotWritten { node: job.node }),
         Source::Host(path) => {
             let read_err = |offset: u64, source: std::io::Error| Error::Read { path: path.clone(), offset, source };
             let file = File::open(path).map_err(|e| read_err(0, e))?;
@@ -270,5 +294,31 @@ fn copy_file(tree: &Tree, job: &DataJob, sink: &dyn WriteAt, base: u64) -> Resul
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Meta, Options, Size, Source, Tree, plan};
+    use super::*;
+
+    #[test]
+    fn caller_files_are_located_and_left_to_the_caller() {
+        let meta = Meta { perm: 0o444, uid: 0, gid: 0, mtime: 1 };
+        let mut tree = Tree::new(meta);
+        let big = tree.file(0, b"big", meta, 3 * BLOCK + 5, Source::Caller).unwrap();
+        let mut opts = Options::new(b"t", [1; 16], [2; 16], 1);
+        opts.size = Size::Fixed { bytes: 64 << 20 };
+        let p = plan(&tree, &opts).unwrap();
+        let sink = tempfile::tempfile().unwrap();
+        sink.set_len(64 << 20).unwrap();
+        assert!(matches!(p.write(&tree, &sink, 0), Err(Error::NotWritten { node }) if node == big));
+        let w = p.file_writer(big, &sink, 7 * BLOCK).unwrap();
+        let (at, contiguous) = w.locate(BLOCK + 3).unwrap();
+        let run = &p.data[p.job_of(big).unwrap()].runs[0];
+        assert_eq!((at, contiguous), ((7 + run.start + 1) * BLOCK + 3, 4 * BLOCK - BLOCK - 3));
+        assert_eq!(w.locate(4 * BLOCK), None);
+        // Skipped by write_files when claimed: the rest is written.
+        p.write_files(&tree, &sink, 0, &|_| true).unwrap();
     }
 }

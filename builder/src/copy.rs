@@ -1,0 +1,224 @@
+//! The image's data pass: every store path's files read once, in NAR order, hashed and copied into the image
+//! from the same buffers.
+//!
+//! Store paths go to worker threads largest first, each worker taking the next path when it is done (so the
+//! largest paths start first and the small ones fill in at the end). Within a path, the files that lie next to
+//! each other in the image (files are planned in NAR order) are read into one buffer and written with one
+//! positioned write; all-zero chunks are not written (the image reads as zeros there already).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use anyhow::{Context, Result};
+use kiln_formats::ext4::{self, BLOCK};
+use rayon::prelude::*;
+
+use crate::closure::NarInfo;
+use crate::dry_run::Resolved;
+use crate::progress::Meter;
+
+/// Bytes gathered before a write (and the largest read).
+const CHUNK: usize = 512 << 10;
+/// A buffer with less room than this left is written out before the next read.
+const MIN_ROOM: usize = 64 << 10;
+
+/// Copies the closure's file data into the image, one store path at a time in NAR order (paths in parallel,
+/// largest first), hashing what it copies from the same reads; checks each narHash against the registered one
+/// when `verify` and one is registered, and always against the one the hash phase took for the paths marked in
+/// `self_hashed` (inventory order: the image's database records that hash, so a store path that changed in
+/// between must fail the build). A file hard-linked from several paths is written once and hashed for each.
+/// Returns every path's NAR hash and size, in inventory order, and which data jobs it wrote.
+#[allow(clippy::too_many_arguments)]
+pub fn copy_and_hash(
+    r: &Resolved,
+    nodes: &[Vec<ext4::NodeId>],
+    plan: &ext4::Plan,
+    sink: &File,
+    base: u64,
+    verify: bool,
+    self_hashed: &[bool],
+    meter: &Meter<'_>,
+) -> Result<(Vec<NarInfo>, Vec<AtomicBool>)> {
+    let claimed: Vec<AtomicBool> = (0..plan.data.len()).map(|_| AtomicBool::new(false)).collect();
+    let paths = &r.inventory.paths;
+    let mut order: Vec<(u64, usize)> = paths.iter().enumerate().map(|(i, p)| (p.counts().bytes, i)).collect();
+    order.sort_unstable_by(|a, b| b.cmp(a));
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let workers = rayon::current_num_threads().min(order.len()).max(1);
+    let per_worker = (0..workers)
+        .into_par_iter()
+        .with_max_len(1)
+        .map(|_| -> Result<Vec<(usize, NarInfo)>> {
+            let mut tee = ImageTee {
+                plan,
+                sink,
+                base,
+                claimed: &claimed,
+                meter,
+                nodes: &[],
+                current: None,
+                buf: vec![0; CHUNK],
+                fill: 0,
+                at: 0,
+                pending: None,
+            };
+            let mut done = Vec::new();
+            while !failed.load(Ordering::Relaxed) {
+                let Some(&(_, pi)) = order.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
+                let mut one = || -> Result<NarInfo> {
+                    let p = &paths[pi];
+                    tee.start(&nodes[pi]);
+                    let mut hasher = crate::nar::NarHasher::new();
+                    crate::nar::write_path_tee(&r.store.physical(&p.path), p, &mut hasher, &mut tee)?;
+                    tee.flush()?;
+                    let got = hasher.finish().with_context(|| format!("{}: NAR serialisation", p.path))?;
+                    match r.closure.paths[&p.path].nar {
+                        // The database in the image records the hash taken before: the copy must be what was
+                        // hashed.
+                        Some(before) if self_hashed[pi] && before != got => anyhow::bail!(
+                            "{}: store path {} changed during the build: hashed as narHash {} narSize {}, copied \
+                             as narHash {} narSize {}",
+                            r.store.physical(&p.path).display(),
+                            p.path,
+                            crate::nar::hash_string(&before.hash),
+                            before.size,
+                            crate::nar::hash_string(&got.hash),
+                            got.size
+                        ),
+                        Some(expected) if verify && !self_hashed[pi] => crate::nar::verify(&expected, &got, &p.path)?,
+                        _ => {}
+                    }
+                    Ok(got)
+                };
+                match one() {
+                    Ok(got) => done.push((pi, got)),
+                    Err(e) => {
+                        failed.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(done)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut done: Vec<(usize, NarInfo)> = per_worker.into_iter().flatten().collect();
+    done.sort_unstable_by_key(|&(i, _)| i);
+    assert_eq!(done.len(), paths.len(), "every store path copied once");
+    Ok((done.into_iter().map(|(_, info)| info).collect(), claimed))
+}
+
+/// The buffer last handed out for a file this path writes: where it starts in `buf`, the file offset and
+/// image offset of its first byte, and how many bytes from there are contiguous in the image.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    start: usize,
+    offset: u64,
+    at: u64,
+    contiguous: u64,
+}
+
+/// A [`crate::nar::Tee`] that writes what is read into the image, gathering adjacent files into one write.
+struct ImageTee<'a> {
+    plan: &'a ext4::Plan,
+    sink: &'a File,
+    base: u64,
+    claimed: &'a [AtomicBool],
+    meter: &'a Meter<'a>,
+    /// The tree node of each entry of the current store path.
+    nodes: &'a [ext4::NodeId],
+    /// (entry, writer) of the file being read; the writer is `None` unless this path writes that file.
+    current: Option<(usize, Option<ext4::FileWriter<'a>>)>,
+    buf: Vec<u8>,
+    /// `buf[..fill]` is to be written at image offset `at`.
+    fill: usize,
+    at: u64,
+    pending: Option<Pending>,
+}
+
+impl<'a> ImageTee<'a> {
+    fn start(&mut self, nodes: &'a [ext4::NodeId]) {
+        self.nodes = nodes;
+        self.current = None;
+        self.pending = None;
+    }
+
+    /// Writes what is gathered.
+    fn flush(&mut self) -> Result<()> {
+        if self.fill > 0 {
+            self.sink
+                .write_all_at(&self.buf[..self.fill], self.at)
+                .with_context(|| format!("writing file data at image offset {}", self.at))?;
+            // Start writing these pages back now (asynchronously), so the final fsync finds little left.
+            let len = std::num::NonZeroU64::new(self.fill as u64);
+            let _ = rustix::fs::fadvise(self.sink, self.at, len, rustix::fs::Advice::DontNeed);
+            self.fill = 0;
+        }
+        Ok(())
+    }
+}
+
+impl crate::nar::Tee for ImageTee<'_> {
+    fn buffer(&mut self, entry: usize, offset: u64, max: usize) -> Result<&mut [u8]> {
+        if self.current.as_ref().is_none_or(|(e, _)| *e != entry) {
+            let node = self.nodes[entry];
+            let plan = self.plan;
+            let mine = plan.job_of(node).is_some_and(|j| !self.claimed[j].swap(true, Ordering::Relaxed));
+            self.current = Some((entry, mine.then(|| plan.file_writer(node, self.sink, self.base)).flatten()));
+        }
+        let want = max.min(MIN_ROOM);
+        let located = match &self.current {
+            Some((_, Some(w))) => Some(w.locate(offset).context("read beyond the file's planned blocks")?),
+            _ => None,
+        };
+        let Some((at, contiguous)) = located else {
+            // Not written by this path: read into the room after what is gathered.
+            if CHUNK - self.fill < want {
+                self.flush()?;
+            }
+            self.pending = None;
+            let start = self.fill;
+            return Ok(&mut self.buf[start..start + max.min(CHUNK - start)]);
+        };
+        // Next to what is gathered (in the block after its end, or right at it): gather; else write that first.
+        let end = self.at + self.fill as u64;
+        let pad = if self.fill > 0 && at == end.next_multiple_of(BLOCK) { Some((at - end) as usize) } else { None };
+        let start = match pad {
+            Some(pad) if CHUNK - self.fill - pad >= want => {
+                self.buf[self.fill..self.fill + pad].fill(0);
+                self.fill + pad
+            }
+            _ => {
+                self.flush()?;
+                self.at = at;
+                0
+            }
+        };
+        self.pending = Some(Pending { start, offset, at, contiguous });
+        Ok(&mut self.buf[start..start + max.min(CHUNK - start)])
+    }
+
+    fn filled(&mut self, n: usize) -> Result<()> {
+        let Some(p) = self.pending.take() else { return Ok(()) };
+        self.meter.add(n as u64);
+        let data = &self.buf[p.start..p.start + n];
+        if !data.iter().any(|&b| b != 0) {
+            // Zeros: the image holds them already. What was gathered before them is written on its own.
+            return self.flush();
+        }
+        if n as u64 > p.contiguous {
+            // Runs across a discontinuity of the file's blocks: write what is gathered, then this in pieces.
+            let (_, Some(w)) = self.current.as_ref().expect("a file is being read") else {
+                unreachable!("pending only for files this path writes")
+            };
+            w.write_at(p.offset, &self.buf[p.start..p.start + n]).context("writing file data")?;
+            return self.flush();
+        }
+        if p.start == 0 {
+            self.at = p.at;
+        }
+        self.fill = p.start + n;
+        Ok(())
+    }
+}
