@@ -269,24 +269,24 @@ pub fn write(
     // Side files, each written atomically; the image is renamed last, so no file at its path is ever partial.
     let mut sides = Vec::new();
     let image_name = file_name(&image_target);
-    if let Some(text) = &bmap {
-        let path = bmap_path(target);
-        sides.push((path, text.clone().into_bytes()));
+    if let Some(text) = bmap {
+        sides.push((bmap_path(target), text.into_bytes()));
     }
     if bundle {
+        let file = absolute(&image_target)?;
         let info = serde_json::json!({
             "label": label,
             "boot_mode": facts.boot_mode,
             "system": facts.system,
             "logical_bytes": vsize.to_string(),
             "format": "vpc",
-            "file": absolute(&image_target)?,
-            "disks": { "root": { "logical_bytes": vsize.to_string(), "file": absolute(&image_target)? } },
+            "file": file,
+            "disks": { "root": { "logical_bytes": vsize.to_string(), "file": file } },
         });
         let d = dir.as_ref().expect("bundle");
         let support = d.path().join("nix-support");
         std::fs::create_dir(&support).with_context(|| format!("creating {}", support.display()))?;
-        let products = format!("file vpc {}\n", absolute(&image_target)?.display());
+        let products = format!("file vpc {}\n", file.display());
         sides.push((support.join("image-info.json"), format!("{info:#}\n").into_bytes()));
         sides.push((support.join("hydra-build-products"), products.into_bytes()));
     }

@@ -62,9 +62,7 @@ fn efi_boots_under_ovmf_and_its_esp_is_clean() {
     // mtools, independently, sees systemd-boot where firmware looks for it, and the entry.
     let esp = format!("{}@@{}", img.display(), parts[0].0);
     let env = [("MTOOLS_SKIP_CHECK", "1")];
-    let listing =
-        tools::run_ok(Command::new(tools::require("mdir", "mtools")).envs(env).args(["-/", "-b", "-i", &esp, "::/"]));
-    let listing = String::from_utf8_lossy(&listing.stdout).to_lowercase();
+    let listing = mdir_listing(&img, parts[0].0);
     for want in [
         "efi/boot/bootx64.efi",
         "efi/systemd/systemd-bootx64.efi",
@@ -175,11 +173,7 @@ fn a_specialisation_can_be_the_default_entry() {
 fn two_builds_are_the_same_bytes() {
     let (_a, one) = build_demo_disk("hybrid", &[]);
     let (_b, two) = build_demo_disk("hybrid", &["--threads", "1"]);
-    let sum = |p: &Path| {
-        let out = tools::run_ok(Command::new(tools::require("sha256sum", "coreutils")).arg(p));
-        String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_owned()
-    };
-    assert_eq!(sum(&one), sum(&two));
+    assert_eq!(crate::util::sha256(&one), crate::util::sha256(&two));
 }
 
 #[test]

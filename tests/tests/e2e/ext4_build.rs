@@ -8,7 +8,7 @@ use std::process::Command;
 use kiln_tests::ext4::{Expect, compare_tree, e2fsck_clean, ext4_view_compare, features, superblock_field};
 use kiln_tests::{fixtures, tools};
 
-use crate::util::{Run, kiln, store_of};
+use crate::util::{Run, kiln, sha256, store_of};
 
 const CANONICAL: Expect = Expect::Canonical { uid: 0, gid: 0, mtime: 1 };
 
@@ -28,11 +28,6 @@ fn build(fixture: &Path, store: &Path, out: &Path, extra: &[&str]) -> Run {
     ]);
     args.extend(extra.iter().map(OsStr::new));
     kiln(args)
-}
-
-fn sha256(path: &Path) -> String {
-    let out = tools::run_ok(Command::new(tools::require("sha256sum", "coreutils")).arg(path));
-    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_owned()
 }
 
 /// Builds, then checks with e2fsck and both readers that `/nix/store` holds exactly the store directory.

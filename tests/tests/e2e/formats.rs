@@ -12,7 +12,7 @@ use kiln_tests::{fixtures, tools};
 
 use std::ffi::OsString;
 
-use crate::util::{kiln, store_of};
+use crate::util::{kiln, sha256, store_of};
 
 /// Builds the demo system as an efi disk into `dir/name` (the extension picks the format) with `extra` flags,
 /// with the same seed every time, so every format holds the same disk.
@@ -27,11 +27,6 @@ fn build(dir: &Path, name: &str, extra: &[&str]) -> (String, PathBuf) {
     args.extend(extra.iter().map(OsString::from));
     let stdout = kiln(args).ok();
     (stdout, out)
-}
-
-fn sha256(path: &Path) -> String {
-    let out = tools::run_ok(Command::new("sha256sum").arg(path));
-    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_owned()
 }
 
 fn qemu_info(image: &Path, format: &str) -> serde_json::Value {

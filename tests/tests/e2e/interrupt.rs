@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use kiln_tests::fixtures;
 
-use crate::util::{kiln_cmd, store_of};
+use crate::util::{kiln_cmd, sha256, store_of};
 
 /// `kiln build` of the demo closure as an efi disk into `out`.
 fn build_args(out: &Path) -> Vec<OsString> {
@@ -22,12 +22,6 @@ fn build_args(out: &Path) -> Vec<OsString> {
 
 fn spawn(out: &Path) -> Child {
     kiln_cmd().args(build_args(out)).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawning kiln")
-}
-
-fn sha256(path: &Path) -> String {
-    let out = std::process::Command::new("sha256sum").arg(path).output().expect("sha256sum");
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_owned()
 }
 
 /// Entries of `dir` other than `keep`.

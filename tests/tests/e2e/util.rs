@@ -74,6 +74,12 @@ pub fn dry_run_json(args: &[&OsStr]) -> serde_json::Value {
     last["report"].clone()
 }
 
+/// The sha256 of a file, from coreutils' `sha256sum` (an implementation independent of kiln's).
+pub fn sha256(path: &Path) -> String {
+    let out = kiln_tests::tools::run_ok(Command::new(kiln_tests::tools::require("sha256sum", "coreutils")).arg(path));
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_owned()
+}
+
 /// `--store-dir` for a fixture whose store is `<dir>/nix/store`.
 pub fn store_of(dir: &Path) -> PathBuf {
     dir.join("nix/store")
