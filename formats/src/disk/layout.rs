@@ -317,16 +317,7 @@ mod tests {
     use super::*;
     use crate::disk::{DiskSize, MIB, PartitionRequest, PartitionSize};
 
-    fn guid(n: u8) -> Guid {
-        Guid::v4_from_bytes([n; 16])
-    }
-
-    fn req(name: &str, type_guid: Guid, n: u8, size: PartitionSize) -> PartitionRequest {
-        PartitionRequest { name: name.to_owned(), type_guid, guid: guid(n), attributes: GptAttributes::NONE, size }
-    }
-
-    const GPT: PartitionTable =
-        PartitionTable::Gpt { disk_guid: Guid::from_u128(0x1234_5678_9ABC_4DEF_8123_4567_89AB_CDEF) };
+    use crate::disk::testing::{GPT, guid, req};
 
     #[test]
     fn new_checks_extents() {

@@ -16,6 +16,8 @@ mod guid;
 mod layout;
 mod mbr;
 mod sequential;
+#[cfg(test)]
+mod testing;
 mod units;
 mod write;
 
