@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use kiln_formats::ext4::{self, Options, Size};
 use serde::Serialize;
 
+use crate::boot::grub;
 use crate::cli::{Layout, SizeSpec};
 use crate::disk;
 use crate::dry_run::{self, Report, Request, human_bytes};
@@ -254,8 +255,8 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
             };
             rootfs::add_nix_state(&mut tree, state, timestamp)?;
             if boots.uefi || boots.bios {
-                let console = disk::GrubConsole::from_profile(req.base.profile.as_ref().map(|p| &p.grub));
-                let cfg = boots.bios.then(|| disk::grub_cfg(&entries, default, 1, &console));
+                let console = grub::GrubConsole::from_profile(req.base.profile.as_ref().map(|p| &p.grub));
+                let cfg = if boots.bios { Some(grub::config(&entries, default, 1, &console)?) } else { None };
                 rootfs::add_boot_dir(&mut tree, cfg, timestamp)?;
             }
             let root_label = custom_label(custom, crate::profile::Role::Root).map_or(ROOT_LABEL, str::as_bytes);

@@ -1,6 +1,7 @@
 //! Boot entries: one per generation and per specialisation, named and laid out as NixOS's own bootloader
 //! builders do, so a later `nixos-rebuild switch` on the booted machine manages them.
 
+pub mod grub;
 pub mod systemd_boot;
 
 use anyhow::{Context, Result};

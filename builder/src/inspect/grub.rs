@@ -52,7 +52,8 @@ pub struct GrubEntry {
     pub title: String,
     /// The kernel of its `linux` line.
     pub linux: Option<String>,
-    /// The rest of its `linux` line: the kernel command line.
+    /// The kernel command line its `linux` line passes: the words after the kernel, joined as GRUB joins them
+    /// (without the `BOOT_IMAGE=` GRUB puts first).
     pub options: Option<String>,
     /// The files of its `initrd` line.
     pub initrd: Vec<String>,
@@ -137,9 +138,8 @@ pub(crate) fn parse_config(text: &str, partition: Option<u32>, path: &str) -> Gr
             Some("linux" | "linux16" | "linuxefi") if current.is_some() => {
                 let e = current.as_mut().expect("checked");
                 e.linux = words.get(1).cloned();
-                let rest = line.split_once(|c: char| c.is_ascii_whitespace()).map_or("", |r| r.1).trim_start();
-                let options = rest.split_once(|c: char| c.is_ascii_whitespace()).map_or("", |r| r.1).trim();
-                e.options = Some(options.to_owned());
+                // What GRUB's linux command hands the kernel (after its own BOOT_IMAGE=).
+                e.options = Some(crate::boot::grub::loader_cmdline(words.get(2..).unwrap_or_default()));
             }
             Some("initrd" | "initrd16" | "initrdefi") if current.is_some() => {
                 current.as_mut().expect("checked").initrd = words[1..].to_vec();

@@ -2,6 +2,7 @@
 
 mod boot_kiln;
 mod boot_reference;
+mod cmdline_boot;
 mod dry_run;
 mod errors;
 mod ext4_build;
