@@ -11,7 +11,6 @@ use crate::boot::grub;
 use crate::cli::{Layout, SizeSpec};
 use crate::disk;
 use crate::dry_run::{self, Report, Request, human_bytes};
-use crate::output::AtomicOutput;
 use crate::progress::{self, Phase, Progress};
 use crate::rootfs;
 use crate::seed::{Seed, format_uuid};
@@ -57,6 +56,8 @@ pub struct BuildRequest {
     pub emit: crate::emit::Request,
     /// Worker threads (for formats that run their own, such as zstd's).
     pub threads: usize,
+    /// The profile file `--profile` named, if it named a file (an input no output may replace).
+    pub profile_file: Option<PathBuf>,
 }
 
 /// What the image will be.
@@ -183,12 +184,44 @@ struct DiskPlan {
     grub: Option<kiln_formats::grub::Embedding>,
 }
 
+/// Checks every path the build will write (the output and its side files) before anything is read: each can
+/// be written, and none destroys an input.
+fn check_outputs(req: &BuildRequest, target: &std::path::Path) -> Result<()> {
+    let mut inputs = crate::output::Inputs::new();
+    inputs.dir(&req.base.store_dir, "store directory");
+    // The host's Nix database, which the closure may be read from (`<prefix>/nix/var/nix/db`).
+    if let Some(prefix) = req.base.store_dir.parent().and_then(std::path::Path::parent) {
+        inputs.dir(&prefix.join("nix/var/nix/db"), "Nix database directory");
+    }
+    if let Some(ci) = &req.base.closure_info {
+        inputs.dir(ci, "closure-info directory");
+        // Its files may have other names (hard links) outside it.
+        for name in ["registration", "store-paths"] {
+            inputs.file(&ci.join(name), "closure-info file");
+        }
+    }
+    inputs.file(&req.base.system, "system (--system)");
+    for p in &req.base.extra_paths {
+        inputs.file(p, "extra path (--extra-path)");
+    }
+    if let Some(g) = &req.grub {
+        inputs.dir(g, "GRUB directory (--grub)");
+    }
+    if let Some(f) = &req.profile_file {
+        inputs.file(f, "profile");
+    }
+    for (path, kind) in req.emit.paths(target) {
+        crate::output::check_target(&path, req.force, kind, &inputs)?;
+    }
+    Ok(())
+}
+
 /// Runs a build (or, without an output, a dry run of one): a bare root filesystem (`--layout none`) or a
 /// whole disk.
 pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Option<crate::emit::Written>)> {
     req.emit.check()?;
     if let Some(target) = &req.output {
-        AtomicOutput::check(target, req.force)?;
+        check_outputs(req, target)?;
     }
     let custom =
         req.base.profile.as_ref().and_then(|p| p.partitions.as_deref()).filter(|_| req.layout == Layout::Custom);

@@ -120,11 +120,12 @@ pub struct BuildArgs {
     #[arg(long)]
     pub bmap: bool,
 
-    /// Also write `SHA256SUMS` beside the output (on by default for bundle formats such as ami).
+    /// Also write the image's sha256 in `sha256sum -c` format: `IMAGE.sha256` beside a file output, `SHA256SUMS`
+    /// inside a bundle (on by default for gce and ami).
     #[arg(long, overrides_with = "no_checksum")]
     pub checksum: bool,
 
-    /// Do not write `SHA256SUMS`.
+    /// Do not write checksums (`IMAGE.sha256`, or a bundle's `SHA256SUMS`).
     #[arg(long, overrides_with = "checksum")]
     pub no_checksum: bool,
 

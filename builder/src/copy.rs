@@ -159,14 +159,32 @@ impl<'a> ImageTee<'a> {
     }
 }
 
-impl crate::nar::Tee for ImageTee<'_> {
-    fn buffer(&mut self, entry: usize, offset: u64, max: usize) -> Result<&mut [u8]> {
+impl<'a> ImageTee<'a> {
+    /// Makes `entry` the file being read: claims its data job unless another path (a hard link) has, and
+    /// returns whether this path writes it.
+    fn select(&mut self, entry: usize) -> bool {
         if self.current.as_ref().is_none_or(|(e, _)| *e != entry) {
             let node = self.nodes[entry];
             let plan = self.plan;
             let mine = plan.job_of(node).is_some_and(|j| !self.claimed[j].swap(true, Ordering::Relaxed));
             self.current = Some((entry, mine.then(|| plan.file_writer(node, self.sink, self.base)).flatten()));
         }
+        matches!(self.current, Some((_, Some(_))))
+    }
+}
+
+impl crate::nar::Tee for ImageTee<'_> {
+    fn hole(&mut self, entry: usize, len: u64) -> Result<()> {
+        // The image reads as zeros there already; the job is claimed all the same (a file that is one hole is
+        // then done), and the bytes count as copied.
+        if self.select(entry) {
+            self.meter.add(len);
+        }
+        Ok(())
+    }
+
+    fn buffer(&mut self, entry: usize, offset: u64, max: usize) -> Result<&mut [u8]> {
+        self.select(entry);
         let want = max.min(MIN_ROOM);
         let located = match &self.current {
             Some((_, Some(w))) => Some(w.locate(offset).context("read beyond the file's planned blocks")?),

@@ -87,6 +87,24 @@ impl Request {
         Ok(())
     }
 
+    /// Every path written at the top level for an output at `target`, the output first, each with its kind:
+    /// the image file (or bundle directory), its block map, its checksums.
+    #[must_use]
+    pub fn paths(&self, target: &Path) -> Vec<(PathBuf, crate::output::OutputKind)> {
+        use crate::output::OutputKind;
+        if self.format == Format::Ami {
+            return vec![(target.to_path_buf(), OutputKind::Dir)];
+        }
+        let mut paths = vec![(target.to_path_buf(), OutputKind::File)];
+        if self.bmap {
+            paths.push((bmap_path(target), OutputKind::File));
+        }
+        if self.writes_checksum() {
+            paths.push((sums_path(target), OutputKind::File));
+        }
+        paths
+    }
+
     /// Whether checksums are written: as asked, else on for bundles (ami, gce).
     #[must_use]
     pub fn writes_checksum(&self) -> bool {
@@ -211,7 +229,21 @@ pub fn write(
     };
     let vsize = container.virtual_size(size);
     let write_phase = |file: &File| -> Result<()> {
-        file.set_len(vsize).context("sizing the image")?;
+        file.set_len(vsize).map_err(|e| {
+            let why = if e.raw_os_error() == Some(27) {
+                format!(
+                    "the filesystem holding {} cannot hold a file that large",
+                    crate::output::dir_of(target).display()
+                )
+            } else {
+                e.to_string()
+            };
+            anyhow::anyhow!(
+                "output {}: cannot make a {vsize}-byte ({}) image file: {why} ({e})",
+                target.display(),
+                crate::dry_run::human_bytes(vsize)
+            )
+        })?;
         progress::phase(progress, Phase::Write, || write_raw(file), |()| format!("{vsize} bytes of disk"))
     };
     // The raw image: the output itself for raw and fixed VHD, else a scratch file beside the output.

@@ -54,7 +54,7 @@ pub fn remove_temporaries_on_signals() -> Result<()> {
 }
 
 /// The directory `target` goes into.
-fn dir_of(target: &Path) -> PathBuf {
+pub(crate) fn dir_of(target: &Path) -> PathBuf {
     match target.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -101,6 +101,104 @@ pub fn explain_no_space(err: anyhow::Error, target: &Path, free_before: Option<u
     )
 }
 
+/// What a build reads, which no output may replace or be written into: directories (the store directory, the
+/// closure-info directory, …) and single files (a profile, …), each with what it is, for the error.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    dirs: Vec<(PathBuf, &'static str)>,
+    files: Vec<(PathBuf, &'static str)>,
+}
+
+impl Inputs {
+    /// No inputs yet.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an input directory: no output may be written inside it, be it, or hold it.
+    pub fn dir(&mut self, path: &Path, what: &'static str) -> &mut Self {
+        self.dirs.push((path.to_path_buf(), what));
+        self
+    }
+
+    /// Adds an input file (a directory is taken whole): no output may be it (by path, or by device and inode).
+    pub fn file(&mut self, path: &Path, what: &'static str) -> &mut Self {
+        if path.is_dir() {
+            self.dirs.push((path.to_path_buf(), what));
+        } else {
+            self.files.push((path.to_path_buf(), what));
+        }
+        self
+    }
+}
+
+/// Whether an output is one file, or a directory of files (a bundle, replaced whole with `--force`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    /// A single file.
+    File,
+    /// A directory the build makes.
+    Dir,
+}
+
+/// `path` made absolute without following a last component that is a symlink (which an output replaces):
+/// the canonical directory it is in, joined with its name.
+fn resolved(path: &Path) -> Option<PathBuf> {
+    let dir = std::fs::canonicalize(dir_of(path)).ok()?;
+    Some(dir.join(path.file_name()?))
+}
+
+/// Checks, before anything is read, that kiln can write `target` (and the side files beside it) and that
+/// doing so destroys none of `inputs`: the name is a file name (no trailing slash), its directory exists and
+/// takes new files (tried by creating and removing one), an existing target is replaced only with `force` and
+/// is never a directory for a file output, and the output neither lies inside an input directory, nor is an
+/// input file (same device and inode), nor holds an input.
+///
+/// # Errors
+/// The first of these that fails, naming the output and, where one is concerned, the input.
+pub fn check_target(target: &Path, force: bool, kind: OutputKind, inputs: &Inputs) -> Result<()> {
+    let shown = target.display();
+    if target.as_os_str().as_encoded_bytes().ends_with(b"/") {
+        bail!("output {shown}: ends with a slash; give the file name to write (such as {shown}disk.img)");
+    }
+    AtomicOutput::place(target, force)?;
+    let dir = dir_of(target);
+    let existing = std::fs::symlink_metadata(target).ok();
+    if kind == OutputKind::File && existing.as_ref().is_some_and(std::fs::Metadata::is_dir) {
+        bail!("output {shown} is a directory; kiln writes a file there (remove it, or give a file name)");
+    }
+    // Whether the directory takes new files (permissions, a read-only or full filesystem), tried for real.
+    tempfile::Builder::new()
+        .prefix(".kiln-probe-")
+        .tempfile_in(&dir)
+        .with_context(|| format!("output {shown}: cannot create files in {}", dir.display()))?;
+    let Some(out) = resolved(target) else { return Ok(()) };
+    for (input, what) in &inputs.dirs {
+        let Ok(input) = std::fs::canonicalize(input) else { continue };
+        if out.starts_with(&input) {
+            bail!("output {shown} is inside the {what} {}, which the build reads: write it elsewhere", input.display());
+        }
+        if kind == OutputKind::Dir && input.starts_with(&out) {
+            bail!("output {shown} holds the {what} {}, which the build reads: write it elsewhere", input.display());
+        }
+    }
+    for (input, what) in &inputs.files {
+        let same_path = std::fs::canonicalize(input).is_ok_and(|i| i == out);
+        let same_inode = match (&existing, std::fs::metadata(input)) {
+            (Some(o), Ok(i)) => {
+                use std::os::unix::fs::MetadataExt;
+                (o.dev(), o.ino()) == (i.dev(), i.ino())
+            }
+            _ => false,
+        };
+        if same_path || same_inode {
+            bail!("output {shown} is the {what} {}, which the build reads: write it elsewhere", input.display());
+        }
+    }
+    Ok(())
+}
+
 /// A temporary output file that becomes `target` on [`AtomicOutput::commit`].
 #[derive(Debug)]
 pub struct AtomicOutput {
@@ -110,12 +208,6 @@ pub struct AtomicOutput {
 }
 
 impl AtomicOutput {
-    /// Checks, before any work, that `target` could be written: its directory exists, and it does not exist
-    /// unless `force`.
-    pub fn check(target: &Path, force: bool) -> Result<()> {
-        Self::place(target, force).map(|_| ())
-    }
-
     fn place(target: &Path, force: bool) -> Result<(PathBuf, String)> {
         let name = target
             .file_name()

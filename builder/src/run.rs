@@ -15,7 +15,18 @@ use crate::render::{Bars, JsonLines, Plain, Timed};
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Build(args) => build(*args),
+        Command::Build(args) => {
+            let json = args.progress == ProgressMode::Json;
+            let built = build(*args);
+            if json && let Err(e) = &built {
+                // Machines reading the JSON lines see the failure too (stderr still has the one-line error).
+                let line =
+                    serde_json::json!({ "v": dry_run::REPORT_VERSION, "type": "error", "message": format!("{e:#}") });
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+            }
+            built
+        }
         Command::Inspect(args) => crate::inspect::command(args),
         Command::Verify(args) => crate::verify::command(args),
         Command::Profiles(args) => crate::profile::command(args),
@@ -44,7 +55,10 @@ fn reject_unsupported(args: &BuildArgs) -> Result<()> {
         }
     }
     if args.layout.is_none() && !args.dry_run {
-        bail!("choose a disk layout: --layout efi, legacy+gpt, legacy, hybrid, or none for a bare root filesystem");
+        bail!(
+            "choose a disk layout: --layout efi, efixbootldr, legacy+gpt, legacy, hybrid, or none for a bare root \
+             filesystem"
+        );
     }
     let image_only = [
         (args.size.is_some(), "--size"),
@@ -66,9 +80,18 @@ fn reject_unsupported(args: &BuildArgs) -> Result<()> {
 
 /// Options describing a part of the image that the chosen layout does not have: refused, so nothing given on
 /// the command line is silently ignored.
-fn reject_misfits(args: &BuildArgs, user_esp_size: bool) -> Result<()> {
+fn reject_misfits(args: &BuildArgs, user: UserGiven) -> Result<()> {
     let Some(layout) = args.layout.filter(|&l| l != crate::cli::Layout::Custom) else { return Ok(()) };
     let boots = crate::disk::Boots::of(layout)?;
+    if layout == crate::cli::Layout::None
+        && let Some(bytes) = user.sector_size
+    {
+        bail!(
+            "--sector-size {bytes} does not fit --layout none: a bare filesystem has no partition table or ESP to \
+             lay out in sectors (its 4 KiB blocks suit disks of either sector size)"
+        );
+    }
+    let user_esp_size = user.esp_size;
     let layout = layout.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default();
     if user_esp_size && !boots.uefi {
         bail!("--esp-size does not fit --layout {layout}, which has no ESP (efi, efixbootldr and hybrid have one)");
@@ -90,6 +113,14 @@ fn reject_misfits(args: &BuildArgs, user_esp_size: bool) -> Result<()> {
     Ok(())
 }
 
+/// Options the user gave on the command line (before a profile filled in the rest): a profile's value that does
+/// not fit the layout is dropped, the user's is refused.
+#[derive(Debug, Clone, Copy)]
+struct UserGiven {
+    esp_size: bool,
+    sector_size: Option<u32>,
+}
+
 /// The time for what the image creates itself: `SOURCE_DATE_EPOCH` when set, else 1 (Nix's store time).
 fn timestamp() -> Result<u32> {
     match std::env::var("SOURCE_DATE_EPOCH") {
@@ -104,8 +135,10 @@ fn build(mut args: BuildArgs) -> Result<()> {
         args.format = args.output.as_deref().and_then(crate::emit::format_of);
     }
     // A profile's ESP size is dropped silently by a layout without an ESP; the user's own is refused.
-    let user_esp_size = args.esp_size.is_some();
+    let user = UserGiven { esp_size: args.esp_size.is_some(), sector_size: args.sector_size };
     let profile = crate::profile::load_and_apply(&mut args)?;
+    // A profile named as a file is an input the output must not replace.
+    let profile_file = args.profile.clone().filter(|p| p.contains('/') || p.ends_with(".toml"));
     let label = profile.as_ref().and_then(|p| p.output.label.clone());
     // A profile's own partition list is the layout (a --layout given by the user has already replaced it).
     if args.layout.is_none() && profile.as_ref().is_some_and(|p| p.partitions.is_some()) {
@@ -126,7 +159,7 @@ fn build(mut args: BuildArgs) -> Result<()> {
         label,
     };
     emit.check()?;
-    reject_misfits(&args, user_esp_size)?;
+    reject_misfits(&args, user)?;
     let threads = args.threads.map_or(0, usize::from);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -166,11 +199,13 @@ fn build(mut args: BuildArgs) -> Result<()> {
             grub: args.grub,
             default_specialisation: args.default_specialisation,
             sector_size: match args.sector_size {
-                Some(4096) => kiln_formats::disk::SectorSize::S4096,
+                // A profile's sector size means nothing to a bare filesystem (the user's is refused above).
+                Some(4096) if layout != crate::cli::Layout::None => kiln_formats::disk::SectorSize::S4096,
                 _ => kiln_formats::disk::SectorSize::S512,
             },
             emit,
             threads: pool.current_num_threads(),
+            profile_file: profile_file.map(std::path::PathBuf::from),
         };
         pool.install(|| build::run(&req, &sink))?
     } else {

@@ -370,6 +370,11 @@ pub trait Tee {
     fn buffer(&mut self, entry: usize, offset: u64, max: usize) -> Result<&mut [u8]>;
     /// The first `n` bytes of the last buffer hold the data just read (already hashed).
     fn filled(&mut self, n: usize) -> Result<()>;
+    /// Entry `entry` has a hole of `len` bytes: zeros that are not read (already hashed).
+    fn hole(&mut self, entry: usize, len: u64) -> Result<()> {
+        let _ = (entry, len);
+        Ok(())
+    }
 }
 
 /// A [`Tee`] that only reads: one buffer, reused.
@@ -449,11 +454,11 @@ fn feed_file<S: NarSink>(
             if range.start >= end {
                 continue;
             }
-            writer.file_zeros(range.start - pos)?;
+            feed_hole(writer, range.start - pos, tee)?;
             read_into(writer, file, size, range.start..end, false, tee)?;
             pos = end;
         }
-        writer.file_zeros(size - pos)?;
+        feed_hole(writer, size - pos, tee)?;
         writer.end_file()?;
         // A file that grew while it was read is caught here (one that shrank, while reading).
         let after = file.metadata().context("cannot stat")?.len();
@@ -464,6 +469,20 @@ fn feed_file<S: NarSink>(
     }
     read_into(writer, file, size, 0..size, true, tee)?;
     writer.end_file()?;
+    Ok(())
+}
+
+/// Feeds a hole of `len` bytes as zeros, telling the tee piece by piece (hashing a large hole takes a while, and
+/// progress counts it).
+fn feed_hole<S: NarSink>(writer: &mut NarWriter<S>, len: u64, tee: &mut Entry<'_>) -> Result<()> {
+    const STEP: u64 = 16 << 20;
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(STEP);
+        writer.file_zeros(n)?;
+        tee.tee.hole(tee.index, n)?;
+        left -= n;
+    }
     Ok(())
 }
 

@@ -456,7 +456,8 @@ fn an_output_directory_the_user_cannot_write_is_named() {
     // The temporary directory belongs to root (mode 0755): user 65534 may read it, not write into it.
     let img = u.tmp.path().join("disk.img");
     let before: Vec<_> = std::fs::read_dir(u.tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    u.kiln(&img).fails_with(&[&format!("creating {}/.disk.img.kiln-", u.tmp.path().display()), "Permission denied"]);
+    let where_ = format!("output {}: cannot create files in {}", img.display(), u.tmp.path().display());
+    u.kiln(&img).fails_with(&[&where_, "Permission denied"]);
     let after: Vec<_> = std::fs::read_dir(u.tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(before, after, "nothing new in the output directory");
 }

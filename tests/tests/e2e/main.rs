@@ -16,6 +16,7 @@ mod interrupt;
 mod nar;
 mod nix_state;
 mod nixdb;
+mod output_paths;
 mod profiles;
 mod progress;
 mod util;
