@@ -8,8 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result, bail};
 use rusqlite::Connection;
@@ -76,7 +74,7 @@ const PAGE_SIZE: u32 = 4096;
 /// must be one of `paths`.
 pub fn database(paths: &BTreeMap<StorePath, PathInfo>, registration_time: i64) -> Result<Vec<u8>> {
     let nars = checked_nars(paths)?;
-    let dir = ScratchDir::new()?;
+    let dir = crate::output::ScratchDir::new("kiln-nixdb-")?;
     let file = dir.path().join("db.sqlite");
     let ctx = || format!("building the Nix database in {}", file.display());
     let mut conn = Connection::open(&file).with_context(ctx)?;
@@ -180,39 +178,6 @@ pub fn registration_text(paths: &BTreeMap<StorePath, PathInfo>) -> Result<String
         }
     }
     Ok(out)
-}
-
-/// A directory of our own under the system temporary directory, removed with its contents when dropped.
-#[derive(Debug)]
-struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    fn new() -> Result<Self> {
-        use std::os::unix::fs::DirBuilderExt;
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let base = std::env::temp_dir();
-        loop {
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let dir = base.join(format!("kiln-nixdb-{}-{n}", std::process::id()));
-            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-                Ok(()) => return Ok(Self(dir)),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => {
-                    return Err(e).with_context(|| format!("creating a temporary directory {}", dir.display()));
-                }
-            }
-        }
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 #[cfg(test)]
@@ -468,7 +433,8 @@ mod tests {
         );
         assert_eq!(text, want);
         // And kiln's closureInfo reader reads it back (the deriver line is always empty in closureInfo).
-        let mut back = crate::closure::closure_info::parse_registration(&text, Path::new("registration")).unwrap();
+        let mut back =
+            crate::closure::closure_info::parse_registration(&text, std::path::Path::new("registration")).unwrap();
         back.get_mut(&sp(C)).unwrap().deriver = Some(sp(DRV));
         assert_eq!(back, closure());
         assert_eq!(registration_text(&BTreeMap::new()).unwrap(), "");

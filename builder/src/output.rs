@@ -53,6 +53,44 @@ pub fn remove_temporaries_on_signals() -> Result<()> {
     Ok(())
 }
 
+/// A private directory under `$TMPDIR` for intermediate files: a random name, created exclusively with mode
+/// 0700 (nothing planted there beforehand is used or followed), registered with the signal handler, and removed
+/// with its contents when dropped.
+#[derive(Debug)]
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    /// Creates one whose name starts with `prefix`.
+    ///
+    /// # Errors
+    /// If the directory cannot be created.
+    pub fn new(prefix: &str) -> Result<Self> {
+        let base = std::env::temp_dir();
+        // Created and registered under the signal handler's lock, as AtomicOutput's file.
+        let mut temps = temporaries();
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(&base)
+            .with_context(|| format!("creating a private temporary directory in {}", base.display()))?
+            .keep();
+        temps.push(dir.clone());
+        Ok(Self(dir))
+    }
+
+    /// The directory.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        unregister_temporary(&self.0);
+    }
+}
+
 /// The directory `target` goes into.
 pub(crate) fn dir_of(target: &Path) -> PathBuf {
     match target.parent() {
