@@ -255,7 +255,7 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
             rootfs::add_nix_state(&mut tree, state, timestamp)?;
             if boots.uefi || boots.bios {
                 let console = disk::GrubConsole::from_profile(req.base.profile.as_ref().map(|p| &p.grub));
-                let cfg = boots.bios.then(|| disk::grub_cfg(&entries, default, 1, &console));
+                let cfg = boots.bios.then(|| disk::grub_cfg(&entries, default, crate::boot::MENU_TIMEOUT, &console));
                 rootfs::add_boot_dir(&mut tree, cfg, timestamp)?;
             }
             let root_label = custom_label(custom, crate::profile::Role::Root).map_or(ROOT_LABEL, str::as_bytes);
