@@ -1,15 +1,18 @@
-//! Finding the root filesystem in an image: a bare ext4 filesystem at byte 0, a GPT partition (512- or 4096-byte
-//! sectors) of a Linux root or data type or with the label `nixos`, or an MBR partition of type 0x83.
+//! What an image is laid out as: a bare ext4 filesystem at byte 0, a GPT (512- or 4096-byte sectors) or an MBR,
+//! with every partition's byte range (which may run past the end of a truncated image); and which partition
+//! holds the root filesystem: of a Linux root or data type or labelled `nixos` on GPT, of type 0x83 on MBR.
+//! A file that is none of these is named when it is a container or compressed stream kiln writes (qcow2, VHD,
+//! VHDX, VMDK, zstd, gzip), so the error says what to convert it with.
 
 use std::fmt;
-use std::fs::File;
-use std::io;
-use std::os::unix::fs::FileExt;
 
 use anyhow::{Result, bail};
+use kiln_formats::disk::Bytes;
+
+use crate::inspect::disk::Disk;
 
 /// Byte offset of the ext4 superblock from the start of the filesystem.
-const SUPERBLOCK: u64 = 1024;
+pub(crate) const SUPERBLOCK: u64 = 1024;
 /// `s_magic` inside the superblock, and its value.
 const MAGIC_AT: u64 = 0x38;
 const EXT4_MAGIC: u16 = 0xEF53;
@@ -18,38 +21,16 @@ const LABEL_AT: u64 = 0x78;
 /// The label NixOS mounts its root by.
 const ROOT_LABEL: &[u8] = b"nixos";
 
-/// Partition type GUIDs this module knows, as text (as `sgdisk`/`systemd-gpt-auto-generator` spell them), with
-/// how much each one says "this is the root filesystem" (higher wins).
-const TYPES: &[(&str, &str, u8)] = &[
-    ("4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709", "Linux root (x86-64)", 3),
-    ("B921B045-1DF0-41C3-AF44-4C6F280D3FAE", "Linux root (ARM64)", 3),
-    ("0FC63DAF-8483-4772-8E79-3D69D8477DE4", "Linux filesystem data", 1),
+/// Partition type GUIDs this module knows, as text (as `sgdisk`/`systemd-gpt-auto-generator` spell them): what
+/// each is called, its role, and how much it says "this is the root filesystem" (higher wins; 0: not a root).
+const TYPES: &[(&str, &str, Role, u8)] = &[
+    ("4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709", "Linux root (x86-64)", Role::Other, 3),
+    ("B921B045-1DF0-41C3-AF44-4C6F280D3FAE", "Linux root (ARM64)", Role::Other, 3),
+    ("0FC63DAF-8483-4772-8E79-3D69D8477DE4", "Linux filesystem data", Role::Other, 1),
+    ("C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "ESP", Role::Esp, 0),
+    ("BC13C2FF-59E6-4262-A352-B275FD6F7172", "XBOOTLDR", Role::Xbootldr, 0),
+    ("21686148-6449-6E6F-744E-656564454649", "BIOS boot", Role::BiosBoot, 0),
 ];
-
-/// Whatever an image can be read from at byte offsets (a file, or memory in tests).
-pub(crate) trait ReadAt {
-    /// Fills `buf` from byte `offset`; reading past the end is an error.
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
-}
-
-impl ReadAt for File {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        FileExt::read_exact_at(self, buf, offset)
-    }
-}
-
-impl ReadAt for [u8] {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let start = usize::try_from(offset).ok().filter(|&s| s <= self.len());
-        match start.and_then(|s| self.get(s..s + buf.len())) {
-            Some(src) => {
-                buf.copy_from_slice(src);
-                Ok(())
-            }
-            None => Err(io::ErrorKind::UnexpectedEof.into()),
-        }
-    }
-}
 
 /// A logical sector size GPT may be written with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,61 +103,198 @@ impl fmt::Display for Location {
     }
 }
 
-/// The root filesystem: where it starts in the image, and how it was found.
+/// The root filesystem: where it lies in the image, and how it was found.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RootFs {
     /// Byte offset of the filesystem's first byte in the image.
     pub offset: u64,
+    /// Byte offset just past the end of its partition (of the image, for a bare filesystem); it may lie past the
+    /// end of a truncated image.
+    pub end: u64,
     /// How it was found.
     pub location: Location,
 }
 
-/// Finds the root filesystem in `image`; `name` is what errors call the image.
-pub(crate) fn root_fs(image: &(impl ReadAt + ?Sized), name: &str) -> Result<RootFs> {
-    if has_ext4_magic(image, 0) {
-        return Ok(RootFs { offset: 0, location: Location::WholeImage });
+/// What a partition is for, as far as verifying goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// The EFI system partition (GPT type, or MBR type 0xEF).
+    Esp,
+    /// The Boot Loader Specification's extended boot partition.
+    Xbootldr,
+    /// The BIOS boot partition holding GRUB's core.img.
+    BiosBoot,
+    /// Anything else (the root among them).
+    Other,
+}
+
+/// One partition as its table describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Partition {
+    /// Number, from 1.
+    pub number: u32,
+    /// What its type is called, or its type GUID, or `type 0x..` on MBR.
+    pub kind: String,
+    /// What it is for.
+    pub role: Role,
+    /// Byte offset of its first byte.
+    pub start: u64,
+    /// Byte offset just past its last byte (may lie past the end of the image).
+    pub end: u64,
+}
+
+impl fmt::Display for Partition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "partition {} ({})", self.number, self.kind)
     }
-    let mut tried = vec!["no ext4 superblock at offset 0".to_owned()];
+}
+
+/// The partition table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Table {
+    /// None: the image is a filesystem.
+    None,
+    /// A GPT.
+    Gpt {
+        /// Its sector size.
+        sector: SectorSize,
+        /// Byte offset of the backup header the primary names (may lie past the end of the image).
+        backup_header: u64,
+    },
+    /// An MBR (DOS) table.
+    Mbr,
+}
+
+/// How the image is laid out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Layout {
+    /// The table.
+    pub table: Table,
+    /// Its partitions, in table order.
+    pub partitions: Vec<Partition>,
+}
+
+impl Layout {
+    /// The partitions with `role`.
+    pub(crate) fn with_role(&self, role: Role) -> impl Iterator<Item = &Partition> {
+        self.partitions.iter().filter(move |p| p.role == role)
+    }
+}
+
+/// Reads how `disk` is laid out. A corrupt GPT is an error naming what is wrong; a file with no filesystem at
+/// byte 0 and no table is an error saying what it is, when kiln knows.
+pub(crate) fn layout(disk: &Disk) -> Result<Layout> {
+    let name = disk.name();
+    if has_ext4_magic(disk, 0)? {
+        return Ok(Layout { table: Table::None, partitions: Vec::new() });
+    }
     for sector in [SectorSize::S512, SectorSize::S4096] {
-        match gpt_root(image, sector)? {
-            GptResult::Found(fs) => return Ok(fs),
-            GptResult::NoTable => tried.push(format!("no GPT with {}-byte sectors", sector.bytes())),
-            GptResult::NoRoot(why) => bail!("{name}: GPT with {}-byte sectors, but {why}", sector.bytes()),
+        match gpt(disk, sector)? {
+            Gpt::Found(layout) => return Ok(layout),
+            Gpt::NoTable => {}
+            Gpt::Corrupt(why) => bail!("{name}: GPT with {}-byte sectors, but {why}", sector.bytes()),
         }
     }
-    match mbr_root(image)? {
-        Some(fs) => Ok(fs),
-        None => {
-            tried.push("no MBR partition of type 0x83 holding ext4".to_owned());
-            bail!("{name}: no root filesystem found: {}", tried.join(", "))
+    if let Some(layout) = mbr(disk)? {
+        return Ok(layout);
+    }
+    if let Some(what) = container(disk)? {
+        bail!("{name}: {what}");
+    }
+    bail!(
+        "{name}: not a disk image: no ext4 superblock at byte {SUPERBLOCK}, no GPT header at byte 512 or 4096, and no \
+         MBR partition table (55 AA at byte 510)"
+    )
+}
+
+/// Finds the root filesystem of `layout`: the whole image without a table; on GPT the best-ranked type (root
+/// over data), then the `nixos` label, then the lowest number; on MBR the first partition of type 0x83. Only
+/// partitions holding ext4 count.
+pub(crate) fn root_fs(disk: &Disk, layout: &Layout) -> Result<RootFs> {
+    let name = disk.name();
+    let len = disk.len().get();
+    let sector = match layout.table {
+        Table::None => return Ok(RootFs { offset: 0, end: len, location: Location::WholeImage }),
+        Table::Gpt { sector, .. } => Some(sector),
+        Table::Mbr => None,
+    };
+    let mut best: Option<(Rank, RootFs)> = None;
+    let mut seen = Vec::new();
+    for p in &layout.partitions {
+        // A partition whose superblock the image does not reach is chosen by its type alone, so that verify can
+        // say what is missing of it.
+        let cut = p.start.saturating_add(SUPERBLOCK + 1024) > len;
+        if cut {
+            seen.push(format!("{} ({}, past the end of the image)", p.number, p.kind));
+        } else if !has_ext4_magic(disk, p.start)? {
+            seen.push(format!("{} ({}, not ext4)", p.number, p.kind));
+            continue;
+        } else {
+            seen.push(format!("{} ({}, ext4)", p.number, p.kind));
         }
+        let (rank, location) = match sector {
+            Some(sector) => {
+                let type_rank = TYPES.iter().find(|t| t.1 == p.kind).map_or(0, |t| t.3);
+                let labelled = !cut && ext4_label(disk, p.start)? == ROOT_LABEL;
+                let rank: Rank = (type_rank, labelled, std::cmp::Reverse(p.number));
+                if type_rank == 0 && !labelled {
+                    continue;
+                }
+                (rank, Location::Gpt { number: p.number, kind: p.kind.clone(), sector })
+            }
+            None if p.kind == MBR_LINUX => {
+                ((1, false, std::cmp::Reverse(p.number)), Location::Mbr { number: p.number })
+            }
+            None => continue,
+        };
+        if best.as_ref().is_none_or(|(r, _)| rank > *r) {
+            best = Some((rank, RootFs { offset: p.start, end: p.end, location }));
+        }
+    }
+    match (best, sector) {
+        (Some((_, fs)), _) => Ok(fs),
+        (None, _) if seen.is_empty() => bail!("{name}: no root filesystem found: the partition table is empty"),
+        (None, Some(sector)) => bail!(
+            "{name}: GPT with {}-byte sectors, but no partition of a Linux root or data type, or labelled nixos, \
+             holds ext4 (partitions: {})",
+            sector.bytes(),
+            seen.join(", ")
+        ),
+        (None, None) => bail!(
+            "{name}: no root filesystem found: no MBR partition of type 0x83 holds ext4 (partitions: {})",
+            seen.join(", ")
+        ),
     }
 }
 
-fn has_ext4_magic(image: &(impl ReadAt + ?Sized), fs_offset: u64) -> bool {
+/// How an MBR partition of type 0x83 is named.
+const MBR_LINUX: &str = "type 0x83";
+
+fn has_ext4_magic(disk: &Disk, fs_offset: u64) -> Result<bool> {
+    let Some(at) = fs_offset.checked_add(SUPERBLOCK + MAGIC_AT) else { return Ok(false) };
     let mut magic = [0u8; 2];
-    let Some(at) = fs_offset.checked_add(SUPERBLOCK + MAGIC_AT) else { return false };
-    image.read_exact_at(&mut magic, at).is_ok() && u16::from_le_bytes(magic) == EXT4_MAGIC
+    if !disk.contains(Bytes(at), magic.len()) {
+        return Ok(false);
+    }
+    disk.read("the ext4 superblock's magic number", Bytes(at), &mut magic)?;
+    Ok(u16::from_le_bytes(magic) == EXT4_MAGIC)
 }
 
-fn ext4_label(image: &(impl ReadAt + ?Sized), fs_offset: u64) -> Vec<u8> {
+fn ext4_label(disk: &Disk, fs_offset: u64) -> Result<Vec<u8>> {
     let mut label = [0u8; 16];
-    let Some(at) = fs_offset.checked_add(SUPERBLOCK + LABEL_AT) else { return Vec::new() };
-    if image.read_exact_at(&mut label, at).is_err() {
-        return Vec::new();
-    }
+    disk.read("the ext4 label", Bytes(fs_offset + SUPERBLOCK + LABEL_AT), &mut label)?;
     let end = label.iter().position(|&b| b == 0).unwrap_or(label.len());
-    label[..end].to_vec()
+    Ok(label[..end].to_vec())
 }
 
 /// How well a partition fits as the root: its type's rank, whether it is labelled `nixos`, and lower numbers
 /// first.
 type Rank = (u8, bool, std::cmp::Reverse<u32>);
 
-enum GptResult {
-    Found(RootFs),
+enum Gpt {
+    Found(Layout),
     NoTable,
-    NoRoot(String),
+    Corrupt(String),
 }
 
 fn le32(b: &[u8], at: usize) -> u32 {
@@ -187,41 +305,51 @@ fn le64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
-/// Reads the primary GPT at LBA 1 and picks the root partition: the best-ranked type (root over data), then the
-/// `nixos` label, then the lowest number; only partitions holding ext4 count.
-fn gpt_root(image: &(impl ReadAt + ?Sized), sector: SectorSize) -> Result<GptResult> {
-    let mut header = vec![0u8; sector.bytes() as usize];
-    if image.read_exact_at(&mut header, sector.bytes()).is_err() || &header[..8] != b"EFI PART" {
-        return Ok(GptResult::NoTable);
+/// Reads the primary GPT at LBA 1 of `sector`-byte sectors, with its checksums.
+fn gpt(disk: &Disk, sector: SectorSize) -> Result<Gpt> {
+    let s = sector.bytes();
+    let mut header = vec![0u8; s as usize];
+    if !disk.contains(Bytes(s), header.len()) {
+        return Ok(Gpt::NoTable);
+    }
+    disk.read("the GPT header", Bytes(s), &mut header)?;
+    if &header[..8] != b"EFI PART" {
+        return Ok(Gpt::NoTable);
     }
     let header_size = le32(&header, 12) as usize;
     if !(92..=header.len()).contains(&header_size) {
-        return Ok(GptResult::NoRoot(format!("its header size {header_size} is invalid")));
+        return Ok(Gpt::Corrupt(format!("its header size {header_size} is invalid")));
     }
     let mut crc_input = header[..header_size].to_vec();
     crc_input[16..20].fill(0);
     if crc32(&crc_input) != le32(&header, 16) {
-        return Ok(GptResult::NoRoot("its header checksum is wrong".into()));
+        return Ok(Gpt::Corrupt("its header checksum is wrong".into()));
     }
-    let entries_lba = Lba(le64(&header, 72));
     let count = le32(&header, 80);
     let entry_size = le32(&header, 84) as usize;
     if !(128..=4096).contains(&entry_size) || count > 1 << 16 {
-        return Ok(GptResult::NoRoot(format!("it declares {count} entries of {entry_size} bytes")));
+        return Ok(Gpt::Corrupt(format!("it declares {count} entries of {entry_size} bytes")));
     }
-    let Some(entries_at) = entries_lba.byte_offset(sector) else {
-        return Ok(GptResult::NoRoot("its entry array is beyond 2^64 bytes".into()));
+    let Some(entries_at) = Lba(le64(&header, 72)).byte_offset(sector) else {
+        return Ok(Gpt::Corrupt("its entry array is beyond 2^64 bytes".into()));
     };
     let mut entries = vec![0u8; count as usize * entry_size];
-    if image.read_exact_at(&mut entries, entries_at).is_err() {
-        return Ok(GptResult::NoRoot(format!("its entry array at byte {entries_at} is past the end of the image")));
+    if !disk.contains(Bytes(entries_at), entries.len()) {
+        return Ok(Gpt::Corrupt(format!(
+            "its entry array ({} bytes at byte {entries_at}) lies past the end of the image ({} bytes): truncated",
+            entries.len(),
+            disk.len()
+        )));
     }
+    disk.read("the GPT partition entry array", Bytes(entries_at), &mut entries)?;
     if crc32(&entries) != le32(&header, 88) {
-        return Ok(GptResult::NoRoot("its partition entry array checksum is wrong".into()));
+        return Ok(Gpt::Corrupt("its partition entry array checksum is wrong".into()));
     }
-    let types: Vec<([u8; 16], &str, u8)> = TYPES.iter().map(|&(g, n, r)| (guid_bytes(g), n, r)).collect();
-    let mut best: Option<(Rank, RootFs)> = None;
-    let mut seen = Vec::new();
+    let Some(backup_header) = Lba(le64(&header, 32)).byte_offset(sector) else {
+        return Ok(Gpt::Corrupt("its backup header is beyond 2^64 bytes".into()));
+    };
+    let types: Vec<([u8; 16], &str, Role)> = TYPES.iter().map(|&(g, n, role, _)| (guid_bytes(g), n, role)).collect();
+    let mut partitions = Vec::new();
     for (i, entry) in entries.chunks_exact(entry_size).enumerate() {
         let type_guid: [u8; 16] = entry[..16].try_into().expect("16 bytes");
         if type_guid == [0; 16] {
@@ -229,46 +357,91 @@ fn gpt_root(image: &(impl ReadAt + ?Sized), sector: SectorSize) -> Result<GptRes
         }
         let number = i as u32 + 1;
         let known = types.iter().find(|t| t.0 == type_guid);
-        let kind = known.map_or_else(|| guid_text(&type_guid), |t| t.1.to_owned());
-        let Some(offset) = Lba(le64(entry, 32)).byte_offset(sector) else { continue };
-        if !has_ext4_magic(image, offset) {
-            seen.push(format!("{number} ({kind}, not ext4)"));
-            continue;
-        }
-        let labelled = ext4_label(image, offset) == ROOT_LABEL;
-        let rank: Rank = (known.map_or(0, |t| t.2), labelled, std::cmp::Reverse(number));
-        seen.push(format!("{number} ({kind}, ext4)"));
-        if (rank.0 > 0 || labelled) && best.as_ref().is_none_or(|(r, _)| rank > *r) {
-            best = Some((rank, RootFs { offset, location: Location::Gpt { number, kind, sector } }));
-        }
+        let (first, last) = (Lba(le64(entry, 32)), Lba(le64(entry, 40)));
+        let range = first.byte_offset(sector).zip(last.0.checked_add(1).and_then(|end| Lba(end).byte_offset(sector)));
+        let Some((start, end)) = range.filter(|(start, end)| start < end) else {
+            return Ok(Gpt::Corrupt(format!("entry {number} has first LBA {} and last LBA {}", first.0, last.0)));
+        };
+        partitions.push(Partition {
+            number,
+            kind: known.map_or_else(|| guid_text(&type_guid), |t| t.1.to_owned()),
+            role: known.map_or(Role::Other, |t| t.2),
+            start,
+            end,
+        });
     }
-    Ok(match best {
-        Some((_, fs)) => GptResult::Found(fs),
-        None if seen.is_empty() => GptResult::NoRoot("it has no partitions".into()),
-        None => GptResult::NoRoot(format!(
-            "no partition of a Linux root or data type, or labelled nixos, holds ext4 (partitions: {})",
-            seen.join(", ")
-        )),
-    })
+    Ok(Gpt::Found(Layout { table: Table::Gpt { sector, backup_header }, partitions }))
 }
 
-/// The first MBR primary partition of type 0x83 that holds ext4.
-fn mbr_root(image: &(impl ReadAt + ?Sized)) -> Result<Option<RootFs>> {
+/// The MBR partition table in sector 0: `None` unless sector 0 ends in `55 AA` and every entry's status byte is
+/// 0x00 or 0x80.
+fn mbr(disk: &Disk) -> Result<Option<Layout>> {
     let mut mbr = [0u8; 512];
-    if image.read_exact_at(&mut mbr, 0).is_err() || mbr[510..512] != [0x55, 0xAA] {
+    if !disk.contains(Bytes(0), mbr.len()) {
         return Ok(None);
     }
-    for i in 0..4 {
-        let entry = &mbr[446 + 16 * i..446 + 16 * (i + 1)];
-        if entry[4] != 0x83 {
+    disk.read("sector 0", Bytes(0), &mut mbr)?;
+    let entries: Vec<&[u8]> = mbr[446..510].chunks_exact(16).collect();
+    if mbr[510..512] != [0x55, 0xAA] || entries.iter().any(|e| e[0] != 0 && e[0] != 0x80) {
+        return Ok(None);
+    }
+    let mut partitions = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        if entry[4] == 0 {
             continue;
         }
-        let Some(offset) = Lba(u64::from(le32(entry, 8))).byte_offset(SectorSize::S512) else { continue };
-        if has_ext4_magic(image, offset) {
-            return Ok(Some(RootFs { offset, location: Location::Mbr { number: i as u32 + 1 } }));
-        }
+        let start = u64::from(le32(entry, 8)) * SectorSize::S512.bytes();
+        let end = start + u64::from(le32(entry, 12)) * SectorSize::S512.bytes();
+        partitions.push(Partition {
+            number: i as u32 + 1,
+            kind: format!("type {:#04x}", entry[4]),
+            role: if entry[4] == 0xEF { Role::Esp } else { Role::Other },
+            start,
+            end,
+        });
     }
-    Ok(None)
+    Ok(Some(Layout { table: Table::Mbr, partitions }))
+}
+
+/// What a file that is no disk image is, when it is a container or a compressed stream kiln writes (or one
+/// that is often mistaken for an image), with what to do about it.
+fn container(disk: &Disk) -> Result<Option<String>> {
+    let name = disk.name();
+    let convert = |format: &str, flag: &str| {
+        format!(
+            "a {format} image, not a raw disk: convert it first (qemu-img convert -f {flag} -O raw {name} disk.raw) \
+             and verify disk.raw"
+        )
+    };
+    let mut head = [0u8; 512];
+    let n = head.len().min(usize::try_from(disk.len().get()).unwrap_or(usize::MAX));
+    disk.read("the image's first bytes", Bytes(0), &mut head[..n])?;
+    let head = &head[..n];
+    let what = if head.starts_with(b"QFI\xfb") {
+        convert("qcow2", "qcow2")
+    } else if head.starts_with(b"vhdxfile") {
+        convert("VHDX", "vhdx")
+    } else if head.starts_with(b"KDMV") || head.starts_with(b"# Disk DescriptorFile") {
+        convert("VMDK", "vmdk")
+    } else if head.starts_with(b"conectix") {
+        convert("dynamic VHD", "vpc")
+    } else if head.starts_with(b"<<< ") {
+        convert("VDI", "vdi")
+    } else if head.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
+        format!("zstd-compressed, not a raw disk: decompress it first (zstd -d {name} -o disk.raw) and verify disk.raw")
+    } else if head.starts_with(&[0x1F, 0x8B]) {
+        format!(
+            "gzip-compressed, not a raw disk: decompress it first; a GCE image (*.raw.tar.gz) is a tar archive \
+             holding disk.raw (tar -xSzf {name} disk.raw), anything else: gzip -dc {name} > disk.raw"
+        )
+    } else if head.starts_with(&[0xFD, b'7', b'z', b'X', b'Z', 0]) {
+        format!("xz-compressed, not a raw disk: decompress it first (xz -dc {name} > disk.raw)")
+    } else if head.len() >= 262 && &head[257..262] == b"ustar" {
+        format!("a tar archive, not a raw disk: extract the image from it first (tar -xSf {name})")
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(what))
 }
 
 /// A GUID's on-disk bytes (the first three fields little-endian) from its text form.
@@ -312,9 +485,21 @@ fn crc32(data: &[u8]) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     const MIB: usize = 1 << 20;
+
+    fn disk(img: Vec<u8>) -> Disk {
+        let len = Bytes(img.len() as u64);
+        Disk::new(Arc::new(img), len, "test.img".into())
+    }
+
+    fn find(img: Vec<u8>) -> Result<RootFs> {
+        let disk = disk(img);
+        root_fs(&disk, &layout(&disk)?)
+    }
 
     /// A minimal ext4 superblock at `at`: the magic and a label.
     fn fake_ext4(img: &mut [u8], at: usize, label: &[u8]) {
@@ -408,7 +593,7 @@ mod tests {
                     gpt(img, SectorSize::S512, &[(ESP, 2048)]);
                     fake_ext4(img, 2048 * 512, b"nixos");
                 },
-                want: gpt_at(SectorSize::S512, 1, ESP, 2048),
+                want: gpt_at(SectorSize::S512, 1, "ESP", 2048),
             },
             Case {
                 name: "4096-byte sectors",
@@ -425,9 +610,22 @@ mod tests {
                     img[511] = 0xAA;
                     img[446 + 16 + 4] = 0x83;
                     img[446 + 16 + 8..446 + 16 + 12].copy_from_slice(&2048u32.to_le_bytes());
+                    img[446 + 16 + 12..446 + 16 + 16].copy_from_slice(&4096u32.to_le_bytes());
                     fake_ext4(img, 2048 * 512, b"");
                 },
                 want: Some((2048 * 512, Location::Mbr { number: 2 })),
+            },
+            Case {
+                name: "mbr status bytes that are not 0x00 or 0x80",
+                build: |img| {
+                    img[510] = 0x55;
+                    img[511] = 0xAA;
+                    img[446] = 0x42;
+                    img[446 + 4] = 0x83;
+                    img[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
+                    fake_ext4(img, 2048 * 512, b"");
+                },
+                want: None,
             },
             Case { name: "nothing", build: |_| {}, want: None },
             Case { name: "gpt without ext4", build: |img| gpt(img, SectorSize::S512, &[(ROOT_X86, 2048)]), want: None },
@@ -444,14 +642,89 @@ mod tests {
         for case in cases {
             let mut img = vec![0u8; 4 * MIB];
             (case.build)(&mut img);
-            let got = root_fs(img.as_slice(), "test.img");
+            let got = find(img);
             match (&case.want, got) {
                 (Some((offset, location)), Ok(fs)) => {
                     assert_eq!((fs.offset, &fs.location), (*offset, location), "{}", case.name);
+                    assert!(fs.end > fs.offset, "{}: {fs:?}", case.name);
                 }
                 (None, Err(e)) => assert!(e.to_string().starts_with("test.img: "), "{}: {e}", case.name),
                 (want, got) => panic!("{}: want {want:?}, got {got:?}", case.name),
             }
         }
+    }
+
+    #[test]
+    fn partitions_keep_their_byte_ranges_and_roles() {
+        let mut img = vec![0u8; 4 * MIB];
+        gpt(&mut img, SectorSize::S512, &[(ESP, 2048), (ROOT_X86, 4096)]);
+        fake_ext4(&mut img, 4096 * 512, b"");
+        let l = layout(&disk(img)).unwrap();
+        assert_eq!(l.table, Table::Gpt { sector: SectorSize::S512, backup_header: 0 });
+        let got: Vec<(u32, &str, Role, u64, u64)> =
+            l.partitions.iter().map(|p| (p.number, p.kind.as_str(), p.role, p.start, p.end)).collect();
+        assert_eq!(
+            got,
+            [
+                (1, "ESP", Role::Esp, 2048 * 512, 2149 * 512),
+                (2, "Linux root (x86-64)", Role::Other, 4096 * 512, 4197 * 512)
+            ]
+        );
+        assert_eq!(l.partitions[0].to_string(), "partition 1 (ESP)");
+    }
+
+    /// What a file is, when it is no disk image: the containers and streams kiln writes are named, with what to
+    /// convert them with; anything else is "not a disk image".
+    #[test]
+    fn says_what_a_file_that_is_no_disk_image_is() {
+        struct Case {
+            name: &'static str,
+            head: &'static [u8],
+            want: &'static str,
+        }
+        let cases = [
+            Case {
+                name: "qcow2",
+                head: b"QFI\xfb\0\0\0\x03",
+                want: "test.img: a qcow2 image, not a raw disk: convert it first (qemu-img convert -f qcow2 -O raw test.img disk.raw)",
+            },
+            Case { name: "vhdx", head: b"vhdxfile", want: "test.img: a VHDX image, not a raw disk" },
+            Case { name: "vmdk", head: b"KDMV\x01\0\0\0", want: "test.img: a VMDK image, not a raw disk" },
+            Case { name: "dynamic vhd", head: b"conectix", want: "test.img: a dynamic VHD image, not a raw disk" },
+            Case {
+                name: "zstd",
+                head: &[0x28, 0xB5, 0x2F, 0xFD],
+                want: "test.img: zstd-compressed, not a raw disk: decompress it first (zstd -d test.img -o disk.raw)",
+            },
+            Case { name: "gzip", head: &[0x1F, 0x8B, 0x08], want: "test.img: gzip-compressed, not a raw disk" },
+            Case {
+                name: "random",
+                head: &[0x5A, 0x13, 0xC7, 0x01, 0x99],
+                want: "test.img: not a disk image: no ext4 superblock at byte 1024, no GPT header at byte 512 or 4096, and no MBR partition table (55 AA at byte 510)",
+            },
+        ];
+        for case in cases {
+            let mut img: Vec<u8> = (0..MIB as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+            img[..case.head.len()].copy_from_slice(case.head);
+            img[510] = 0;
+            let err = format!("{:#}", find(img).unwrap_err());
+            assert!(err.starts_with(case.want), "{}: {err}", case.name);
+        }
+        let err = format!("{:#}", find(b"tiny".to_vec()).unwrap_err());
+        assert!(err.starts_with("test.img: not a disk image"), "{err}");
+    }
+
+    /// A root partition past the end of a truncated image is still found by its type, so verify can say what
+    /// is missing of it; other partitions there are named as such when no root is found.
+    #[test]
+    fn partitions_past_the_end() {
+        let mut img = vec![0u8; 4 * MIB];
+        gpt(&mut img, SectorSize::S512, &[(ESP, 2048), (ROOT_X86, 8192)]);
+        let fs = find(img).unwrap();
+        assert_eq!((fs.offset, fs.end), (8192 * 512, 8293 * 512));
+        let mut img = vec![0u8; 4 * MIB];
+        gpt(&mut img, SectorSize::S512, &[(ESP, 2048), (ESP, 8192)]);
+        let err = format!("{:#}", find(img).unwrap_err());
+        assert!(err.contains("(partitions: 1 (ESP, not ext4), 2 (ESP, past the end of the image))"), "{err}");
     }
 }
