@@ -112,7 +112,7 @@ fn check_depth(sp: &StorePath, rel: &Path, depth: usize) -> Result<()> {
     let shown = logical.as_os_str().as_bytes();
     let shown = if shown.len() > 160 {
         format!(
-            "{}…{} ({} directory levels)",
+            "{}…{} ({} levels below its store path)",
             String::from_utf8_lossy(&shown[..80]),
             String::from_utf8_lossy(&shown[shown.len() - 60..]),
             depth
@@ -327,7 +327,7 @@ mod tests {
         check_depth(&sp, &levels(997), 997).unwrap();
         let err = check_depth(&sp, &levels(998), 998).unwrap_err().to_string();
         assert!(err.starts_with(&format!("store path {sp}: /nix/store/")), "{err}");
-        assert!(err.contains("(998 directory levels) is 2044 bytes and 1001 path components long"), "{err}");
+        assert!(err.contains("(998 levels below its store path) is 2044 bytes and 1001 path components long"), "{err}");
         assert!(err.contains("more than 4096 bytes or 1000 components (a store path nested at most 997"), "{err}");
         // 4096 bytes in all: the store path, then names of 255 bytes and one shorter one.
         let name = "n".repeat(255);

@@ -44,6 +44,9 @@ use crate::store::{StoreDir, StorePath};
 const DB_DIR: &str = "/nix/var/nix/db";
 /// The closureInfo registration kiln copies into the image when asked.
 const REGISTRATION: &str = "/nix-path-registration";
+/// Stack of a hashing worker: the walk recurses once per directory level, up to the 997 levels a store path may
+/// nest (see [`crate::inventory::MAX_PATH_COMPONENTS`]), a few KiB each.
+const WORKER_STACK: usize = 32 << 20;
 /// Problems printed before the rest are only counted.
 const LISTED_PROBLEMS: usize = 20;
 /// Non-canonical store entries listed across the image (the rest are counted).
@@ -433,6 +436,7 @@ fn hash_paths(window: &Window, jobs: &[&StorePath], threads: usize) -> Result<Ve
                 let next = &next;
                 std::thread::Builder::new()
                     .name(format!("kiln-verify-{i}"))
+                    .stack_size(WORKER_STACK)
                     .spawn_scoped(s, move || -> Result<Vec<(usize, Result<image::PathCheck>)>> {
                         let img = image::Image::open(window)?;
                         let mut buf = Vec::new();
