@@ -279,6 +279,31 @@ mod tests {
         assert!(err.contains("byte 1112") && err.contains("past the end of its partition"), "{err}");
     }
 
+    /// What is neither a regular file nor a block device is refused before a byte is read; a FIFO nobody
+    /// writes to does not block the open.
+    #[test]
+    fn opens_only_files_and_block_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe");
+        let ok = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success();
+        assert!(ok, "mkfifo failed");
+        for (path, want) in [
+            (fifo.as_path(), "a FIFO (named pipe), not a disk image"),
+            (dir.path(), "a directory, not a disk image"),
+            (Path::new("/dev/null"), "a character device, not a disk image"),
+        ] {
+            let err = Disk::open(path).unwrap_err().to_string();
+            assert_eq!(err, format!("{}: {want} (an image is a regular file or a block device)", path.display()));
+        }
+        let file = dir.path().join("disk.img");
+        std::fs::write(&file, [7u8; 1024]).unwrap();
+        let d = Disk::open(&file).unwrap();
+        assert_eq!(d.len(), Bytes(1024));
+        let mut buf = [0u8; 2];
+        d.read("bytes", Bytes(1022), &mut buf).unwrap();
+        assert_eq!(buf, [7, 7]);
+    }
+
     #[test]
     fn fat_io_reads_seeks_and_never_writes() {
         let d = disk(2048);

@@ -212,4 +212,26 @@ mod tests {
         assert!(text.iter().any(|t| t.starts_with(B) && t.contains("no narSize")), "{text:?}");
         assert!(text.iter().any(|t| t.starts_with(A) && t.contains("path id 99")), "{text:?}");
     }
+
+    #[test]
+    fn the_registration_file_must_agree_with_the_database() {
+        let paths = BTreeMap::from([(sp(A), info(&[A, B], 120)), (sp(B), info(&[], 96))]);
+        let mut problems = Vec::new();
+        let valid = read(&crate::nixdb::database(&paths, 1).unwrap(), "db.sqlite", &mut problems).unwrap();
+        check_registration(&crate::nixdb::registration_text(&paths).unwrap(), &valid, &mut problems);
+        assert_eq!(problems, []);
+        let other = BTreeMap::from([(sp(A), info(&[A, B], 121)), (sp(C), info(&[], 8))]);
+        check_registration(&crate::nixdb::registration_text(&other).unwrap(), &valid, &mut problems);
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                format!("/nix-path-registration: registers {C}, which is not a valid path in the image's database"),
+                format!(
+                    "/nix-path-registration: registers {A} with another narHash, narSize or references than the database"
+                ),
+                format!("/nix-path-registration: does not register {B}, a valid path in the image's database"),
+            ]
+        );
+    }
 }

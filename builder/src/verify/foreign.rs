@@ -16,13 +16,14 @@ use crate::store::{LOGICAL_STORE, StorePath};
 /// The directory e2fsck expects and kiln's ext4 writer adds to the root.
 const LOST_FOUND: &[u8] = b"lost+found";
 
-/// The tree of what kiln writes outside the store for an image booting `toplevel` with `boots`: every optional
-/// part included (`/nix-path-registration`).
-fn expected(toplevel: &StorePath, boots: Boots) -> Result<Tree> {
+/// The tree of what kiln writes outside the store for an image booting `toplevel` with `boots` (`disk`: the
+/// image has a partition table): every optional part included (`/nix-path-registration`). `/boot` is allowed on
+/// any disk, since a profile may give its ESP another type GUID than the one verify recognises it by.
+fn expected(toplevel: &StorePath, boots: Boots, disk: bool) -> Result<Tree> {
     let (mut tree, _) = rootfs::skeleton(0)?;
     let state = rootfs::NixState { toplevel, db: Vec::new(), registration: Some(String::new()) };
     rootfs::add_nix_state(&mut tree, state, 0)?;
-    if boots.uefi || boots.bios {
+    if boots.uefi || boots.bios || disk {
         rootfs::add_boot_dir(&mut tree, boots.bios.then(String::new), 0)?;
     }
     Ok(tree)
@@ -51,9 +52,15 @@ fn describe(kind: Option<NodeKind>) -> &'static str {
 }
 
 /// Records every entry of the root filesystem outside `/nix/store` that kiln does not write for an image booting
-/// `toplevel` with `boots`.
-pub(crate) fn check(image: &Image, toplevel: &StorePath, boots: Boots, problems: &mut Vec<Problem>) -> Result<()> {
-    let tree = expected(toplevel, boots)?;
+/// `toplevel` with `boots` (`disk`: the image has a partition table).
+pub(crate) fn check(
+    image: &Image,
+    toplevel: &StorePath,
+    boots: Boots,
+    disk: bool,
+    problems: &mut Vec<Problem>,
+) -> Result<()> {
+    let tree = expected(toplevel, boots, disk)?;
     walk(image, &tree, Some(tree.root()), "", problems)
 }
 
@@ -87,4 +94,37 @@ fn walk(image: &Image, tree: &Tree, node: Option<NodeId>, dir: &str, problems: &
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What kiln's own functions write outside the store, with and without a bootloader.
+    #[test]
+    fn the_expected_tree_is_what_rootfs_writes() {
+        let top = StorePath::from_base_name("0123456789abcdfghijklmnpqrsvwxyz-nixos-system").unwrap();
+        let find = |tree: &Tree, path: &str| {
+            path.split('/')
+                .try_fold(tree.root(), |node, name| tree.child(node, name.as_bytes()))
+                .and_then(|n| tree.kind(n))
+        };
+        let bios = Boots { uefi: false, bios: true, xbootldr: false };
+        let tree = expected(&top, bios, true).unwrap();
+        for (path, kind) in [
+            ("nix/var/nix/db/db.sqlite", NodeKind::File),
+            ("nix/var/nix/db/schema", NodeKind::File),
+            ("nix/var/nix/profiles/system", NodeKind::Symlink),
+            ("nix/var/nix/profiles/system-1-link", NodeKind::Symlink),
+            ("nix/var/nix/gcroots", NodeKind::Dir),
+            ("etc/NIXOS", NodeKind::File),
+            ("nix-path-registration", NodeKind::File),
+            ("boot/grub/grub.cfg", NodeKind::File),
+        ] {
+            assert_eq!(find(&tree, path), Some(kind), "{path}");
+        }
+        let bare = expected(&top, Boots { uefi: false, bios: false, xbootldr: false }, false).unwrap();
+        assert_eq!(find(&bare, "boot"), None, "a bare filesystem has no /boot");
+        assert_eq!(find(&bare, "etc/evil"), None);
+    }
 }

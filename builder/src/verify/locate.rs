@@ -9,6 +9,7 @@ use std::fmt;
 use anyhow::{Result, bail};
 use kiln_formats::disk::Bytes;
 
+use super::{container, table};
 use crate::inspect::disk::Disk;
 
 /// Byte offset of the ext4 superblock from the start of the filesystem.
@@ -20,17 +21,6 @@ const EXT4_MAGIC: u16 = 0xEF53;
 const LABEL_AT: u64 = 0x78;
 /// The label NixOS mounts its root by.
 const ROOT_LABEL: &[u8] = b"nixos";
-
-/// Partition type GUIDs this module knows, as text (as `sgdisk`/`systemd-gpt-auto-generator` spell them): what
-/// each is called, its role, and how much it says "this is the root filesystem" (higher wins; 0: not a root).
-const TYPES: &[(&str, &str, Role, u8)] = &[
-    ("4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709", "Linux root (x86-64)", Role::Other, 3),
-    ("B921B045-1DF0-41C3-AF44-4C6F280D3FAE", "Linux root (ARM64)", Role::Other, 3),
-    ("0FC63DAF-8483-4772-8E79-3D69D8477DE4", "Linux filesystem data", Role::Other, 1),
-    ("C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "ESP", Role::Esp, 0),
-    ("BC13C2FF-59E6-4262-A352-B275FD6F7172", "XBOOTLDR", Role::Xbootldr, 0),
-    ("21686148-6449-6E6F-744E-656564454649", "BIOS boot", Role::BiosBoot, 0),
-];
 
 /// A logical sector size GPT may be written with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,17 +45,6 @@ impl SectorSize {
 impl serde::Serialize for SectorSize {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(self.bytes())
-    }
-}
-
-/// A logical block address: a sector number, meaningful only with its [`SectorSize`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Lba(u64);
-
-impl Lba {
-    /// The byte offset of this sector, or `None` if it does not fit in 64 bits.
-    fn byte_offset(self, sector: SectorSize) -> Option<u64> {
-        self.0.checked_mul(sector.bytes())
     }
 }
 
@@ -189,16 +168,16 @@ pub(crate) fn layout(disk: &Disk) -> Result<Layout> {
         return Ok(Layout { table: Table::None, partitions: Vec::new() });
     }
     for sector in [SectorSize::S512, SectorSize::S4096] {
-        match gpt(disk, sector)? {
-            Gpt::Found(layout) => return Ok(layout),
-            Gpt::NoTable => {}
-            Gpt::Corrupt(why) => bail!("{name}: GPT with {}-byte sectors, but {why}", sector.bytes()),
+        match table::gpt(disk, sector)? {
+            table::Gpt::Found(layout) => return Ok(layout),
+            table::Gpt::NoTable => {}
+            table::Gpt::Corrupt(why) => bail!("{name}: GPT with {}-byte sectors, but {why}", sector.bytes()),
         }
     }
-    if let Some(layout) = mbr(disk)? {
+    if let Some(layout) = table::mbr(disk)? {
         return Ok(layout);
     }
-    if let Some(what) = container(disk)? {
+    if let Some(what) = container::container(disk)? {
         bail!("{name}: {what}");
     }
     bail!(
@@ -234,7 +213,7 @@ pub(crate) fn root_fs(disk: &Disk, layout: &Layout) -> Result<RootFs> {
         }
         let (rank, location) = match sector {
             Some(sector) => {
-                let type_rank = TYPES.iter().find(|t| t.1 == p.kind).map_or(0, |t| t.3);
+                let type_rank = table::TYPES.iter().find(|t| t.1 == p.kind).map_or(0, |t| t.3);
                 let labelled = !cut && ext4_label(disk, p.start)? == ROOT_LABEL;
                 let rank: Rank = (type_rank, labelled, std::cmp::Reverse(p.number));
                 if type_rank == 0 && !labelled {
@@ -291,202 +270,11 @@ fn ext4_label(disk: &Disk, fs_offset: u64) -> Result<Vec<u8>> {
 /// first.
 type Rank = (u8, bool, std::cmp::Reverse<u32>);
 
-enum Gpt {
-    Found(Layout),
-    NoTable,
-    Corrupt(String),
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
-/// Reads the primary GPT at LBA 1 of `sector`-byte sectors, with its checksums.
-fn gpt(disk: &Disk, sector: SectorSize) -> Result<Gpt> {
-    let s = sector.bytes();
-    let mut header = vec![0u8; s as usize];
-    if !disk.contains(Bytes(s), header.len()) {
-        return Ok(Gpt::NoTable);
-    }
-    disk.read("the GPT header", Bytes(s), &mut header)?;
-    if &header[..8] != b"EFI PART" {
-        return Ok(Gpt::NoTable);
-    }
-    let header_size = le32(&header, 12) as usize;
-    if !(92..=header.len()).contains(&header_size) {
-        return Ok(Gpt::Corrupt(format!("its header size {header_size} is invalid")));
-    }
-    let mut crc_input = header[..header_size].to_vec();
-    crc_input[16..20].fill(0);
-    if crc32(&crc_input) != le32(&header, 16) {
-        return Ok(Gpt::Corrupt("its header checksum is wrong".into()));
-    }
-    let count = le32(&header, 80);
-    let entry_size = le32(&header, 84) as usize;
-    if !(128..=4096).contains(&entry_size) || count > 1 << 16 {
-        return Ok(Gpt::Corrupt(format!("it declares {count} entries of {entry_size} bytes")));
-    }
-    let Some(entries_at) = Lba(le64(&header, 72)).byte_offset(sector) else {
-        return Ok(Gpt::Corrupt("its entry array is beyond 2^64 bytes".into()));
-    };
-    let mut entries = vec![0u8; count as usize * entry_size];
-    if !disk.contains(Bytes(entries_at), entries.len()) {
-        return Ok(Gpt::Corrupt(format!(
-            "its entry array ({} bytes at byte {entries_at}) lies past the end of the image ({} bytes): truncated",
-            entries.len(),
-            disk.len()
-        )));
-    }
-    disk.read("the GPT partition entry array", Bytes(entries_at), &mut entries)?;
-    if crc32(&entries) != le32(&header, 88) {
-        return Ok(Gpt::Corrupt("its partition entry array checksum is wrong".into()));
-    }
-    let Some(backup_header) = Lba(le64(&header, 32)).byte_offset(sector) else {
-        return Ok(Gpt::Corrupt("its backup header is beyond 2^64 bytes".into()));
-    };
-    let types: Vec<([u8; 16], &str, Role)> = TYPES.iter().map(|&(g, n, role, _)| (guid_bytes(g), n, role)).collect();
-    let mut partitions = Vec::new();
-    for (i, entry) in entries.chunks_exact(entry_size).enumerate() {
-        let type_guid: [u8; 16] = entry[..16].try_into().expect("16 bytes");
-        if type_guid == [0; 16] {
-            continue;
-        }
-        let number = i as u32 + 1;
-        let known = types.iter().find(|t| t.0 == type_guid);
-        let (first, last) = (Lba(le64(entry, 32)), Lba(le64(entry, 40)));
-        let range = first.byte_offset(sector).zip(last.0.checked_add(1).and_then(|end| Lba(end).byte_offset(sector)));
-        let Some((start, end)) = range.filter(|(start, end)| start < end) else {
-            return Ok(Gpt::Corrupt(format!("entry {number} has first LBA {} and last LBA {}", first.0, last.0)));
-        };
-        partitions.push(Partition {
-            number,
-            kind: known.map_or_else(|| guid_text(&type_guid), |t| t.1.to_owned()),
-            role: known.map_or(Role::Other, |t| t.2),
-            start,
-            end,
-        });
-    }
-    Ok(Gpt::Found(Layout { table: Table::Gpt { sector, backup_header }, partitions }))
-}
-
-/// The MBR partition table in sector 0: `None` unless sector 0 ends in `55 AA` and every entry's status byte is
-/// 0x00 or 0x80.
-fn mbr(disk: &Disk) -> Result<Option<Layout>> {
-    let mut mbr = [0u8; 512];
-    if !disk.contains(Bytes(0), mbr.len()) {
-        return Ok(None);
-    }
-    disk.read("sector 0", Bytes(0), &mut mbr)?;
-    let entries: Vec<&[u8]> = mbr[446..510].chunks_exact(16).collect();
-    if mbr[510..512] != [0x55, 0xAA] || entries.iter().any(|e| e[0] != 0 && e[0] != 0x80) {
-        return Ok(None);
-    }
-    let mut partitions = Vec::new();
-    for (i, entry) in entries.iter().enumerate() {
-        if entry[4] == 0 {
-            continue;
-        }
-        let start = u64::from(le32(entry, 8)) * SectorSize::S512.bytes();
-        let end = start + u64::from(le32(entry, 12)) * SectorSize::S512.bytes();
-        partitions.push(Partition {
-            number: i as u32 + 1,
-            kind: format!("type {:#04x}", entry[4]),
-            role: if entry[4] == 0xEF { Role::Esp } else { Role::Other },
-            start,
-            end,
-        });
-    }
-    Ok(Some(Layout { table: Table::Mbr, partitions }))
-}
-
-/// What a file that is no disk image is, when it is a container or a compressed stream kiln writes (or one
-/// that is often mistaken for an image), with what to do about it.
-fn container(disk: &Disk) -> Result<Option<String>> {
-    let name = disk.name();
-    let convert = |format: &str, flag: &str| {
-        format!(
-            "a {format} image, not a raw disk: convert it first (qemu-img convert -f {flag} -O raw {name} disk.raw) \
-             and verify disk.raw"
-        )
-    };
-    let mut head = [0u8; 512];
-    let n = head.len().min(usize::try_from(disk.len().get()).unwrap_or(usize::MAX));
-    disk.read("the image's first bytes", Bytes(0), &mut head[..n])?;
-    let head = &head[..n];
-    let what = if head.starts_with(b"QFI\xfb") {
-        convert("qcow2", "qcow2")
-    } else if head.starts_with(b"vhdxfile") {
-        convert("VHDX", "vhdx")
-    } else if head.starts_with(b"KDMV") || head.starts_with(b"# Disk DescriptorFile") {
-        convert("VMDK", "vmdk")
-    } else if head.starts_with(b"conectix") {
-        convert("dynamic VHD", "vpc")
-    } else if head.starts_with(b"<<< ") {
-        convert("VDI", "vdi")
-    } else if head.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
-        format!("zstd-compressed, not a raw disk: decompress it first (zstd -d {name} -o disk.raw) and verify disk.raw")
-    } else if head.starts_with(&[0x1F, 0x8B]) {
-        format!(
-            "gzip-compressed, not a raw disk: decompress it first; a GCE image (*.raw.tar.gz) is a tar archive \
-             holding disk.raw (tar -xSzf {name} disk.raw), anything else: gzip -dc {name} > disk.raw"
-        )
-    } else if head.starts_with(&[0xFD, b'7', b'z', b'X', b'Z', 0]) {
-        format!("xz-compressed, not a raw disk: decompress it first (xz -dc {name} > disk.raw)")
-    } else if head.len() >= 262 && &head[257..262] == b"ustar" {
-        format!("a tar archive, not a raw disk: extract the image from it first (tar -xSf {name})")
-    } else {
-        return Ok(None);
-    };
-    Ok(Some(what))
-}
-
-/// A GUID's on-disk bytes (the first three fields little-endian) from its text form.
-fn guid_bytes(text: &str) -> [u8; 16] {
-    let hex: Vec<u8> = text
-        .split('-')
-        .flat_map(|part| (0..part.len()).step_by(2).map(move |i| &part[i..i + 2]))
-        .map(|h| u8::from_str_radix(h, 16).expect("a GUID constant"))
-        .collect();
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&hex);
-    out[..4].reverse();
-    out[4..6].reverse();
-    out[6..8].reverse();
-    out
-}
-
-/// A GUID's text form from its on-disk bytes.
-fn guid_text(b: &[u8; 16]) -> String {
-    format!(
-        "{:08X}-{:04X}-{:04X}-{:04X}-{}",
-        u32::from_le_bytes(b[..4].try_into().expect("4 bytes")),
-        u16::from_le_bytes(b[4..6].try_into().expect("2 bytes")),
-        u16::from_le_bytes(b[6..8].try_into().expect("2 bytes")),
-        u16::from_be_bytes(b[8..10].try_into().expect("2 bytes")),
-        b[10..].iter().map(|x| format!("{x:02X}")).collect::<String>()
-    )
-}
-
-/// CRC-32 (IEEE 802.3, reflected), as GPT uses for its header and entry array.
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in data {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
-        }
-    }
-    !crc
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
+    use super::super::table::{crc32, guid_bytes};
     use super::*;
 
     const MIB: usize = 1 << 20;
@@ -538,14 +326,6 @@ mod tests {
     const ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
     const ROOT_X86: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
     const DATA: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
-
-    #[test]
-    fn guid_round_trips_and_crc_matches_the_check_value() {
-        let b = guid_bytes(ROOT_X86);
-        assert_eq!(&b[..4], &[0xE3, 0xBC, 0x68, 0x4F]);
-        assert_eq!(guid_text(&b), ROOT_X86);
-        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
-    }
 
     #[test]
     fn finds_the_root_filesystem() {
@@ -673,6 +453,20 @@ mod tests {
         assert_eq!(l.partitions[0].to_string(), "partition 1 (ESP)");
     }
 
+    /// A root partition past the end of a truncated image is still found by its type, so verify can say what
+    /// is missing of it; other partitions there are named as such when no root is found.
+    #[test]
+    fn partitions_past_the_end() {
+        let mut img = vec![0u8; 4 * MIB];
+        gpt(&mut img, SectorSize::S512, &[(ESP, 2048), (ROOT_X86, 8192)]);
+        let fs = find(img).unwrap();
+        assert_eq!((fs.offset, fs.end), (8192 * 512, 8293 * 512));
+        let mut img = vec![0u8; 4 * MIB];
+        gpt(&mut img, SectorSize::S512, &[(ESP, 2048), (ESP, 8192)]);
+        let err = format!("{:#}", find(img).unwrap_err());
+        assert!(err.contains("(partitions: 1 (ESP, not ext4), 2 (ESP, past the end of the image))"), "{err}");
+    }
+
     /// What a file is, when it is no disk image: the containers and streams kiln writes are named, with what to
     /// convert them with; anything else is "not a disk image".
     #[test]
@@ -712,19 +506,5 @@ mod tests {
         }
         let err = format!("{:#}", find(b"tiny".to_vec()).unwrap_err());
         assert!(err.starts_with("test.img: not a disk image"), "{err}");
-    }
-
-    /// A root partition past the end of a truncated image is still found by its type, so verify can say what
-    /// is missing of it; other partitions there are named as such when no root is found.
-    #[test]
-    fn partitions_past_the_end() {
-        let mut img = vec![0u8; 4 * MIB];
-        gpt(&mut img, SectorSize::S512, &[(ESP, 2048), (ROOT_X86, 8192)]);
-        let fs = find(img).unwrap();
-        assert_eq!((fs.offset, fs.end), (8192 * 512, 8293 * 512));
-        let mut img = vec![0u8; 4 * MIB];
-        gpt(&mut img, SectorSize::S512, &[(ESP, 2048), (ESP, 8192)]);
-        let err = format!("{:#}", find(img).unwrap_err());
-        assert!(err.contains("(partitions: 1 (ESP, not ext4), 2 (ESP, past the end of the image))"), "{err}");
     }
 }

@@ -1,7 +1,10 @@
 //! `kiln verify`: reads an image back with an independent ext4 reader and checks that its Nix store is what its
-//! Nix database says, the way Nix itself would find it on first boot.
+//! Nix database says, the way Nix itself would find it on first boot; that its boot files are what kiln derives
+//! from the closure; and that nothing else was added. README.md's "What `kiln verify` guarantees" says exactly
+//! what is checked and what is not.
 //!
-//! 1. `locate` finds the root filesystem (a bare filesystem, a GPT or an MBR partition).
+//! 1. `locate` reads the layout (a bare filesystem, a GPT or an MBR; a container or stream is named) and finds the
+//!    root filesystem; `extent` checks that every partition and filesystem lies inside the file (truncation).
 //! 2. `db` reads `nix/var/nix/db/db.sqlite` (and the `schema` file, which must be exactly `10`).
 //! 3. `image` re-derives every valid path's NAR serialisation from the image's own files (in parallel, one
 //!    reader per worker) and compares narHash and narSize; references must be valid paths. Every entry under
@@ -9,10 +12,14 @@
 //! 4. `profile` follows `nix/var/nix/profiles/system` to a valid toplevel; with `--system` it must be that one,
 //!    and the database must hold exactly its closure. With `--store-dir`, `host` compares that closure with the
 //!    host store directory.
+//! 5. `boot` checks the ESP, XBOOTLDR partition and `grub.cfg` against what kiln's own functions write for the
+//!    toplevel's bootspec; `foreign` reports what lies outside the store (or on those partitions) that kiln does
+//!    not write.
 //!
 //! Problems are collected, not raised: one run lists everything wrong (see [`Report`]).
 
 mod boot;
+mod container;
 mod db;
 mod extent;
 mod foreign;
@@ -20,6 +27,7 @@ mod host;
 mod image;
 mod locate;
 mod profile;
+mod table;
 
 use std::fmt::{self, Write as _};
 use std::path::PathBuf;
@@ -341,7 +349,8 @@ fn check_root(
     if let Some(top) = &toplevel {
         let cx = boot::Context { disk: parts.disk, layout: parts.layout, root: parts.root, image: &img, valid: &valid };
         report.boot = boot::check(&cx, top, problems)?;
-        foreign::check(&img, top, boot::boots(parts.layout), problems)?;
+        let disk = parts.layout.table != locate::Table::None;
+        foreign::check(&img, top, boot::boots(parts.layout), disk, problems)?;
     }
     report.toplevel = toplevel;
     Ok(())
