@@ -289,7 +289,11 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
             rootfs::add_nix_state(&mut tree, state, timestamp)?;
             if boots.uefi || boots.bios {
                 let console = grub::GrubConsole::from_profile(req.base.profile.as_ref().map(|p| &p.grub));
-                let cfg = if boots.bios { Some(grub::config(&entries, default, 1, &console)?) } else { None };
+                let cfg = if boots.bios {
+                    Some(grub::config(&entries, default, crate::boot::MENU_TIMEOUT, &console)?)
+                } else {
+                    None
+                };
                 rootfs::add_boot_dir(&mut tree, cfg, timestamp)?;
             }
             let root_label = custom_label(custom, crate::profile::Role::Root).map_or(ROOT_LABEL, str::as_bytes);

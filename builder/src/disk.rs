@@ -129,16 +129,14 @@ pub fn parts(
     }
     let esp = if boots.uefi {
         let opts = systemd_boot::Options {
-            timeout: 1,
+            timeout: boot::MENU_TIMEOUT,
             default_specialisation: default_specialisation.map(str::to_owned),
             build_time,
         };
         let files = systemd_boot::esp_files(store, system, entries, &opts)?;
         let (mut esp, mut xbootldr) = (fat::Tree::new(), fat::Tree::new());
         for (path, source) in files {
-            // With XBOOTLDR, what `nixos-rebuild` manages per generation lives there (as NixOS's builder puts
-            // it with boot.loader.systemd-boot.xbootldrMountPoint); systemd-boot reads loader.conf from the ESP.
-            let on_xbootldr = boots.xbootldr && (path.starts_with("loader/entries/") || path.starts_with("EFI/nixos/"));
+            let on_xbootldr = boots.xbootldr && systemd_boot::on_xbootldr(&path);
             let (tree, what) = if on_xbootldr { (&mut xbootldr, "XBOOTLDR") } else { (&mut esp, "ESP") };
             tree.add_file(&path, source).with_context(|| format!("{what} file {path}"))?;
         }

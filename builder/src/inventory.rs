@@ -11,7 +11,16 @@ use anyhow::{Context, Result, bail};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::store::{StoreDir, StorePath};
+use crate::store::{LOGICAL_STORE, StoreDir, StorePath};
+
+/// The longest logical path (`/nix/store/…`, in bytes) of an entry kiln puts in an image. `kiln verify` reads
+/// images back with `ext4-view`, which resolves every file by its absolute path and refuses paths longer than
+/// this (Linux's `PATH_MAX`); an image kiln builds must be one its own verify can read.
+pub const MAX_PATH_BYTES: usize = 4096;
+/// The most components (`nix`, `store`, the store path, then one per directory level) a logical path of an
+/// entry may have: `ext4-view` stops resolving a path after 1,000 steps, one per component, so a store path
+/// may nest 997 levels deep.
+pub const MAX_PATH_COMPONENTS: usize = 1000;
 
 /// What an entry is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +76,7 @@ impl PathInventory {
         let mut host_inodes = Vec::new();
         let meta = std::fs::symlink_metadata(&root)
             .with_context(|| format!("{}: missing from store directory {}", path, store.root().display()))?;
-        visit(&root, PathBuf::new(), meta, path, &mut entries, &mut host_inodes)?;
+        visit(&root, PathBuf::new(), 0, meta, path, &mut entries, &mut host_inodes)?;
         Ok(Self { path: path.clone(), entries, host_inodes })
     }
 
@@ -89,14 +98,44 @@ impl PathInventory {
     }
 }
 
+/// Refuses an entry whose logical path `kiln verify` could not resolve: longer than [`MAX_PATH_BYTES`] or of
+/// more than [`MAX_PATH_COMPONENTS`] components. `depth` is the number of components of `rel`.
+fn check_depth(sp: &StorePath, rel: &Path, depth: usize) -> Result<()> {
+    let base = sp.base_name();
+    let rel_len = rel.as_os_str().len();
+    let bytes = LOGICAL_STORE.len() + 1 + base.len() + if rel_len == 0 { 0 } else { 1 + rel_len };
+    let components = 3 + depth;
+    if bytes <= MAX_PATH_BYTES && components <= MAX_PATH_COMPONENTS {
+        return Ok(());
+    }
+    let logical = sp.logical().join(rel);
+    let shown = logical.as_os_str().as_bytes();
+    let shown = if shown.len() > 160 {
+        format!(
+            "{}…{} ({} levels below its store path)",
+            String::from_utf8_lossy(&shown[..80]),
+            String::from_utf8_lossy(&shown[shown.len() - 60..]),
+            depth
+        )
+    } else {
+        logical.display().to_string()
+    };
+    bail!(
+        "store path {sp}: {shown} is {bytes} bytes and {components} path components long; kiln refuses paths of          more than {MAX_PATH_BYTES} bytes or {MAX_PATH_COMPONENTS} components (a store path nested at most {}          levels deep), because `kiln verify` reads images back by path with ext4-view, which resolves no longer          paths",
+        MAX_PATH_COMPONENTS - 3
+    )
+}
+
 fn visit(
     physical: &Path,
     rel: PathBuf,
+    depth: usize,
     meta: std::fs::Metadata,
     sp: &StorePath,
     out: &mut Vec<Entry>,
     host_inodes: &mut Vec<(u32, u64, u64)>,
 ) -> Result<()> {
+    check_depth(sp, &rel, depth)?;
     let ft = meta.file_type();
     if meta.nlink() > 1 && !ft.is_dir() {
         let index = u32::try_from(out.len()).context("more than 2^32 entries in one store path")?;
@@ -144,7 +183,7 @@ fn visit(
             let child = physical.join(&name);
             let meta =
                 std::fs::symlink_metadata(&child).with_context(|| format!("{}: cannot stat", child.display()))?;
-            visit(&child, rel.join(&name), meta, sp, out, host_inodes)?;
+            visit(&child, rel.join(&name), depth + 1, meta, sp, out, host_inodes)?;
         }
     }
     Ok(())
@@ -276,6 +315,34 @@ mod tests {
         assert_eq!((t.hardlink_groups, t.hardlink_extra, t.unique_bytes), (2, 2, 5));
         let groups: Vec<_> = inv.paths.iter().flat_map(|p| p.entries.iter().map(|e| e.link_group)).collect();
         assert_eq!(groups, [None, Some(0), None, Some(1), None, Some(1), Some(0)]);
+    }
+
+    /// The deepest and longest paths `kiln verify` can read back are accepted; one component or byte more is
+    /// refused, naming the store path and the limit.
+    #[test]
+    fn refuses_paths_verify_could_not_resolve() {
+        let sp = StorePath::from_base_name("0123456789abcdfghijklmnpqrsvwxyz-deep").unwrap();
+        let prefix = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-deep".len();
+        let levels = |n: usize| PathBuf::from(vec!["d"; n].join("/"));
+        check_depth(&sp, &levels(997), 997).unwrap();
+        let err = check_depth(&sp, &levels(998), 998).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("store path {sp}: /nix/store/")), "{err}");
+        assert!(err.contains("(998 levels below its store path) is 2044 bytes and 1001 path components long"), "{err}");
+        assert!(err.contains("more than 4096 bytes or 1000 components (a store path nested at most 997"), "{err}");
+        // 4096 bytes in all: the store path, then names of 255 bytes and one shorter one.
+        let name = "n".repeat(255);
+        let mut rel = PathBuf::new();
+        let mut depth = 0;
+        while prefix + rel.as_os_str().len() + 1 + 256 <= MAX_PATH_BYTES {
+            rel.push(&name);
+            depth += 1;
+        }
+        let last = MAX_PATH_BYTES - prefix - rel.as_os_str().len() - 2;
+        rel.push("x".repeat(last));
+        check_depth(&sp, &rel, depth + 1).unwrap();
+        rel.set_file_name("x".repeat(last + 1));
+        let err = check_depth(&sp, &rel, depth + 1).unwrap_err().to_string();
+        assert!(err.contains("is 4097 bytes"), "{err}");
     }
 
     #[test]

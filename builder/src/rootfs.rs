@@ -34,10 +34,7 @@ pub type StoreTree = (Tree, Vec<Vec<NodeId>>);
 /// the image adds itself get `timestamp` as their time. Store files are [`Source::Caller`]: the data pass
 /// copies them (see [`crate::copy`]), so the tree holds no path per file.
 pub fn store_tree(store: &StoreDir, inv: &Inventory, timestamp: i64) -> Result<StoreTree> {
-    let own = |perm, gid| Meta { perm, uid: 0, gid, mtime: timestamp };
-    let mut tree = Tree::new(own(0o755, 0));
-    let nix = tree.mkdir(tree.root(), b"nix", own(0o755, 0))?;
-    let store_node = tree.mkdir(nix, b"store", own(0o1775, NIXBLD_GID))?;
+    let (mut tree, store_node) = skeleton(timestamp)?;
     let mut linked: HashMap<u32, NodeId> = HashMap::new();
     let mut nodes = Vec::with_capacity(inv.paths.len());
     for p in &inv.paths {
@@ -82,6 +79,16 @@ pub fn store_tree(store: &StoreDir, inv: &Inventory, timestamp: i64) -> Result<S
         nodes.push(path_nodes);
     }
     Ok((tree, nodes))
+}
+
+/// The tree every image starts from: `/`, `/nix` and an empty `/nix/store` (returned with it), their time
+/// `timestamp`.
+pub fn skeleton(timestamp: i64) -> Result<(Tree, NodeId)> {
+    let own = |perm, gid| Meta { perm, uid: 0, gid, mtime: timestamp };
+    let mut tree = Tree::new(own(0o755, 0));
+    let nix = tree.mkdir(tree.root(), b"nix", own(0o755, 0))?;
+    let store_node = tree.mkdir(nix, b"store", own(0o1775, NIXBLD_GID))?;
+    Ok((tree, store_node))
 }
 
 /// What the Nix state directory of the image holds besides the store.

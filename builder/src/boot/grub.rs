@@ -170,6 +170,51 @@ pub fn loader_cmdline<S: AsRef<str>>(args: &[S]) -> String {
     args.iter().map(|a| one(a.as_ref())).collect::<Vec<_>>().join(" ")
 }
 
+/// A line split into words the way GRUB's shell does for the cases grub.cfg files use: whitespace separates,
+/// single quotes are literal, double quotes and backslashes escape.
+pub fn words(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                in_word = true;
+                word.extend(chars.by_ref().take_while(|&c| c != '\''));
+            }
+            '"' => {
+                in_word = true;
+                while let Some(c) = chars.next() {
+                    match c {
+                        '"' => break,
+                        '\\' => word.extend(chars.next()),
+                        c => word.push(c),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                word.extend(chars.next());
+            }
+            c if c.is_ascii_whitespace() => {
+                if in_word {
+                    out.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            c => {
+                in_word = true;
+                word.push(c);
+            }
+        }
+    }
+    if in_word {
+        out.push(word);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

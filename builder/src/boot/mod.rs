@@ -11,6 +11,8 @@ use crate::system::{BootEntry, StoreFile, System};
 
 /// The generation number an image's system gets (the profile link is `system-1-link`).
 pub const GENERATION: u32 = 1;
+/// Seconds the boot menu waits (systemd-boot's `timeout`, GRUB's `set timeout`).
+pub const MENU_TIMEOUT: u32 = 1;
 
 /// One boot entry, resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]

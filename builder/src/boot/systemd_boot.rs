@@ -60,28 +60,51 @@ pub fn entry_conf(e: &Entry, build_time: i64) -> String {
     s
 }
 
-/// Everything the ESP holds for `entries` of `system`. Fails, naming the path, when the closure has no
-/// systemd-boot binary or an entry names a specialisation that does not exist.
-pub fn esp_files(store: &StoreDir, system: &System, entries: &[Entry], opts: &Options) -> Result<EspFiles> {
+/// Where the bytes of a file on the ESP come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EspSource {
+    /// A file of the closure, by its logical path (`/nix/store/…`; symlinks on the way are followed).
+    Store(PathBuf),
+    /// Text kiln writes: `loader.conf` and the entries.
+    Text(String),
+}
+
+/// The systemd-boot binary of `system` in its closure, by logical path: `<toplevel>/systemd/lib/systemd/boot/efi/
+/// systemd-boot<arch>.efi`.
+pub fn binary(system: &System) -> Result<PathBuf> {
     let arch = efi_arch(&system.boot.system)?;
-    let logical = system.toplevel.logical().join(format!("systemd/lib/systemd/boot/efi/systemd-boot{arch}.efi"));
-    let binary = store.resolve_in_store(&logical).map_err(|e| {
-        anyhow::anyhow!(
-            "the closure has no systemd-boot binary for UEFI ({}): {e:#}; an efi layout needs the systemd package \
-             the toplevel's `systemd` link points to",
-            logical.display()
-        )
-    })?;
-    let mut files = EspFiles::new();
-    files.insert(format!("EFI/systemd/systemd-boot{arch}.efi"), Source::Host(binary.clone()));
-    files.insert(format!("EFI/BOOT/BOOT{}.EFI", arch.to_uppercase()), Source::Host(binary));
-    let physical = |f: &StoreFile| -> Result<PathBuf> { store.resolve_in_store(&f.logical) };
+    Ok(system.toplevel.logical().join(format!("systemd/lib/systemd/boot/efi/systemd-boot{arch}.efi")))
+}
+
+/// `loader/loader.conf`: the menu timeout, the entry booted by default (`<id>.conf`), and the console mode.
+#[must_use]
+pub fn loader_conf(timeout: u32, default_id: &str) -> String {
+    format!("timeout {timeout}\ndefault {default_id}.conf\nconsole-mode keep\n")
+}
+
+/// Whether the ESP file at `path` goes on the XBOOTLDR partition when there is one: what `nixos-rebuild` manages
+/// per generation (entries, kernels, initrds), as NixOS's builder puts it with
+/// `boot.loader.systemd-boot.xbootldrMountPoint`; systemd-boot itself and `loader.conf` stay on the ESP.
+#[must_use]
+pub fn on_xbootldr(path: &str) -> bool {
+    path.starts_with("loader/entries/") || path.starts_with("EFI/nixos/")
+}
+
+/// What the ESP holds for `entries` of `system`, by FAT path, without reading anything: which closure file or
+/// which text each file is. Fails when an entry names a specialisation that does not exist, or the system type
+/// has no systemd-boot binary.
+pub fn esp_plan(system: &System, entries: &[Entry], opts: &Options) -> Result<BTreeMap<String, EspSource>> {
+    let arch = efi_arch(&system.boot.system)?;
+    let binary = binary(system)?;
+    let mut files = BTreeMap::new();
+    files.insert(format!("EFI/systemd/systemd-boot{arch}.efi"), EspSource::Store(binary.clone()));
+    files.insert(format!("EFI/BOOT/BOOT{}.EFI", arch.to_uppercase()), EspSource::Store(binary));
     for e in entries {
-        files.insert(esp_path(&e.kernel), Source::Host(physical(&e.kernel)?));
+        files.insert(esp_path(&e.kernel), EspSource::Store(e.kernel.logical.clone()));
         if let Some(initrd) = &e.initrd {
-            files.insert(esp_path(initrd), Source::Host(physical(initrd)?));
+            files.insert(esp_path(initrd), EspSource::Store(initrd.logical.clone()));
         }
-        files.insert(format!("loader/entries/{}.conf", e.id), bytes(entry_conf(e, opts.build_time)));
+        files.insert(format!("loader/entries/{}.conf", e.id), EspSource::Text(entry_conf(e, opts.build_time)));
     }
     let default = match &opts.default_specialisation {
         None => &entries[0],
@@ -90,10 +113,32 @@ pub fn esp_files(store: &StoreDir, system: &System, entries: &[Entry], opts: &Op
             anyhow::anyhow!("default specialisation {name:?} does not exist (the system has: {known:?})")
         })?,
     };
-    files.insert(
-        "loader/loader.conf".to_owned(),
-        bytes(format!("timeout {}\ndefault {}.conf\nconsole-mode keep\n", opts.timeout, default.id)),
-    );
+    files.insert("loader/loader.conf".to_owned(), EspSource::Text(loader_conf(opts.timeout, &default.id)));
+    Ok(files)
+}
+
+/// Everything the ESP holds for `entries` of `system`, with the closure's files found in `store`. Fails, naming
+/// the path, when the closure has no systemd-boot binary or an entry names a specialisation that does not exist.
+pub fn esp_files(store: &StoreDir, system: &System, entries: &[Entry], opts: &Options) -> Result<EspFiles> {
+    let plan = esp_plan(system, entries, opts)?;
+    let systemd_boot = binary(system)?;
+    let mut files = EspFiles::new();
+    for (path, source) in plan {
+        let source = match source {
+            EspSource::Text(text) => bytes(text),
+            EspSource::Store(logical) if logical == systemd_boot => {
+                Source::Host(store.resolve_in_store(&logical).map_err(|e| {
+                    anyhow::anyhow!(
+                        "the closure has no systemd-boot binary for UEFI ({}): {e:#}; an efi layout needs the \
+                         systemd package the toplevel's `systemd` link points to",
+                        logical.display()
+                    )
+                })?)
+            }
+            EspSource::Store(logical) => Source::Host(store.resolve_in_store(&logical)?),
+        };
+        files.insert(path, source);
+    }
     Ok(files)
 }
 

@@ -47,13 +47,12 @@ impl std::fmt::Debug for Disk {
 }
 
 impl Disk {
-    /// Opens `path` read-only (a file or a block device).
+    /// Opens `path` read-only: a regular file or a block device. Anything else (a FIFO, a socket, a character
+    /// device, a directory) is refused before a byte is read: it is opened non-blocking, so a FIFO nobody
+    /// writes to cannot hang the open, and its type is checked on the open descriptor.
     pub(crate) fn open(path: &Path) -> Result<Self> {
         let name = path.display().to_string();
-        let mut file = File::open(path).with_context(|| format!("{name}: cannot open the image"))?;
-        if file.metadata().with_context(|| format!("{name}: cannot stat the image"))?.is_dir() {
-            bail!("{name}: a directory, not a disk image");
-        }
+        let mut file = open_image(path, &name)?;
         // Seeking to the end measures block devices too, whose metadata says 0 bytes.
         let len = file.seek(SeekFrom::End(0)).with_context(|| format!("{name}: cannot find the image's size"))?;
         Ok(Self::new(Arc::new(file), Bytes(len), name))
@@ -99,6 +98,38 @@ impl Disk {
     pub(crate) fn window(&self, range: ByteRange) -> Window {
         Window { disk: self.clone(), range }
     }
+}
+
+/// Opens an image read-only, refusing what is neither a regular file nor a block device; `name` is what errors
+/// call it.
+fn open_image(path: &Path, name: &str) -> Result<File> {
+    use rustix::fs::{Mode, OFlags};
+    use std::os::unix::fs::FileTypeExt;
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
+    let fd = rustix::fs::open(path, flags, Mode::empty())
+        .map_err(io::Error::from)
+        .with_context(|| format!("{name}: cannot open the image"))?;
+    let file = File::from(fd);
+    let kind = file.metadata().with_context(|| format!("{name}: cannot stat the image"))?.file_type();
+    if kind.is_file() || kind.is_block_device() {
+        // Reads of regular files and block devices do not block anyway; clear the flag all the same.
+        rustix::fs::fcntl_setfl(&file, OFlags::empty())
+            .map_err(io::Error::from)
+            .with_context(|| format!("{name}: cannot clear O_NONBLOCK"))?;
+        return Ok(file);
+    }
+    let what = if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else {
+        "not a regular file"
+    };
+    bail!("{name}: {what}, not a disk image (an image is a regular file or a block device)")
 }
 
 /// A byte range of the image read as if it were the whole device: a partition, or the whole image when it is a
@@ -246,6 +277,31 @@ mod tests {
         assert_eq!(buf, [0, 1, 2, 3]);
         let err = w.read("superblock", Bytes(600), &mut buf).unwrap_err().to_string();
         assert!(err.contains("byte 1112") && err.contains("past the end of its partition"), "{err}");
+    }
+
+    /// What is neither a regular file nor a block device is refused before a byte is read; a FIFO nobody
+    /// writes to does not block the open.
+    #[test]
+    fn opens_only_files_and_block_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe");
+        let ok = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success();
+        assert!(ok, "mkfifo failed");
+        for (path, want) in [
+            (fifo.as_path(), "a FIFO (named pipe), not a disk image"),
+            (dir.path(), "a directory, not a disk image"),
+            (Path::new("/dev/null"), "a character device, not a disk image"),
+        ] {
+            let err = Disk::open(path).unwrap_err().to_string();
+            assert_eq!(err, format!("{}: {want} (an image is a regular file or a block device)", path.display()));
+        }
+        let file = dir.path().join("disk.img");
+        std::fs::write(&file, [7u8; 1024]).unwrap();
+        let d = Disk::open(&file).unwrap();
+        assert_eq!(d.len(), Bytes(1024));
+        let mut buf = [0u8; 2];
+        d.read("bytes", Bytes(1022), &mut buf).unwrap();
+        assert_eq!(buf, [7, 7]);
     }
 
     #[test]

@@ -122,7 +122,7 @@ pub(crate) fn parse_config(text: &str, partition: Option<u32>, path: &str) -> Gr
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let words = words(line);
+        let words = crate::boot::grub::words(line);
         let first = words.first().map(String::as_str);
         match first {
             Some("menuentry" | "submenu") => {
@@ -170,51 +170,6 @@ pub(crate) fn parse_config(text: &str, partition: Option<u32>, path: &str) -> Gr
         }
     }
     cfg
-}
-
-/// A line split into words the way GRUB's shell does for the cases grub.cfg files use: whitespace separates,
-/// single quotes are literal, double quotes and backslashes escape.
-fn words(line: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut word = String::new();
-    let mut in_word = false;
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => {
-                in_word = true;
-                word.extend(chars.by_ref().take_while(|&c| c != '\''));
-            }
-            '"' => {
-                in_word = true;
-                while let Some(c) = chars.next() {
-                    match c {
-                        '"' => break,
-                        '\\' => word.extend(chars.next()),
-                        c => word.push(c),
-                    }
-                }
-            }
-            '\\' => {
-                in_word = true;
-                word.extend(chars.next());
-            }
-            c if c.is_ascii_whitespace() => {
-                if in_word {
-                    out.push(std::mem::take(&mut word));
-                    in_word = false;
-                }
-            }
-            c => {
-                in_word = true;
-                word.push(c);
-            }
-        }
-    }
-    if in_word {
-        out.push(word);
-    }
-    out
 }
 
 #[cfg(test)]

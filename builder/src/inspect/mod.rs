@@ -12,8 +12,8 @@
 //! sector pointing past the end (truncated) — is an error naming the image and the byte offset. What cannot be
 //! read inside a filesystem is a warning in the [`Report`], so one run still shows everything else.
 
-mod disk;
-mod fs;
+pub(crate) mod disk;
+pub(crate) mod fs;
 mod grub;
 mod nixos;
 mod systemd_boot;

@@ -112,6 +112,34 @@ fn query(conn: &Connection, shown: &str, problems: &mut Vec<Problem>) -> Result<
     Ok(paths)
 }
 
+/// Checks `/nix-path-registration` (`text`, the closureInfo registration kiln copies there) against the
+/// database: the same valid paths with the same narHash, narSize and references.
+pub(crate) fn check_registration(text: &str, valid: &ValidPaths, problems: &mut Vec<Problem>) {
+    const FILE: &str = "/nix-path-registration";
+    let mut problem = |detail: String| {
+        problems.push(Problem { kind: ProblemKind::Database, subject: FILE.to_owned(), detail });
+    };
+    let registered = match crate::closure::closure_info::parse_registration(text, Path::new(FILE)) {
+        Ok(r) => r,
+        Err(e) => {
+            problem(format!("cannot be read as a registration: {e:#}"));
+            return;
+        }
+    };
+    for p in registered.keys().filter(|p| !valid.contains_key(*p)) {
+        problem(format!("registers {p}, which is not a valid path in the image's database"));
+    }
+    for (p, reg) in valid {
+        match registered.get(p) {
+            None => problem(format!("does not register {p}, a valid path in the image's database")),
+            Some(info) if info.nar != reg.nar || info.references != reg.references => {
+                problem(format!("registers {p} with another narHash, narSize or references than the database"));
+            }
+            Some(_) => {}
+        }
+    }
+}
+
 /// The closure of `root` in `paths`: every valid path reachable through references, `root` included.
 pub(crate) fn closure<'a>(paths: &'a ValidPaths, root: &'a StorePath) -> BTreeSet<&'a StorePath> {
     let mut seen = BTreeSet::from([root]);
@@ -183,5 +211,27 @@ mod tests {
         assert!(text.iter().any(|t| t.starts_with(B) && t.contains("hash \"md5:x\" is malformed")), "{text:?}");
         assert!(text.iter().any(|t| t.starts_with(B) && t.contains("no narSize")), "{text:?}");
         assert!(text.iter().any(|t| t.starts_with(A) && t.contains("path id 99")), "{text:?}");
+    }
+
+    #[test]
+    fn the_registration_file_must_agree_with_the_database() {
+        let paths = BTreeMap::from([(sp(A), info(&[A, B], 120)), (sp(B), info(&[], 96))]);
+        let mut problems = Vec::new();
+        let valid = read(&crate::nixdb::database(&paths, 1).unwrap(), "db.sqlite", &mut problems).unwrap();
+        check_registration(&crate::nixdb::registration_text(&paths).unwrap(), &valid, &mut problems);
+        assert_eq!(problems, []);
+        let other = BTreeMap::from([(sp(A), info(&[A, B], 121)), (sp(C), info(&[], 8))]);
+        check_registration(&crate::nixdb::registration_text(&other).unwrap(), &valid, &mut problems);
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                format!("/nix-path-registration: registers {C}, which is not a valid path in the image's database"),
+                format!(
+                    "/nix-path-registration: registers {A} with another narHash, narSize or references than the database"
+                ),
+                format!("/nix-path-registration: does not register {B}, a valid path in the image's database"),
+            ]
+        );
     }
 }

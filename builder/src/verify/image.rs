@@ -4,15 +4,14 @@
 //!
 //! `ext4-view` is not thread-safe (its handle is an `Rc`); each worker thread opens its own [`Image`].
 
-use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow};
-use ext4_view::{Ext4, Ext4Read, Metadata};
+use ext4_view::{Ext4, Ext4Error, Metadata};
 
 use crate::closure::NarInfo;
+use crate::inspect::disk::Window;
 use crate::inventory::Kind;
 use crate::nar::NarHasher;
 use crate::store::LOGICAL_STORE;
@@ -21,20 +20,6 @@ use crate::store::LOGICAL_STORE;
 const CANONICAL_MTIME: i64 = 1;
 /// Non-canonical entries listed per store path (the rest are counted).
 const LISTED_VIOLATIONS: usize = 3;
-
-/// The image file read at a byte offset: the filesystem's byte 0 is the file's byte `offset`.
-struct OffsetReader {
-    file: File,
-    offset: u64,
-}
-
-impl Ext4Read for OffsetReader {
-    fn read(&mut self, start_byte: u64, dst: &mut [u8]) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let at = self.offset.checked_add(start_byte).ok_or("read offset overflows u64")?;
-        self.file.read_exact_at(dst, at)?;
-        Ok(())
-    }
-}
 
 /// The root filesystem of an image, open for reading.
 pub(crate) struct Image {
@@ -60,8 +45,22 @@ pub(crate) struct PathCheck {
     pub violation_count: u64,
 }
 
-fn ext4_path(path: &[u8]) -> Result<ext4_view::PathBuf> {
+pub(crate) fn ext4_path(path: &[u8]) -> Result<ext4_view::PathBuf> {
     ext4_view::PathBuf::try_from(path).map_err(|e| anyhow!("{}: not a valid path: {e}", show(path)))
+}
+
+/// What an `ext4-view` error says. A read error is the reader's own message, which names the image, the byte
+/// offset and what was being read; a path too long for `ext4-view` says what its limits are.
+pub(crate) fn why(e: &Ext4Error) -> String {
+    match e {
+        Ext4Error::Io(io) => io.to_string(),
+        Ext4Error::PathTooLong => format!(
+            "{e}: ext4-view resolves paths of at most {} bytes and {} components, and kiln build refuses deeper trees",
+            crate::inventory::MAX_PATH_BYTES,
+            crate::inventory::MAX_PATH_COMPONENTS
+        ),
+        _ => e.to_string(),
+    }
 }
 
 /// A path for messages (lossy UTF-8).
@@ -70,11 +69,17 @@ pub(crate) fn show(bytes: &[u8]) -> String {
 }
 
 impl Image {
-    /// Opens the filesystem starting at byte `offset` of `image`.
-    pub(crate) fn open(image: &Path, offset: u64) -> Result<Self> {
-        let file = File::open(image).with_context(|| format!("opening {}", image.display()))?;
-        let fs = Ext4::load(Box::new(OffsetReader { file, offset }))
-            .map_err(|e| anyhow!("{}: cannot read the ext4 filesystem at byte {offset}: {e}", image.display()))?;
+    /// Opens the filesystem in `window` (its partition, or the whole image). Reads past the window's end, or the
+    /// image's, fail naming the image, the byte offset and what was being read.
+    pub(crate) fn open(window: &Window) -> Result<Self> {
+        let fs = Ext4::load(Box::new(window.clone())).map_err(|e| {
+            anyhow!(
+                "{}: cannot read the ext4 filesystem at byte {}: {}",
+                window.disk().name(),
+                window.range().start,
+                why(&e)
+            )
+        })?;
         Ok(Self { fs })
     }
 
@@ -82,8 +87,8 @@ impl Image {
     pub(crate) fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
         match self.fs.read(path) {
             Ok(bytes) => Ok(Some(bytes)),
-            Err(ext4_view::Ext4Error::NotFound) => Ok(None),
-            Err(e) => Err(anyhow!("{path}: {e}")),
+            Err(Ext4Error::NotFound) => Ok(None),
+            Err(e) => Err(anyhow!("{path}: {}", why(&e))),
         }
     }
 
@@ -91,12 +96,12 @@ impl Image {
     /// symlink.
     pub(crate) fn read_link(&self, path: &str) -> Result<Option<Vec<u8>>> {
         match self.fs.symlink_metadata(path) {
-            Err(ext4_view::Ext4Error::NotFound) => return Ok(None),
-            Err(e) => return Err(anyhow!("{path}: {e}")),
+            Err(Ext4Error::NotFound) => return Ok(None),
+            Err(e) => return Err(anyhow!("{path}: {}", why(&e))),
             Ok(md) if !md.is_symlink() => return Err(anyhow!("{path}: not a symlink ({:?})", md.file_type())),
             Ok(_) => {}
         }
-        let target = self.fs.read_link(path).map_err(|e| anyhow!("{path}: {e}"))?;
+        let target = self.fs.read_link(path).map_err(|e| anyhow!("{path}: {}", why(&e)))?;
         Ok(Some(target.as_ref().to_vec()))
     }
 
@@ -104,25 +109,26 @@ impl Image {
     pub(crate) fn exists(&self, path: &str) -> Result<bool> {
         match self.fs.symlink_metadata(path) {
             Ok(_) => Ok(true),
-            Err(ext4_view::Ext4Error::NotFound) => Ok(false),
-            Err(e) => Err(anyhow!("{path}: {e}")),
+            Err(Ext4Error::NotFound) => Ok(false),
+            Err(e) => Err(anyhow!("{path}: {}", why(&e))),
         }
     }
 
     /// The names in directory `path` (without `.` and `..`), sorted bytewise, with each entry's metadata.
-    fn sorted_dir(&self, path: &ext4_view::PathBuf) -> Result<Vec<(Vec<u8>, Metadata)>> {
+    pub(crate) fn sorted_dir(&self, path: &ext4_view::PathBuf) -> Result<Vec<(Vec<u8>, Metadata)>> {
         let mut out = Vec::new();
         for entry in
-            self.fs.read_dir(path).map_err(|e| anyhow!("{}: cannot read the directory: {e}", path.display()))?
+            self.fs.read_dir(path).map_err(|e| anyhow!("{}: cannot read the directory: {}", path.display(), why(&e)))?
         {
-            let entry = entry.map_err(|e| anyhow!("{}: cannot read a directory entry: {e}", path.display()))?;
+            let entry = entry.map_err(|e| anyhow!("{}: cannot read a directory entry: {}", path.display(), why(&e)))?;
             let name = entry.file_name();
             let name = name.as_ref();
             if name == b"." || name == b".." {
                 continue;
             }
-            let md =
-                entry.metadata().map_err(|e| anyhow!("{}: cannot read the inode: {e}", show(entry.path().as_ref())))?;
+            let md = entry
+                .metadata()
+                .map_err(|e| anyhow!("{}: cannot read the inode: {}", show(entry.path().as_ref()), why(&e)))?;
             out.push((name.to_vec(), md));
         }
         out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -141,7 +147,7 @@ impl Image {
     pub(crate) fn check_store_path(&self, base: &str, buf: &mut Vec<u8>) -> Result<PathCheck> {
         let abs = format!("{LOGICAL_STORE}/{base}");
         let root = ext4_path(abs.as_bytes())?;
-        let md = self.fs.symlink_metadata(&root).map_err(|e| anyhow!("{abs}: {e}"))?;
+        let md = self.fs.symlink_metadata(&root).map_err(|e| anyhow!("{abs}: {}", why(&e)))?;
         if buf.len() < 1 << 16 {
             buf.resize(1 << 16, 0);
         }
@@ -171,7 +177,7 @@ impl Walk<'_> {
         } else if t.is_dir() {
             Kind::Dir
         } else if t.is_symlink() {
-            let target = self.image.fs.read_link(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            let target = self.image.fs.read_link(path).map_err(|e| anyhow!("{}: {}", path.display(), why(&e)))?;
             Kind::Symlink { target: PathBuf::from(std::ffi::OsStr::from_bytes(target.as_ref())) }
         } else {
             anyhow::bail!("{}: a {t:?}, which a store path cannot hold", path.display());
@@ -180,11 +186,12 @@ impl Walk<'_> {
         self.hasher.entry(rel, &kind).with_context(|| format!("{}: NAR serialisation", path.display()))?;
         match kind {
             Kind::File { .. } => {
-                let mut file = self.image.fs.open(path).map_err(|e| anyhow!("{}: cannot open: {e}", path.display()))?;
+                let mut file =
+                    self.image.fs.open(path).map_err(|e| anyhow!("{}: cannot open: {}", path.display(), why(&e)))?;
                 loop {
-                    let n = file
-                        .read_bytes(self.buf)
-                        .map_err(|e| anyhow!("{}: cannot read at byte {}: {e}", path.display(), file.position()))?;
+                    let n = file.read_bytes(self.buf).map_err(|e| {
+                        anyhow!("{}: cannot read at byte {}: {}", path.display(), file.position(), why(&e))
+                    })?;
                     if n == 0 {
                         break;
                     }

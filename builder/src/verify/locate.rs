@@ -1,15 +1,19 @@
-//! Finding the root filesystem in an image: a bare ext4 filesystem at byte 0, a GPT partition (512- or 4096-byte
-//! sectors) of a Linux root or data type or with the label `nixos`, or an MBR partition of type 0x83.
+//! What an image is laid out as: a bare ext4 filesystem at byte 0, a GPT (512- or 4096-byte sectors) or an MBR,
+//! with every partition's byte range (which may run past the end of a truncated image); and which partition
+//! holds the root filesystem: of a Linux root or data type or labelled `nixos` on GPT, of type 0x83 on MBR.
+//! A file that is none of these is named when it is a container or compressed stream kiln writes (qcow2, VHD,
+//! VHDX, VMDK, zstd, gzip), so the error says what to convert it with.
 
 use std::fmt;
-use std::fs::File;
-use std::io;
-use std::os::unix::fs::FileExt;
 
 use anyhow::{Result, bail};
+use kiln_formats::disk::Bytes;
+
+use super::{container, table};
+use crate::inspect::disk::Disk;
 
 /// Byte offset of the ext4 superblock from the start of the filesystem.
-const SUPERBLOCK: u64 = 1024;
+pub(crate) const SUPERBLOCK: u64 = 1024;
 /// `s_magic` inside the superblock, and its value.
 const MAGIC_AT: u64 = 0x38;
 const EXT4_MAGIC: u16 = 0xEF53;
@@ -17,39 +21,6 @@ const EXT4_MAGIC: u16 = 0xEF53;
 const LABEL_AT: u64 = 0x78;
 /// The label NixOS mounts its root by.
 const ROOT_LABEL: &[u8] = b"nixos";
-
-/// Partition type GUIDs this module knows, as text (as `sgdisk`/`systemd-gpt-auto-generator` spell them), with
-/// how much each one says "this is the root filesystem" (higher wins).
-const TYPES: &[(&str, &str, u8)] = &[
-    ("4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709", "Linux root (x86-64)", 3),
-    ("B921B045-1DF0-41C3-AF44-4C6F280D3FAE", "Linux root (ARM64)", 3),
-    ("0FC63DAF-8483-4772-8E79-3D69D8477DE4", "Linux filesystem data", 1),
-];
-
-/// Whatever an image can be read from at byte offsets (a file, or memory in tests).
-pub(crate) trait ReadAt {
-    /// Fills `buf` from byte `offset`; reading past the end is an error.
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
-}
-
-impl ReadAt for File {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        FileExt::read_exact_at(self, buf, offset)
-    }
-}
-
-impl ReadAt for [u8] {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let start = usize::try_from(offset).ok().filter(|&s| s <= self.len());
-        match start.and_then(|s| self.get(s..s + buf.len())) {
-            Some(src) => {
-                buf.copy_from_slice(src);
-                Ok(())
-            }
-            None => Err(io::ErrorKind::UnexpectedEof.into()),
-        }
-    }
-}
 
 /// A logical sector size GPT may be written with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,17 +45,6 @@ impl SectorSize {
 impl serde::Serialize for SectorSize {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(self.bytes())
-    }
-}
-
-/// A logical block address: a sector number, meaningful only with its [`SectorSize`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Lba(u64);
-
-impl Lba {
-    /// The byte offset of this sector, or `None` if it does not fit in 64 bits.
-    fn byte_offset(self, sector: SectorSize) -> Option<u64> {
-        self.0.checked_mul(sector.bytes())
     }
 }
 
@@ -122,199 +82,212 @@ impl fmt::Display for Location {
     }
 }
 
-/// The root filesystem: where it starts in the image, and how it was found.
+/// The root filesystem: where it lies in the image, and how it was found.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RootFs {
     /// Byte offset of the filesystem's first byte in the image.
     pub offset: u64,
+    /// Byte offset just past the end of its partition (of the image, for a bare filesystem); it may lie past the
+    /// end of a truncated image.
+    pub end: u64,
     /// How it was found.
     pub location: Location,
 }
 
-/// Finds the root filesystem in `image`; `name` is what errors call the image.
-pub(crate) fn root_fs(image: &(impl ReadAt + ?Sized), name: &str) -> Result<RootFs> {
-    if has_ext4_magic(image, 0) {
-        return Ok(RootFs { offset: 0, location: Location::WholeImage });
+/// What a partition is for, as far as verifying goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// The EFI system partition (GPT type, or MBR type 0xEF).
+    Esp,
+    /// The Boot Loader Specification's extended boot partition.
+    Xbootldr,
+    /// The BIOS boot partition holding GRUB's core.img.
+    BiosBoot,
+    /// Anything else (the root among them).
+    Other,
+}
+
+/// One partition as its table describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Partition {
+    /// Number, from 1.
+    pub number: u32,
+    /// What its type is called, or its type GUID, or `type 0x..` on MBR.
+    pub kind: String,
+    /// What it is for.
+    pub role: Role,
+    /// Byte offset of its first byte.
+    pub start: u64,
+    /// Byte offset just past its last byte (may lie past the end of the image).
+    pub end: u64,
+}
+
+impl fmt::Display for Partition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "partition {} ({})", self.number, self.kind)
     }
-    let mut tried = vec!["no ext4 superblock at offset 0".to_owned()];
+}
+
+/// The partition table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Table {
+    /// None: the image is a filesystem.
+    None,
+    /// A GPT.
+    Gpt {
+        /// Its sector size.
+        sector: SectorSize,
+        /// Byte offset of the backup header the primary names (may lie past the end of the image).
+        backup_header: u64,
+    },
+    /// An MBR (DOS) table.
+    Mbr,
+}
+
+/// How the image is laid out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Layout {
+    /// The table.
+    pub table: Table,
+    /// Its partitions, in table order.
+    pub partitions: Vec<Partition>,
+}
+
+impl Layout {
+    /// The partitions with `role`.
+    pub(crate) fn with_role(&self, role: Role) -> impl Iterator<Item = &Partition> {
+        self.partitions.iter().filter(move |p| p.role == role)
+    }
+}
+
+/// Reads how `disk` is laid out. A corrupt GPT is an error naming what is wrong; a file with no filesystem at
+/// byte 0 and no table is an error saying what it is, when kiln knows.
+pub(crate) fn layout(disk: &Disk) -> Result<Layout> {
+    let name = disk.name();
+    if has_ext4_magic(disk, 0)? {
+        return Ok(Layout { table: Table::None, partitions: Vec::new() });
+    }
     for sector in [SectorSize::S512, SectorSize::S4096] {
-        match gpt_root(image, sector)? {
-            GptResult::Found(fs) => return Ok(fs),
-            GptResult::NoTable => tried.push(format!("no GPT with {}-byte sectors", sector.bytes())),
-            GptResult::NoRoot(why) => bail!("{name}: GPT with {}-byte sectors, but {why}", sector.bytes()),
+        match table::gpt(disk, sector)? {
+            table::Gpt::Found(layout) => return Ok(layout),
+            table::Gpt::NoTable => {}
+            table::Gpt::Corrupt(why) => bail!("{name}: GPT with {}-byte sectors, but {why}", sector.bytes()),
         }
     }
-    match mbr_root(image)? {
-        Some(fs) => Ok(fs),
-        None => {
-            tried.push("no MBR partition of type 0x83 holding ext4".to_owned());
-            bail!("{name}: no root filesystem found: {}", tried.join(", "))
+    if let Some(layout) = table::mbr(disk)? {
+        return Ok(layout);
+    }
+    if let Some(what) = container::container(disk)? {
+        bail!("{name}: {what}");
+    }
+    bail!(
+        "{name}: not a disk image: no ext4 superblock at byte {SUPERBLOCK}, no GPT header at byte 512 or 4096, and no \
+         MBR partition table (55 AA at byte 510)"
+    )
+}
+
+/// Finds the root filesystem of `layout`: the whole image without a table; on GPT the best-ranked type (root
+/// over data), then the `nixos` label, then the lowest number; on MBR the first partition of type 0x83. Only
+/// partitions holding ext4 count.
+pub(crate) fn root_fs(disk: &Disk, layout: &Layout) -> Result<RootFs> {
+    let name = disk.name();
+    let len = disk.len().get();
+    let sector = match layout.table {
+        Table::None => return Ok(RootFs { offset: 0, end: len, location: Location::WholeImage }),
+        Table::Gpt { sector, .. } => Some(sector),
+        Table::Mbr => None,
+    };
+    let mut best: Option<(Rank, RootFs)> = None;
+    let mut seen = Vec::new();
+    for p in &layout.partitions {
+        // A partition whose superblock the image does not reach is chosen by its type alone, so that verify can
+        // say what is missing of it.
+        let cut = p.start.saturating_add(SUPERBLOCK + 1024) > len;
+        if cut {
+            seen.push(format!("{} ({}, past the end of the image)", p.number, p.kind));
+        } else if !has_ext4_magic(disk, p.start)? {
+            seen.push(format!("{} ({}, not ext4)", p.number, p.kind));
+            continue;
+        } else {
+            seen.push(format!("{} ({}, ext4)", p.number, p.kind));
         }
+        let (rank, location) = match sector {
+            Some(sector) => {
+                let type_rank = table::TYPES.iter().find(|t| t.1 == p.kind).map_or(0, |t| t.3);
+                let labelled = !cut && ext4_label(disk, p.start)? == ROOT_LABEL;
+                let rank: Rank = (type_rank, labelled, std::cmp::Reverse(p.number));
+                if type_rank == 0 && !labelled {
+                    continue;
+                }
+                (rank, Location::Gpt { number: p.number, kind: p.kind.clone(), sector })
+            }
+            None if p.kind == MBR_LINUX => {
+                ((1, false, std::cmp::Reverse(p.number)), Location::Mbr { number: p.number })
+            }
+            None => continue,
+        };
+        if best.as_ref().is_none_or(|(r, _)| rank > *r) {
+            best = Some((rank, RootFs { offset: p.start, end: p.end, location }));
+        }
+    }
+    match (best, sector) {
+        (Some((_, fs)), _) => Ok(fs),
+        (None, _) if seen.is_empty() => bail!("{name}: no root filesystem found: the partition table is empty"),
+        (None, Some(sector)) => bail!(
+            "{name}: GPT with {}-byte sectors, but no partition of a Linux root or data type, or labelled nixos, \
+             holds ext4 (partitions: {})",
+            sector.bytes(),
+            seen.join(", ")
+        ),
+        (None, None) => bail!(
+            "{name}: no root filesystem found: no MBR partition of type 0x83 holds ext4 (partitions: {})",
+            seen.join(", ")
+        ),
     }
 }
 
-fn has_ext4_magic(image: &(impl ReadAt + ?Sized), fs_offset: u64) -> bool {
+/// How an MBR partition of type 0x83 is named.
+const MBR_LINUX: &str = "type 0x83";
+
+fn has_ext4_magic(disk: &Disk, fs_offset: u64) -> Result<bool> {
+    let Some(at) = fs_offset.checked_add(SUPERBLOCK + MAGIC_AT) else { return Ok(false) };
     let mut magic = [0u8; 2];
-    let Some(at) = fs_offset.checked_add(SUPERBLOCK + MAGIC_AT) else { return false };
-    image.read_exact_at(&mut magic, at).is_ok() && u16::from_le_bytes(magic) == EXT4_MAGIC
+    if !disk.contains(Bytes(at), magic.len()) {
+        return Ok(false);
+    }
+    disk.read("the ext4 superblock's magic number", Bytes(at), &mut magic)?;
+    Ok(u16::from_le_bytes(magic) == EXT4_MAGIC)
 }
 
-fn ext4_label(image: &(impl ReadAt + ?Sized), fs_offset: u64) -> Vec<u8> {
+fn ext4_label(disk: &Disk, fs_offset: u64) -> Result<Vec<u8>> {
     let mut label = [0u8; 16];
-    let Some(at) = fs_offset.checked_add(SUPERBLOCK + LABEL_AT) else { return Vec::new() };
-    if image.read_exact_at(&mut label, at).is_err() {
-        return Vec::new();
-    }
+    disk.read("the ext4 label", Bytes(fs_offset + SUPERBLOCK + LABEL_AT), &mut label)?;
     let end = label.iter().position(|&b| b == 0).unwrap_or(label.len());
-    label[..end].to_vec()
+    Ok(label[..end].to_vec())
 }
 
 /// How well a partition fits as the root: its type's rank, whether it is labelled `nixos`, and lower numbers
 /// first.
 type Rank = (u8, bool, std::cmp::Reverse<u32>);
 
-enum GptResult {
-    Found(RootFs),
-    NoTable,
-    NoRoot(String),
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
-/// Reads the primary GPT at LBA 1 and picks the root partition: the best-ranked type (root over data), then the
-/// `nixos` label, then the lowest number; only partitions holding ext4 count.
-fn gpt_root(image: &(impl ReadAt + ?Sized), sector: SectorSize) -> Result<GptResult> {
-    let mut header = vec![0u8; sector.bytes() as usize];
-    if image.read_exact_at(&mut header, sector.bytes()).is_err() || &header[..8] != b"EFI PART" {
-        return Ok(GptResult::NoTable);
-    }
-    let header_size = le32(&header, 12) as usize;
-    if !(92..=header.len()).contains(&header_size) {
-        return Ok(GptResult::NoRoot(format!("its header size {header_size} is invalid")));
-    }
-    let mut crc_input = header[..header_size].to_vec();
-    crc_input[16..20].fill(0);
-    if crc32(&crc_input) != le32(&header, 16) {
-        return Ok(GptResult::NoRoot("its header checksum is wrong".into()));
-    }
-    let entries_lba = Lba(le64(&header, 72));
-    let count = le32(&header, 80);
-    let entry_size = le32(&header, 84) as usize;
-    if !(128..=4096).contains(&entry_size) || count > 1 << 16 {
-        return Ok(GptResult::NoRoot(format!("it declares {count} entries of {entry_size} bytes")));
-    }
-    let Some(entries_at) = entries_lba.byte_offset(sector) else {
-        return Ok(GptResult::NoRoot("its entry array is beyond 2^64 bytes".into()));
-    };
-    let mut entries = vec![0u8; count as usize * entry_size];
-    if image.read_exact_at(&mut entries, entries_at).is_err() {
-        return Ok(GptResult::NoRoot(format!("its entry array at byte {entries_at} is past the end of the image")));
-    }
-    if crc32(&entries) != le32(&header, 88) {
-        return Ok(GptResult::NoRoot("its partition entry array checksum is wrong".into()));
-    }
-    let types: Vec<([u8; 16], &str, u8)> = TYPES.iter().map(|&(g, n, r)| (guid_bytes(g), n, r)).collect();
-    let mut best: Option<(Rank, RootFs)> = None;
-    let mut seen = Vec::new();
-    for (i, entry) in entries.chunks_exact(entry_size).enumerate() {
-        let type_guid: [u8; 16] = entry[..16].try_into().expect("16 bytes");
-        if type_guid == [0; 16] {
-            continue;
-        }
-        let number = i as u32 + 1;
-        let known = types.iter().find(|t| t.0 == type_guid);
-        let kind = known.map_or_else(|| guid_text(&type_guid), |t| t.1.to_owned());
-        let Some(offset) = Lba(le64(entry, 32)).byte_offset(sector) else { continue };
-        if !has_ext4_magic(image, offset) {
-            seen.push(format!("{number} ({kind}, not ext4)"));
-            continue;
-        }
-        let labelled = ext4_label(image, offset) == ROOT_LABEL;
-        let rank: Rank = (known.map_or(0, |t| t.2), labelled, std::cmp::Reverse(number));
-        seen.push(format!("{number} ({kind}, ext4)"));
-        if (rank.0 > 0 || labelled) && best.as_ref().is_none_or(|(r, _)| rank > *r) {
-            best = Some((rank, RootFs { offset, location: Location::Gpt { number, kind, sector } }));
-        }
-    }
-    Ok(match best {
-        Some((_, fs)) => GptResult::Found(fs),
-        None if seen.is_empty() => GptResult::NoRoot("it has no partitions".into()),
-        None => GptResult::NoRoot(format!(
-            "no partition of a Linux root or data type, or labelled nixos, holds ext4 (partitions: {})",
-            seen.join(", ")
-        )),
-    })
-}
-
-/// The first MBR primary partition of type 0x83 that holds ext4.
-fn mbr_root(image: &(impl ReadAt + ?Sized)) -> Result<Option<RootFs>> {
-    let mut mbr = [0u8; 512];
-    if image.read_exact_at(&mut mbr, 0).is_err() || mbr[510..512] != [0x55, 0xAA] {
-        return Ok(None);
-    }
-    for i in 0..4 {
-        let entry = &mbr[446 + 16 * i..446 + 16 * (i + 1)];
-        if entry[4] != 0x83 {
-            continue;
-        }
-        let Some(offset) = Lba(u64::from(le32(entry, 8))).byte_offset(SectorSize::S512) else { continue };
-        if has_ext4_magic(image, offset) {
-            return Ok(Some(RootFs { offset, location: Location::Mbr { number: i as u32 + 1 } }));
-        }
-    }
-    Ok(None)
-}
-
-/// A GUID's on-disk bytes (the first three fields little-endian) from its text form.
-fn guid_bytes(text: &str) -> [u8; 16] {
-    let hex: Vec<u8> = text
-        .split('-')
-        .flat_map(|part| (0..part.len()).step_by(2).map(move |i| &part[i..i + 2]))
-        .map(|h| u8::from_str_radix(h, 16).expect("a GUID constant"))
-        .collect();
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&hex);
-    out[..4].reverse();
-    out[4..6].reverse();
-    out[6..8].reverse();
-    out
-}
-
-/// A GUID's text form from its on-disk bytes.
-fn guid_text(b: &[u8; 16]) -> String {
-    format!(
-        "{:08X}-{:04X}-{:04X}-{:04X}-{}",
-        u32::from_le_bytes(b[..4].try_into().expect("4 bytes")),
-        u16::from_le_bytes(b[4..6].try_into().expect("2 bytes")),
-        u16::from_le_bytes(b[6..8].try_into().expect("2 bytes")),
-        u16::from_be_bytes(b[8..10].try_into().expect("2 bytes")),
-        b[10..].iter().map(|x| format!("{x:02X}")).collect::<String>()
-    )
-}
-
-/// CRC-32 (IEEE 802.3, reflected), as GPT uses for its header and entry array.
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in data {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
-        }
-    }
-    !crc
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use super::super::table::{crc32, guid_bytes};
     use super::*;
 
     const MIB: usize = 1 << 20;
+
+    fn disk(img: Vec<u8>) -> Disk {
+        let len = Bytes(img.len() as u64);
+        Disk::new(Arc::new(img), len, "test.img".into())
+    }
+
+    fn find(img: Vec<u8>) -> Result<RootFs> {
+        let disk = disk(img);
+        root_fs(&disk, &layout(&disk)?)
+    }
 
     /// A minimal ext4 superblock at `at`: the magic and a label.
     fn fake_ext4(img: &mut [u8], at: usize, label: &[u8]) {
@@ -353,14 +326,6 @@ mod tests {
     const ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
     const ROOT_X86: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
     const DATA: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
-
-    #[test]
-    fn guid_round_trips_and_crc_matches_the_check_value() {
-        let b = guid_bytes(ROOT_X86);
-        assert_eq!(&b[..4], &[0xE3, 0xBC, 0x68, 0x4F]);
-        assert_eq!(guid_text(&b), ROOT_X86);
-        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
-    }
 
     #[test]
     fn finds_the_root_filesystem() {
@@ -408,7 +373,7 @@ mod tests {
                     gpt(img, SectorSize::S512, &[(ESP, 2048)]);
                     fake_ext4(img, 2048 * 512, b"nixos");
                 },
-                want: gpt_at(SectorSize::S512, 1, ESP, 2048),
+                want: gpt_at(SectorSize::S512, 1, "ESP", 2048),
             },
             Case {
                 name: "4096-byte sectors",
@@ -425,9 +390,22 @@ mod tests {
                     img[511] = 0xAA;
                     img[446 + 16 + 4] = 0x83;
                     img[446 + 16 + 8..446 + 16 + 12].copy_from_slice(&2048u32.to_le_bytes());
+                    img[446 + 16 + 12..446 + 16 + 16].copy_from_slice(&4096u32.to_le_bytes());
                     fake_ext4(img, 2048 * 512, b"");
                 },
                 want: Some((2048 * 512, Location::Mbr { number: 2 })),
+            },
+            Case {
+                name: "mbr status bytes that are not 0x00 or 0x80",
+                build: |img| {
+                    img[510] = 0x55;
+                    img[511] = 0xAA;
+                    img[446] = 0x42;
+                    img[446 + 4] = 0x83;
+                    img[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
+                    fake_ext4(img, 2048 * 512, b"");
+                },
+                want: None,
             },
             Case { name: "nothing", build: |_| {}, want: None },
             Case { name: "gpt without ext4", build: |img| gpt(img, SectorSize::S512, &[(ROOT_X86, 2048)]), want: None },
@@ -444,14 +422,89 @@ mod tests {
         for case in cases {
             let mut img = vec![0u8; 4 * MIB];
             (case.build)(&mut img);
-            let got = root_fs(img.as_slice(), "test.img");
+            let got = find(img);
             match (&case.want, got) {
                 (Some((offset, location)), Ok(fs)) => {
                     assert_eq!((fs.offset, &fs.location), (*offset, location), "{}", case.name);
+                    assert!(fs.end > fs.offset, "{}: {fs:?}", case.name);
                 }
                 (None, Err(e)) => assert!(e.to_string().starts_with("test.img: "), "{}: {e}", case.name),
                 (want, got) => panic!("{}: want {want:?}, got {got:?}", case.name),
             }
         }
+    }
+
+    #[test]
+    fn partitions_keep_their_byte_ranges_and_roles() {
+        let mut img = vec![0u8; 4 * MIB];
+        gpt(&mut img, SectorSize::S512, &[(ESP, 2048), (ROOT_X86, 4096)]);
+        fake_ext4(&mut img, 4096 * 512, b"");
+        let l = layout(&disk(img)).unwrap();
+        assert_eq!(l.table, Table::Gpt { sector: SectorSize::S512, backup_header: 0 });
+        let got: Vec<(u32, &str, Role, u64, u64)> =
+            l.partitions.iter().map(|p| (p.number, p.kind.as_str(), p.role, p.start, p.end)).collect();
+        assert_eq!(
+            got,
+            [
+                (1, "ESP", Role::Esp, 2048 * 512, 2149 * 512),
+                (2, "Linux root (x86-64)", Role::Other, 4096 * 512, 4197 * 512)
+            ]
+        );
+        assert_eq!(l.partitions[0].to_string(), "partition 1 (ESP)");
+    }
+
+    /// A root partition past the end of a truncated image is still found by its type, so verify can say what
+    /// is missing of it; other partitions there are named as such when no root is found.
+    #[test]
+    fn partitions_past_the_end() {
+        let mut img = vec![0u8; 4 * MIB];
+        gpt(&mut img, SectorSize::S512, &[(ESP, 2048), (ROOT_X86, 8192)]);
+        let fs = find(img).unwrap();
+        assert_eq!((fs.offset, fs.end), (8192 * 512, 8293 * 512));
+        let mut img = vec![0u8; 4 * MIB];
+        gpt(&mut img, SectorSize::S512, &[(ESP, 2048), (ESP, 8192)]);
+        let err = format!("{:#}", find(img).unwrap_err());
+        assert!(err.contains("(partitions: 1 (ESP, not ext4), 2 (ESP, past the end of the image))"), "{err}");
+    }
+
+    /// What a file is, when it is no disk image: the containers and streams kiln writes are named, with what to
+    /// convert them with; anything else is "not a disk image".
+    #[test]
+    fn says_what_a_file_that_is_no_disk_image_is() {
+        struct Case {
+            name: &'static str,
+            head: &'static [u8],
+            want: &'static str,
+        }
+        let cases = [
+            Case {
+                name: "qcow2",
+                head: b"QFI\xfb\0\0\0\x03",
+                want: "test.img: a qcow2 image, not a raw disk: convert it first (qemu-img convert -f qcow2 -O raw test.img disk.raw)",
+            },
+            Case { name: "vhdx", head: b"vhdxfile", want: "test.img: a VHDX image, not a raw disk" },
+            Case { name: "vmdk", head: b"KDMV\x01\0\0\0", want: "test.img: a VMDK image, not a raw disk" },
+            Case { name: "dynamic vhd", head: b"conectix", want: "test.img: a dynamic VHD image, not a raw disk" },
+            Case {
+                name: "zstd",
+                head: &[0x28, 0xB5, 0x2F, 0xFD],
+                want: "test.img: zstd-compressed, not a raw disk: decompress it first (zstd -d test.img -o disk.raw)",
+            },
+            Case { name: "gzip", head: &[0x1F, 0x8B, 0x08], want: "test.img: gzip-compressed, not a raw disk" },
+            Case {
+                name: "random",
+                head: &[0x5A, 0x13, 0xC7, 0x01, 0x99],
+                want: "test.img: not a disk image: no ext4 superblock at byte 1024, no GPT header at byte 512 or 4096, and no MBR partition table (55 AA at byte 510)",
+            },
+        ];
+        for case in cases {
+            let mut img: Vec<u8> = (0..MIB as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+            img[..case.head.len()].copy_from_slice(case.head);
+            img[510] = 0;
+            let err = format!("{:#}", find(img).unwrap_err());
+            assert!(err.starts_with(case.want), "{}: {err}", case.name);
+        }
+        let err = format!("{:#}", find(b"tiny".to_vec()).unwrap_err());
+        assert!(err.starts_with("test.img: not a disk image"), "{err}");
     }
 }

@@ -1,7 +1,10 @@
 //! `kiln verify`: reads an image back with an independent ext4 reader and checks that its Nix store is what its
-//! Nix database says, the way Nix itself would find it on first boot.
+//! Nix database says, the way Nix itself would find it on first boot; that its boot files are what kiln derives
+//! from the closure; and that nothing else was added. README.md's "What `kiln verify` guarantees" says exactly
+//! what is checked and what is not.
 //!
-//! 1. `locate` finds the root filesystem (a bare filesystem, a GPT or an MBR partition).
+//! 1. `locate` reads the layout (a bare filesystem, a GPT or an MBR; a container or stream is named) and finds the
+//!    root filesystem; `extent` checks that every partition and filesystem lies inside the file (truncation).
 //! 2. `db` reads `nix/var/nix/db/db.sqlite` (and the `schema` file, which must be exactly `10`).
 //! 3. `image` re-derives every valid path's NAR serialisation from the image's own files (in parallel, one
 //!    reader per worker) and compares narHash and narSize; references must be valid paths. Every entry under
@@ -9,22 +12,30 @@
 //! 4. `profile` follows `nix/var/nix/profiles/system` to a valid toplevel; with `--system` it must be that one,
 //!    and the database must hold exactly its closure. With `--store-dir`, `host` compares that closure with the
 //!    host store directory.
+//! 5. `boot` checks the ESP, XBOOTLDR partition and `grub.cfg` against what kiln's own functions write for the
+//!    toplevel's bootspec; `foreign` reports what lies outside the store (or on those partitions) that kiln does
+//!    not write.
 //!
 //! Problems are collected, not raised: one run lists everything wrong (see [`Report`]).
 
+mod boot;
+mod container;
 mod db;
+mod extent;
+mod foreign;
 mod host;
 mod image;
 mod locate;
 mod profile;
+mod table;
 
 use std::fmt::{self, Write as _};
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use kiln_formats::disk::{ByteRange, Bytes};
 use serde::Serialize;
 
 pub use host::HostCheck;
@@ -33,11 +44,17 @@ pub use locate::{Location, RootFs, SectorSize};
 use crate::cli::VerifyArgs;
 use crate::closure::NarInfo;
 use crate::dry_run::human_bytes;
+use crate::inspect::disk::{Disk, Window};
 use crate::nar::hash_string;
 use crate::store::{StoreDir, StorePath};
 
 /// Where the database and its schema file are in the image.
 const DB_DIR: &str = "/nix/var/nix/db";
+/// The closureInfo registration kiln copies into the image when asked.
+const REGISTRATION: &str = "/nix-path-registration";
+/// Stack of a hashing worker: the walk recurses once per directory level, up to the 997 levels a store path may
+/// nest (see [`crate::inventory::MAX_PATH_COMPONENTS`]), a few KiB each.
+const WORKER_STACK: usize = 32 << 20;
 /// Problems printed before the rest are only counted.
 const LISTED_PROBLEMS: usize = 20;
 /// Non-canonical store entries listed across the image (the rest are counted).
@@ -75,6 +92,13 @@ pub enum ProblemKind {
     Profile,
     /// A difference from the host store directory.
     Host,
+    /// A partition or filesystem that runs past the end of the image (or of its partition).
+    Truncated,
+    /// A boot file (kernel, initrd, systemd-boot binary, loader entry, `grub.cfg`) that is not what kiln derives
+    /// from the system's closure.
+    Boot,
+    /// A file, directory or symlink outside the store, or on a boot partition, that kiln did not put there.
+    Foreign,
 }
 
 /// One thing wrong with the image.
@@ -113,6 +137,8 @@ pub struct Report {
     pub toplevel: Option<StorePath>,
     /// How the host store directory was compared, with `--store-dir`.
     pub host: Option<HostCheck>,
+    /// The boot files checked against the closure, a line per bootloader.
+    pub boot: Vec<String>,
     /// Worker threads used for hashing.
     pub threads: usize,
     /// Time taken.
@@ -141,6 +167,9 @@ impl Report {
         }
         if let Some(host) = &self.host {
             let _ = writeln!(s, "host           {host}");
+        }
+        for line in &self.boot {
+            let _ = writeln!(s, "boot           {line}");
         }
         let _ = writeln!(s, "elapsed        {:.2}s", self.elapsed.as_secs_f64());
         for p in self.problems.iter().take(LISTED_PROBLEMS) {
@@ -176,21 +205,85 @@ fn nar_differs(nar: &NarInfo) -> String {
     format!("narHash {} narSize {}", hash_string(&nar.hash), nar.size)
 }
 
-/// Verifies an image. An error means it could not be checked at all (unreadable, no root filesystem, no
-/// database); everything found wrong is in the report's `problems`.
+/// Verifies an image. An error means it could not be checked at all (unreadable, not a disk image, no root
+/// filesystem, no database); everything found wrong is in the report's `problems`. When the image is truncated
+/// and that stops the rest of the checks, the truncation and what stopped are problems too.
 pub fn verify(req: &Request) -> Result<Report> {
     let start = Instant::now();
     let name = req.image.display().to_string();
-    let file = File::open(&req.image).with_context(|| format!("opening {name}"))?;
-    let root_fs = locate::root_fs(&file, &name)?;
-    drop(file);
-    let img = image::Image::open(&req.image, root_fs.offset)?;
+    let disk = Disk::open(&req.image)?;
+    let layout = locate::layout(&disk)?;
+    let mut problems = Vec::new();
+    let root_fs = match locate::root_fs(&disk, &layout) {
+        Ok(fs) => fs,
+        Err(e) => {
+            extent::check_partitions(&disk, &layout, &mut problems);
+            return Err(match problems.first() {
+                Some(p) => e.context(format!("{name}: truncated: {p}")),
+                None => e,
+            });
+        }
+    };
+    extent::check(&disk, &layout, &root_fs, &mut problems);
+    let truncated = !problems.is_empty();
+    // A bare filesystem's reads are bounded by the image alone, whose end a read past says is missing.
+    let end = if root_fs.location == Location::WholeImage { u64::MAX } else { root_fs.end };
+    let window = disk.window(ByteRange { start: Bytes(root_fs.offset), end: Bytes(end) });
     let store = req.store_dir.as_deref().map(StoreDir::new).transpose()?;
     let system = req.system.as_deref().map(|s| profile::resolve_system(s, store.as_ref())).transpose()?;
-    let mut problems = Vec::new();
+    let mut report = Report {
+        image: req.image.clone(),
+        root_fs: root_fs.clone(),
+        valid_paths: 0,
+        paths_hashed: 0,
+        entries: 0,
+        nar_bytes: 0,
+        toplevel: None,
+        host: None,
+        boot: Vec::new(),
+        threads: 0,
+        elapsed: Duration::ZERO,
+        problems: Vec::new(),
+    };
+    let parts = Parts { disk: &disk, layout: &layout, root: &root_fs, window: &window };
+    match check_root(req, &parts, store.as_ref(), system.as_ref(), &mut report, &mut problems) {
+        Ok(()) => {}
+        Err(e) if truncated => problems.push(Problem {
+            kind: ProblemKind::Truncated,
+            subject: name,
+            detail: format!("the rest of the image cannot be checked: {e:#}"),
+        }),
+        Err(e) => return Err(e),
+    }
+    report.problems = problems;
+    report.elapsed = start.elapsed();
+    Ok(report)
+}
 
-    let valid = read_db(&img, &name, &mut problems)?;
-    let present = check_store_entries(&img, &valid, &mut problems)?;
+/// What was found of the image before its root filesystem is opened.
+struct Parts<'a> {
+    disk: &'a Disk,
+    layout: &'a locate::Layout,
+    root: &'a RootFs,
+    /// The root filesystem's partition (or the whole image).
+    window: &'a Window,
+}
+
+/// Checks the root filesystem: the database, every store path, the profile, the host store, the boot files and
+/// what lies outside the store. Fills in `report`'s counts.
+fn check_root(
+    req: &Request,
+    parts: &Parts<'_>,
+    store: Option<&StoreDir>,
+    system: Option<&StorePath>,
+    report: &mut Report,
+    problems: &mut Vec<Problem>,
+) -> Result<()> {
+    let name = req.image.display().to_string();
+    let img = image::Image::open(parts.window)?;
+    let valid = read_db(&img, &name, problems)?;
+    report.valid_paths = valid.len();
+    let present = check_store_entries(&img, &valid, problems)?;
 
     let mut jobs: Vec<&StorePath> = valid.keys().filter(|p| present.contains(*p)).collect();
     jobs.sort_by_key(|p| std::cmp::Reverse(valid[*p].nar.map_or(0, |n| n.size)));
@@ -199,8 +292,10 @@ pub fn verify(req: &Request) -> Result<Report> {
         n => n,
     }
     .clamp(1, jobs.len().max(1));
-    let results = hash_paths(&req.image, root_fs.offset, &jobs, threads)?;
-    let (mut entries, mut nar_bytes, mut metadata_count) = (0, 0, 0u64);
+    report.threads = threads;
+    report.paths_hashed = jobs.len();
+    let results = hash_paths(parts.window, &jobs, threads)?;
+    let mut metadata_count = 0u64;
     let mut metadata = Vec::new();
     for (p, result) in jobs.iter().zip(results) {
         let mut problem = |kind, detail| problems.push(Problem { kind, subject: p.to_string(), detail });
@@ -211,9 +306,9 @@ pub fn verify(req: &Request) -> Result<Report> {
                 continue;
             }
         };
-        entries += check.entries;
+        report.entries += check.entries;
         let got = check.nar.expect("a finished walk has a NAR");
-        nar_bytes += got.size;
+        report.nar_bytes += got.size;
         if let Some(want) = valid[*p].nar
             && want != got
         {
@@ -239,30 +334,26 @@ pub fn verify(req: &Request) -> Result<Report> {
             detail: format!("{} more entries with non-canonical metadata", metadata_count - LISTED_METADATA as u64),
         });
     }
-
-    let toplevel = profile::toplevel(&img, &valid, &mut problems)?;
-    if let Some(want) = &system {
-        check_system(want, toplevel.as_ref(), &valid, &mut problems);
+    if let Some(text) = img.read(REGISTRATION)? {
+        db::check_registration(&String::from_utf8_lossy(&text), &valid, problems);
     }
-    let host = match (&store, system.as_ref().or(toplevel.as_ref())) {
-        (Some(store), Some(root)) if valid.contains_key(root) => {
-            Some(host::compare(store, root, &valid, &mut problems)?)
-        }
+
+    let toplevel = profile::toplevel(&img, &valid, problems)?;
+    if let Some(want) = system {
+        check_system(want, toplevel.as_ref(), &valid, problems);
+    }
+    report.host = match (store, system.or(toplevel.as_ref())) {
+        (Some(store), Some(root)) if valid.contains_key(root) => Some(host::compare(store, root, &valid, problems)?),
         _ => None,
     };
-    Ok(Report {
-        image: req.image.clone(),
-        root_fs,
-        valid_paths: valid.len(),
-        paths_hashed: jobs.len(),
-        entries,
-        nar_bytes,
-        toplevel,
-        host,
-        threads,
-        elapsed: start.elapsed(),
-        problems,
-    })
+    if let Some(top) = &toplevel {
+        let cx = boot::Context { disk: parts.disk, layout: parts.layout, root: parts.root, image: &img, valid: &valid };
+        report.boot = boot::check(&cx, top, problems)?;
+        let disk = parts.layout.table != locate::Table::None;
+        foreign::check(&img, top, boot::boots(parts.layout), disk, problems)?;
+    }
+    report.toplevel = toplevel;
+    Ok(())
 }
 
 /// Reads the schema file and the database, recording what Nix would refuse.
@@ -346,7 +437,7 @@ fn check_system(want: &StorePath, toplevel: Option<&StorePath>, valid: &db::Vali
 
 /// Hashes `jobs` (store paths present in the image) on `threads` workers, each with its own reader; results in
 /// the order of `jobs`.
-fn hash_paths(image: &Path, offset: u64, jobs: &[&StorePath], threads: usize) -> Result<Vec<Result<image::PathCheck>>> {
+fn hash_paths(window: &Window, jobs: &[&StorePath], threads: usize) -> Result<Vec<Result<image::PathCheck>>> {
     let next = AtomicUsize::new(0);
     let mut done: Vec<(usize, Result<image::PathCheck>)> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
@@ -354,8 +445,9 @@ fn hash_paths(image: &Path, offset: u64, jobs: &[&StorePath], threads: usize) ->
                 let next = &next;
                 std::thread::Builder::new()
                     .name(format!("kiln-verify-{i}"))
+                    .stack_size(WORKER_STACK)
                     .spawn_scoped(s, move || -> Result<Vec<(usize, Result<image::PathCheck>)>> {
-                        let img = image::Image::open(image, offset)?;
+                        let img = image::Image::open(window)?;
                         let mut buf = Vec::new();
                         let mut out = Vec::new();
                         loop {

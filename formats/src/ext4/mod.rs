@@ -24,7 +24,7 @@ use std::path::PathBuf;
 
 pub use layout::{BLOCK, Geometry};
 pub use plan::{DataJob, GroupPlan, Plan, plan};
-pub use tree::{MAX_NAME, MAX_SYMLINK, Meta, NodeId, Source, Tree};
+pub use tree::{MAX_NAME, MAX_SYMLINK, Meta, NodeId, NodeKind, Source, Tree};
 pub use write::FileWriter;
 
 /// How big the filesystem is.

@@ -36,6 +36,17 @@ pub enum Source {
     Caller,
 }
 
+/// What a node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    /// A directory.
+    Dir,
+    /// A regular file.
+    File,
+    /// A symbolic link.
+    Symlink,
+}
+
 /// One node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Node {
@@ -156,6 +167,16 @@ impl Tree {
             Some(Node::Dir { entries, .. }) => entries.iter().find(|(n, _)| &n[..] == name).map(|&(_, id)| id),
             _ => None,
         }
+    }
+
+    /// What `node` is, if the tree has it.
+    #[must_use]
+    pub fn kind(&self, node: NodeId) -> Option<NodeKind> {
+        Some(match self.nodes.get(node as usize)? {
+            Node::Dir { .. } => NodeKind::Dir,
+            Node::File { .. } => NodeKind::File,
+            Node::Symlink { .. } => NodeKind::Symlink,
+        })
     }
 
     /// Adds another name for an existing file or symlink (a hard link).

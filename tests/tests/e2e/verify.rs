@@ -1,6 +1,11 @@
 //! `kiln verify`: a fresh image of the real Nix closure passes (and Nix itself agrees, on the extracted copy);
 //! a flipped byte in one file, a stray store directory, non-canonical metadata or another `--system` fail, naming
-//! what is wrong. The same image inside a GPT partition is found and passes.
+//! what is wrong. The same image inside a GPT partition is found and passes. [`boot`] checks the boot files and
+//! what lies outside the store; [`input`] what is not a whole image (truncated, a container, a FIFO) and the
+//! deepest tree kiln builds.
+
+mod boot;
+mod input;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -186,8 +191,9 @@ fn the_root_partition_of_a_gpt_disk_is_found() {
     let len = std::fs::metadata(&b.img).unwrap().len();
     std::fs::File::create(&disk).unwrap().set_len(len + (4 << 20)).unwrap();
     let sgdisk = tools::require("sgdisk", "gdisk");
+    // Partition 1 is no ESP: a disk with one must hold kiln's boot files, which a bare root filesystem lacks.
     tools::run_ok(
-        Command::new(sgdisk).args(["-n", "1:2048:+1M", "-t", "1:ef00", "-n", "2:0:0", "-t", "2:8304"]).arg(&disk),
+        Command::new(sgdisk).args(["-n", "1:2048:+1M", "-t", "1:8300", "-n", "2:0:0", "-t", "2:8304"]).arg(&disk),
     );
     // Partition 2 starts right after partition 1 (2048 + 2048 sectors).
     tools::run_ok(
