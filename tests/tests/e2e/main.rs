@@ -17,6 +17,7 @@ mod nar;
 mod nix_state;
 mod nixdb;
 mod output_paths;
+mod pinned;
 mod profiles;
 mod progress;
 mod util;
