@@ -17,5 +17,6 @@ mod nix_state;
 mod nixdb;
 mod profiles;
 mod progress;
+mod security;
 mod util;
 mod verify;
