@@ -88,13 +88,15 @@ fn a_bios_build_never_runs_the_closures_grub_mkimage() {
 
     // The closure's GRUB, found by kiln, and the same package given with --grub.
     let img = tmp.path().join("disk.img");
-    run(kiln_cmd().args(bios_build_args(&closure, &img))).ok();
+    let built = run(kiln_cmd().args(bios_build_args(&closure, &img)));
     assert!(!marker.exists(), "kiln ran the closure's grub-mkimage: {}", std::fs::read_to_string(&marker).unwrap());
+    built.ok();
     let given = tmp.path().join("given.img");
     let mut args = bios_build_args(&closure, &given);
     args.extend([OsStr::new("--grub").into(), grub_store_path(&closure).into_os_string()]);
-    run(kiln_cmd().args(args)).ok();
+    let built = run(kiln_cmd().args(args));
     assert!(!marker.exists(), "kiln ran --grub's grub-mkimage: {}", std::fs::read_to_string(&marker).unwrap());
+    built.ok();
     assert_eq!(sha256(&img), sha256(&given), "the same GRUB either way");
 
     // And the image boots: GRUB from the closure's modules, with kiln's own core.img.
