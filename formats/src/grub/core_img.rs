@@ -197,15 +197,15 @@ impl CoreImage {
                 format!("{} bytes; GRUB's is {} to {MAX_DECOMPRESSOR}", decompressor.len(), UNCOMPRESSED_SIZE + 4);
             return Err(bad("lzma_decompress.img", why));
         }
-        let compressed = u32::try_from(stream.len()).expect("shorter than the payload's u32 length, or near it");
-        decompressor[COMPRESSED_SIZE..COMPRESSED_SIZE + 4].copy_from_slice(&compressed.to_le_bytes());
-        decompressor[UNCOMPRESSED_SIZE..UNCOMPRESSED_SIZE + 4].copy_from_slice(&uncompressed.to_le_bytes());
-
+        // Loaded at the link address, the decompressor and the stream must end below CORE_END_LIMIT.
         let core_size = decompressor.len() + stream.len();
         let limit = u64::from(CORE_END_LIMIT - LINK_ADDR);
         if core_size as u64 > limit {
             return Err(too_big("core.img after its first sector", core_size, limit));
         }
+        let compressed = u32::try_from(stream.len()).expect("below CORE_END_LIMIT");
+        decompressor[COMPRESSED_SIZE..COMPRESSED_SIZE + 4].copy_from_slice(&compressed.to_le_bytes());
+        decompressor[UNCOMPRESSED_SIZE..UNCOMPRESSED_SIZE + 4].copy_from_slice(&uncompressed.to_le_bytes());
         let mut diskboot = read("diskboot.img")?;
         if diskboot.len() != SECTOR {
             return Err(bad("diskboot.img", format!("{} bytes; it is one {SECTOR}-byte sector", diskboot.len())));
@@ -420,5 +420,24 @@ mod tests {
 
         let err = CoreImage::new("/boot\0/grub").build(&files).unwrap_err();
         assert!(matches!(err, Error::BadPrefix { .. }), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_core_img_past_what_diskboot_can_load() {
+        // Incompressible: a module of 0x6F000 pseudo-random bytes makes the stream longer than 0x78000 - 0x9000.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let noise: Vec<u8> = (0..0x6_F000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 56) as u8
+            })
+            .collect();
+        let mut files = grub_files();
+        files.insert("big.mod".into(), noise);
+        let err = CoreImage::new("/boot/grub").modules(["big"]).build(&files).unwrap_err();
+        assert!(matches!(err, Error::ImageTooBig { limit: 0x6_F000, .. }), "{err}");
+        assert!(err.to_string().contains("core.img after its first sector is too big"), "{err}");
     }
 }
