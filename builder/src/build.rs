@@ -414,10 +414,11 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
             }
             let grub = match &parts.grub {
                 Some(dir) => {
-                    let work = std::env::temp_dir();
-                    let core = disk::core_img(dir, &layout, numbers.root, &format_uuid(&opts.uuid), &work)?;
-                    let boot_img = std::fs::read(dir.join("lib/grub/i386-pc/boot.img"))
-                        .with_context(|| format!("reading {}/lib/grub/i386-pc/boot.img", dir.display()))?;
+                    use kiln_formats::grub::GrubFiles as _;
+                    let files = disk::GrubPackage::open(dir)?;
+                    let core = disk::core_img(&files, &layout, numbers.root, &format_uuid(&opts.uuid))?;
+                    let boot_img =
+                        files.read("boot.img").with_context(|| format!("reading {}", files.location("boot.img")))?;
                     Some(
                         kiln_formats::grub::Embedding::for_layout(&boot_img, &core, &layout)
                             .context("embedding GRUB")?,

@@ -76,8 +76,8 @@ pub struct BuildArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
     pub esp_size: Option<u64>,
 
-    /// GRUB package directory (with lib/grub/i386-pc and bin/grub-mkimage) for BIOS layouts, instead of the
-    /// closure's.
+    /// GRUB package directory (with lib/grub/i386-pc, whose files are read as data; nothing in it is run) for
+    /// BIOS layouts, instead of the closure's.
     #[arg(long, value_name = "DIR")]
     pub grub: Option<PathBuf>,
 

@@ -1,8 +1,9 @@
-//! GRUB i386-pc embedded by `kiln_formats::grub` with Debian's GRUB (`/usr/lib/grub/i386-pc/boot.img`, core.img
-//! from `/usr/bin/grub-mkimage`) into a GPT disk's BIOS boot partition and into an MBR disk's gap: the plan's byte
-//! patches, read-back verification, the partition table left intact (sgdisk, sfdisk), and real boots under
-//! SeaBIOS in QEMU that print a marker from a config built into core.img. Missing tools fail the tests with the
-//! Debian package to install.
+//! GRUB i386-pc by `kiln_formats::grub` with Debian's GRUB modules (`/usr/lib/grub/i386-pc`): core.img assembled
+//! natively and compared with what `/usr/bin/grub-mkimage` (run here as the oracle, never by kiln) makes from the
+//! same modules, prefix and config; embedded into a GPT disk's BIOS boot partition and into an MBR disk's gap: the
+//! plan's byte patches, read-back verification, the partition table left intact (sgdisk, sfdisk), and real boots
+//! under SeaBIOS in QEMU that print a marker from a config built into core.img. Missing tools fail the tests with
+//! the Debian package to install.
 
 mod common;
 
@@ -20,7 +21,7 @@ use kiln_formats::disk::{
     Bytes, DiskLayout, DiskSize, GptAttributes, Guid, Lba, LbaRange, MIB, PartitionRequest, PartitionSize,
     PartitionTable, SectorSize, partition_type,
 };
-use kiln_formats::grub::{self, EmbedTarget, Embedding, MkImage};
+use kiln_formats::grub::{self, CoreImage, EmbedTarget, Embedding, ModuleDir};
 use serde_json::Value;
 
 const GRUB_DIR: &str = "/usr/lib/grub/i386-pc";
@@ -44,14 +45,55 @@ fn boot_img() -> Vec<u8> {
     std::fs::read(require_file(&format!("{GRUB_DIR}/boot.img"), "grub-pc-bin")).unwrap()
 }
 
-/// `grub-mkimage -O i386-pc` from Debian with the given prefix, modules and embedded config.
-fn mkimage(prefix: &str, modules: &[&str], config: Option<&Path>) -> Vec<u8> {
+/// The modules kiln builds into core.img (`builder/src/disk.rs`).
+const KILN_MODULES: [&str; 13] = [
+    "biosdisk",
+    "part_gpt",
+    "part_msdos",
+    "ext2",
+    "search",
+    "search_fs_uuid",
+    "normal",
+    "linux",
+    "configfile",
+    "serial",
+    "terminal",
+    "echo",
+    "test",
+];
+
+/// core.img assembled natively from Debian's modules with the given prefix, modules and embedded config.
+fn native_core(prefix: &str, modules: &[&str], config: Option<&str>) -> grub::Core {
     require_file(&format!("{GRUB_DIR}/biosdisk.mod"), "grub-pc-bin");
-    let mut m = MkImage::new(tool("grub-mkimage", "grub-common"), GRUB_DIR, prefix).modules(modules.iter().copied());
-    if let Some(c) = config {
-        m = m.config(c);
+    let mut c = CoreImage::new(prefix).modules(modules.iter().copied());
+    if let Some(text) = config {
+        c = c.config(text);
     }
-    m.run().unwrap_or_else(|e| panic!("{e}"))
+    c.build(&ModuleDir::new(GRUB_DIR)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The oracle: Debian's `grub-mkimage -O i386-pc` with the same inputs (the config written to a file for its
+/// `-c`). It writes to a file: on a pipe it fails to fsync its output.
+fn grub_mkimage(prefix: &str, modules: &[&str], config: Option<&str>) -> Vec<u8> {
+    require_file(&format!("{GRUB_DIR}/biosdisk.mod"), "grub-pc-bin");
+    let program = tool("grub-mkimage", "grub-common");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("core.img");
+    let mut cmd = Command::new(&program);
+    cmd.args(["-O", "i386-pc", "-d", GRUB_DIR, "-p", prefix]).arg("-o").arg(&out);
+    if let Some(text) = config {
+        let cfg = dir.path().join("early.cfg");
+        std::fs::write(&cfg, text).unwrap();
+        cmd.arg("-c").arg(cfg);
+    }
+    let run = cmd.args(modules).env("LC_ALL", "C").stdin(Stdio::null()).output().unwrap();
+    assert!(run.status.success(), "{cmd:?}: {}\n{}", run.status, String::from_utf8_lossy(&run.stderr));
+    std::fs::read(&out).unwrap()
+}
+
+/// The size of Debian's decompressor, which sits between diskboot and the LZMA stream.
+fn decompressor_len() -> usize {
+    std::fs::read(require_file(&format!("{GRUB_DIR}/lzma_decompress.img"), "grub-pc-bin")).unwrap().len()
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -183,6 +225,100 @@ fn sgdisk_clean(img: &Path) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// core.img against grub-mkimage
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+/// Checks a native core.img against grub-mkimage's for the same inputs. Every byte outside the LZMA stream is the
+/// same except the two fields that hold the stream's own length (diskboot's sector count at 0x1FC, the
+/// decompressor's compressed size at +0x08), each right for its image; both streams decompress to the same
+/// payload, byte for byte. (Why the streams themselves differ: `kiln_formats::grub`'s core_img module docs.)
+fn assert_matches_grub_mkimage(name: &str, native: &grub::Core, oracle: &[u8]) {
+    let dlen = decompressor_len();
+    let img = native.image();
+    let stream_of = |core: &[u8]| core.len() - grub::SECTOR - dlen;
+    for (who, core) in [("native", img), ("grub-mkimage", oracle)] {
+        let sectors = (dlen + stream_of(core)).div_ceil(grub::SECTOR);
+        assert_eq!(usize::from(u16_at(core, 0x1FC)), sectors, "{name}: {who}'s diskboot sector count");
+        let compressed = u32_at(core, grub::SECTOR + grub::COMPRESSED_SIZE);
+        assert_eq!(compressed as usize, stream_of(core), "{name}: {who}'s compressed size");
+    }
+    assert_eq!(img[..0x1FC], oracle[..0x1FC], "{name}: diskboot");
+    assert_eq!(img[0x1FE..grub::SECTOR], oracle[0x1FE..grub::SECTOR], "{name}: diskboot's load segment");
+    let d = grub::SECTOR;
+    assert_eq!(img[d..d + grub::COMPRESSED_SIZE], oracle[d..d + grub::COMPRESSED_SIZE], "{name}: decompressor");
+    let rest = d + grub::UNCOMPRESSED_SIZE;
+    assert_eq!(img[rest..d + dlen], oracle[rest..d + dlen], "{name}: decompressor with its uncompressed size");
+    assert_eq!(u32_at(img, rest) as usize, native.payload().len(), "{name}: uncompressed size");
+
+    let theirs = grub::unpack(oracle, dlen).unwrap_or_else(|e| panic!("{name}: grub-mkimage's stream: {e}"));
+    if let Some(i) = theirs.iter().zip(native.payload()).position(|(a, b)| a != b) {
+        panic!("{name}: the payloads differ from byte {i:#x} on (kernel.img is {:#x} bytes)", theirs.len());
+    }
+    assert_eq!(theirs.len(), native.payload().len(), "{name}: payload length");
+    assert!(grub::unpack(img, dlen).unwrap() == native.payload(), "{name}: the native stream decodes to the payload");
+
+    let (ours, gmk) = (native.stream(), &oracle[d + dlen..]);
+    let first = ours.iter().zip(gmk).position(|(a, b)| a != b);
+    eprintln!(
+        "{name}: core.img {} bytes ({} sectors) native, {} ({} sectors) grub-mkimage; payload {} bytes; LZMA stream \
+         {} bytes native, {} grub-mkimage, {}",
+        img.len(),
+        img.len().div_ceil(grub::SECTOR),
+        oracle.len(),
+        oracle.len().div_ceil(grub::SECTOR),
+        native.payload().len(),
+        ours.len(),
+        gmk.len(),
+        first.map_or_else(|| "identical".to_owned(), |i| format!("first differing at byte {i}")),
+    );
+    if ours == gmk {
+        assert!(img == oracle, "{name}: identical streams, so identical images");
+    }
+    // Far inside what diskboot loads and grub-bios-setup embeds, with room for more modules.
+    let sectors = img.len().div_ceil(grub::SECTOR) as u64;
+    assert!(sectors * 2 < grub::MAX_CORE_SECTORS, "{name}: {sectors} sectors");
+}
+
+#[test]
+fn core_img_matches_grub_mkimage_for_kilns_modules() {
+    let early = "search --no-floppy --fs-uuid --set=root 0a1b2c3d-4e5f-4061-8293-a4b5c6d7e8f9\n\
+                 set prefix=($root)/boot/grub\n";
+    for (prefix, config) in [
+        ("(hd0,gpt2)/boot/grub", Some(early)),
+        ("(hd0,gpt3)/boot/grub", None),
+        ("(hd0,msdos1)/boot/grub", Some(early)),
+        ("(hd0,msdos1)/boot/grub", None),
+    ] {
+        let name = format!("prefix {prefix}, {}", if config.is_some() { "with config" } else { "no config" });
+        let native = native_core(prefix, &KILN_MODULES, config);
+        assert_matches_grub_mkimage(&name, &native, &grub_mkimage(prefix, &KILN_MODULES, config));
+    }
+}
+
+#[test]
+fn core_img_matches_grub_mkimage_for_other_inputs() {
+    // Module order as given, `.mod` names, duplicates, a config whose length is a multiple of 4 (so only its NUL
+    // padding word follows), a prefix likewise, and a bare kernel with no module at all.
+    let cases: [(&str, &[&str], Option<&str>); 3] = [
+        ("/grub", &["test", "ext2.mod", "biosdisk", "ext2", "halt", "linux16"], Some("echo 123456\n")),
+        ("(hd0)/boot/grub/i386", &["normal", "all_video"], Some("")),
+        ("/b", &[], None),
+    ];
+    for (prefix, modules, config) in cases {
+        let name = format!("{modules:?} prefix {prefix:?} config {config:?}");
+        let native = native_core(prefix, modules, config);
+        assert_matches_grub_mkimage(&name, &native, &grub_mkimage(prefix, modules, config));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Embedding
 
 #[test]
@@ -191,8 +327,8 @@ fn embeds_in_gpt_bios_boot_partition() {
     let layout = gpt_layout(SectorSize::S512);
     let boot = boot_img();
     let modules = ["biosdisk", "part_gpt", "ext2", "normal", "linux", "search", "search_label", "serial", "echo"];
-    let core = mkimage(&grub::prefix(&layout, 2, "/boot/grub"), &modules, None);
-    assert_eq!(core, mkimage("(hd0,gpt2)/boot/grub", &modules, None), "grub-mkimage is not reproducible");
+    let core = native_core(&grub::prefix(&layout, 2, "/boot/grub"), &modules, None).into_image();
+    assert_eq!(core, native_core("(hd0,gpt2)/boot/grub", &modules, None).into_image(), "core.img is not reproducible");
     let e = Embedding::for_layout(&boot, &core, &layout).unwrap();
     assert_eq!(e.area(), LbaRange::new(Lba(2048), Lba(4096)));
     assert_eq!(e.core_lba(), Lba(2048));
@@ -223,7 +359,7 @@ fn embeds_in_mbr_gap() {
     let layout = mbr_layout();
     let boot = boot_img();
     let modules = ["biosdisk", "part_msdos", "ext2", "normal", "linux", "serial", "echo"];
-    let core = mkimage(&grub::prefix(&layout, 1, "/boot/grub"), &modules, None);
+    let core = native_core(&grub::prefix(&layout, 1, "/boot/grub"), &modules, None).into_image();
     let e = Embedding::for_layout(&boot, &core, &layout).unwrap();
     assert_eq!(e.area(), LbaRange::new(Lba(1), Lba(2048)));
     let path = dir.path().join("mbr.img");
@@ -241,7 +377,8 @@ fn embeds_in_mbr_gap() {
 #[test]
 fn refusals_name_the_sizes() {
     let boot = boot_img();
-    let core = mkimage("(hd0,gpt2)/boot/grub", &["biosdisk", "part_gpt", "ext2", "normal", "linux"], None);
+    let core =
+        native_core("(hd0,gpt2)/boot/grub", &["biosdisk", "part_gpt", "ext2", "normal", "linux"], None).into_image();
     let sectors = core.len().div_ceil(512) as u64;
     let mut target = EmbedTarget::for_layout(&gpt_layout(SectorSize::S512)).unwrap();
     target.area = LbaRange::new(Lba(2048), Lba(2048 + 50));
@@ -259,26 +396,22 @@ fn refusals_name_the_sizes() {
 }
 
 #[test]
-fn mkimage_failures_are_clear() {
-    let program = tool("grub-mkimage", "grub-common");
+fn core_img_failures_are_clear() {
     require_file(&format!("{GRUB_DIR}/biosdisk.mod"), "grub-pc-bin");
-    let err = MkImage::new(&program, GRUB_DIR, "(hd0,gpt2)/boot/grub")
+    let err = CoreImage::new("(hd0,gpt2)/boot/grub")
         .modules(["biosdisk", "no_such_module"])
-        .run()
+        .build(&ModuleDir::new(GRUB_DIR))
         .unwrap_err();
     let text = err.to_string();
-    assert!(matches!(err, grub::Error::MkImageFailed { .. }), "{text}");
-    assert!(text.contains("no_such_module") && text.contains("grub-mkimage"), "{text}");
+    assert!(matches!(err, grub::Error::ReadFile { .. }), "{text}");
+    assert!(text.contains(&format!("{GRUB_DIR}/no_such_module.mod")) && text.contains("No such file"), "{text}");
 
-    let err = MkImage::new("/nonexistent/grub-mkimage", GRUB_DIR, "(hd0,gpt2)/boot/grub").run().unwrap_err();
-    assert!(matches!(err, grub::Error::MkImageSpawn { .. }), "{err}");
-    assert!(err.to_string().contains("/nonexistent/grub-mkimage"), "{err}");
+    let err = CoreImage::new("(hd0,gpt2)/boot/grub").modules(["biosdisk"]).build(&ModuleDir::new("/nonexistent/grub"));
+    let text = err.unwrap_err().to_string();
+    assert!(text.contains("/nonexistent/grub/moddep.lst"), "{text}");
 
-    let m = MkImage::new("grub-mkimage", "/g", "(hd0,msdos1)/boot/grub").config("/e.cfg").modules(["biosdisk"]);
-    let args: Vec<String> = m.args(Path::new("/o/core.img")).iter().map(|a| a.to_string_lossy().into_owned()).collect();
-    let want =
-        ["-O", "i386-pc", "-d", "/g", "-o", "/o/core.img", "-p", "(hd0,msdos1)/boot/grub", "-c", "/e.cfg", "biosdisk"];
-    assert_eq!(args, want);
+    let err = CoreImage::new("/boot/grub").modules(["../../../../etc/passwd"]).build(&ModuleDir::new(GRUB_DIR));
+    assert!(matches!(err, Err(grub::Error::ModuleName { .. })), "{err:?}");
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -344,9 +477,7 @@ fn boot(img: &Path, timeout: Duration) -> (bool, String, Duration) {
 
 /// An image whose core.img runs a built-in config printing the marker on the serial port.
 fn marker_image(dir: &Path, name: &str, layout: &DiskLayout, part_module: &str) -> (PathBuf, Embedding) {
-    let cfg = dir.join("early.cfg");
-    std::fs::write(&cfg, format!("serial --unit=0 --speed=115200\nterminal_output serial\necho {MARKER}\nhalt\n"))
-        .unwrap();
+    let cfg = format!("serial --unit=0 --speed=115200\nterminal_output serial\necho {MARKER}\nhalt\n");
     let root = layout.partitions().len();
     // The modules a real installation carries too, so core.img is as big as kiln's (≈ 290 sectors) and diskboot
     // loads it in several BIOS reads.
@@ -365,7 +496,7 @@ fn marker_image(dir: &Path, name: &str, layout: &DiskLayout, part_module: &str) 
         "configfile",
         "test",
     ];
-    let core = mkimage(&grub::prefix(layout, root, "/boot/grub"), &modules, Some(&cfg));
+    let core = native_core(&grub::prefix(layout, root, "/boot/grub"), &modules, Some(&cfg)).into_image();
     let e = Embedding::for_layout(&boot_img(), &core, layout).unwrap();
     let path = dir.join(name);
     write_image(&path, layout, &e);

@@ -111,10 +111,11 @@ pub struct Embedding {
 }
 
 impl Embedding {
-    /// Plans the installation of `boot_img` (GRUB's `i386-pc/boot.img`) and `core_img` (from `grub-mkimage -O
-    /// i386-pc`) on `target`, as `grub-bios-setup --no-rs-codes` would: core.img at the start of the area, padded
-    /// to whole sectors, with one blocklist entry for its sectors after the first; sector 0 = boot.img with the
-    /// disk's BPB area, disk signature and partition table, pointing at core.img.
+    /// Plans the installation of `boot_img` (GRUB's `i386-pc/boot.img`) and `core_img` (from
+    /// [`CoreImage::build`](super::CoreImage::build), or `grub-mkimage -O i386-pc`) on `target`, as
+    /// `grub-bios-setup --no-rs-codes` would: core.img at the start of the area, padded to whole sectors, with one
+    /// blocklist entry for its sectors after the first; sector 0 = boot.img with the disk's BPB area, disk
+    /// signature and partition table, pointing at core.img.
     ///
     /// # Errors
     ///

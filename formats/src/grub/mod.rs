@@ -2,8 +2,9 @@
 //!
 //! `grub-bios-setup` cannot work on an image file: it insists on finding the disk that holds its `-d` directory,
 //! which for an image means a loop device (see `tests/fixtures/reference-image.gen.sh`). This module does its
-//! work from bytes. Build core.img with [`MkImage`] (`grub-mkimage -O i386-pc -p '(hd0,gpt2)/boot/grub' …`),
-//! describe where it goes with an [`EmbedTarget`] (usually [`EmbedTarget::for_layout`]: the BIOS boot partition of
+//! work from bytes. Build core.img with [`CoreImage`] — what `grub-mkimage -O i386-pc -p '(hd0,gpt2)/boot/grub' …`
+//! writes, assembled from GRUB's i386-pc directory read as data ([`GrubFiles`], [`ModuleDir`]), so nothing from
+//! the GRUB package is ever run — describe where it goes with an [`EmbedTarget`] (usually [`EmbedTarget::for_layout`]: the BIOS boot partition of
 //! a GPT disk, or the gap between the MBR and the first partition), [`Embedding::plan`] the installation — the
 //! new sector 0 and core.img with its blocklist — then [`Embedding::write`] it after the partition table and
 //! [`Embedding::verify`] it by reading back the way the BIOS code will.
@@ -12,17 +13,25 @@
 //! No Reed-Solomon codes are added (`grub-bios-setup --no-rs-codes`): they protect core.img in an MBR gap that
 //! other software might scribble on; kiln's images are written whole.
 
+mod core_img;
 mod embed;
-mod mkimage;
+mod files;
+mod kernel;
+mod moddep;
 mod verify;
 
-use std::path::PathBuf;
-
+pub use core_img::{
+    COMPRESSED_SIZE, CORE_END_LIMIT, Core, CoreImage, LZMA_DICT_SIZE, LZMA_LC, LZMA_LP, LZMA_NICE_LEN, LZMA_PB,
+    MAX_DECOMPRESSOR, MODULE_HEADER, MODULE_INFO, MODULE_MAGIC, OBJ_CONFIG, OBJ_ELF, OBJ_PREFIX, UNCOMPRESSED_SIZE,
+    module_section, prefix, unpack,
+};
 pub use embed::{
     BLOCKLIST_ENTRY, BOOT_DRIVE, BPB_END, BPB_START, DRIVE_CHECK, EmbedTarget, Embedding, FIRST_BLOCKLIST,
     FIRST_SEGMENT, KERNEL_SECTOR, MAX_CORE_SECTORS, NO_RS_LENGTH, SECTOR, TABLE_END, TABLE_START,
 };
-pub use mkimage::{MkImage, i386_pc_dir, prefix};
+pub use files::{GrubFiles, ModuleDir, i386_pc_dir};
+pub use kernel::{KERNEL_END_LIMIT, LINK_ADDR};
+pub use moddep::ModDeps;
 
 use crate::disk::{Bytes, LbaRange, SectorSize};
 
@@ -83,22 +92,76 @@ pub enum Error {
     /// A core.img whose blocklist has no terminating entry.
     #[error("core.img has no terminator in its blocklist (is it a GRUB i386-pc core image?)")]
     NoTerminator,
-    /// `grub-mkimage` could not be started.
-    #[error("cannot run {}: {source}", .program.display())]
-    MkImageSpawn {
-        /// The program.
-        program: PathBuf,
+    /// A file of GRUB's i386-pc directory could not be read.
+    #[error("cannot read GRUB's {location}: {source}")]
+    ReadFile {
+        /// The file's name in the directory (`ext2.mod`).
+        name: String,
+        /// Where it is.
+        location: String,
         /// Why.
         source: std::io::Error,
     },
-    /// `grub-mkimage` failed.
-    #[error("{} {args} failed: {why}", .program.display())]
-    MkImageFailed {
-        /// The program.
-        program: PathBuf,
-        /// Its arguments.
-        args: String,
-        /// Exit status and standard error.
+    /// A `moddep.lst` grub-mkimage cannot read.
+    #[error("{file} line {line}: {why}")]
+    ModDep {
+        /// Where the file is.
+        file: String,
+        /// The line (from 1).
+        line: usize,
+        /// What is wrong.
+        why: String,
+    },
+    /// A module name that names no module file.
+    #[error("GRUB module name {name:?}: {why}")]
+    ModuleName {
+        /// The name.
+        name: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// Modules that depend on each other in a circle.
+    #[error("GRUB modules depend on each other in a circle: {}", .chain.join(" -> "))]
+    DependencyCycle {
+        /// The circle, its first module repeated at the end.
+        chain: Vec<String>,
+    },
+    /// A kernel.img that is not GRUB's i386-pc kernel.
+    #[error("{location} is not GRUB's i386-pc kernel: {why}")]
+    BadKernel {
+        /// Where it is.
+        location: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// A `lzma_decompress.img` or `diskboot.img` that is not GRUB's.
+    #[error("{location} is not GRUB's i386-pc image: {why}")]
+    BadGrubImage {
+        /// Where it is.
+        location: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// A core.img part bigger than GRUB's BIOS boot code has room for (grub-mkimage: "core image is too big").
+    #[error("GRUB's {what} is too big: {bytes:#x} bytes, more than the {limit:#x} the i386-pc boot code has room for")]
+    ImageTooBig {
+        /// Which part.
+        what: &'static str,
+        /// Its size.
+        bytes: u64,
+        /// The most there is room for.
+        limit: u64,
+    },
+    /// A prefix grub-mkimage could not store.
+    #[error("GRUB prefix {prefix:?} contains a NUL byte")]
+    BadPrefix {
+        /// The prefix.
+        prefix: String,
+    },
+    /// Compressing core.img failed, or its stream does not decode back.
+    #[error("compressing GRUB's core.img with LZMA: {why}")]
+    Lzma {
+        /// What went wrong.
         why: String,
     },
     /// Writing the image failed.

@@ -20,5 +20,6 @@ mod output_paths;
 mod pinned;
 mod profiles;
 mod progress;
+mod security;
 mod util;
 mod verify;
