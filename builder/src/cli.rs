@@ -289,6 +289,12 @@ pub enum SizeSpec {
     Fixed(u64),
 }
 
+/// A value enum's command-line spelling (`legacy+gpt`, `raw.zst`, …): every name is spelled once, in its
+/// `#[value]` attribute.
+pub fn value_name<T: ValueEnum>(v: T) -> String {
+    v.to_possible_value().map(|p| p.get_name().to_owned()).unwrap_or_default()
+}
+
 fn parse_sector_size(s: &str) -> Result<u32, String> {
     match s {
         "512" => Ok(512),

@@ -5,24 +5,9 @@ use std::io::Write;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::dry_run::REPORT_VERSION;
 use crate::progress::{Event, Phase, Progress};
-
-/// Human-readable bytes with a binary unit: `512 B`, `1.5 MiB`.
-#[must_use]
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
-}
+use crate::report::REPORT_VERSION;
+use crate::units::human_bytes;
 
 /// Passes events on to a sink and remembers how long each phase took, for the summary at the end.
 pub struct Timed {
@@ -101,7 +86,13 @@ impl Progress for Plain {
                 }
                 *last = Some(now);
                 let pct = if *total == 0 { 100.0 } else { *done as f64 * 100.0 / *total as f64 };
-                writeln!(err, "[{t:7.2}s] {}: {} of {} ({pct:.0}%)", phase.name(), bytes(*done), bytes(*total))
+                writeln!(
+                    err,
+                    "[{t:7.2}s] {}: {} of {} ({pct:.0}%)",
+                    phase.name(),
+                    human_bytes(*done),
+                    human_bytes(*total)
+                )
             }
         };
     }
@@ -190,18 +181,5 @@ impl Progress for Bars {
                 let _ = writeln!(std::io::stderr(), "✓ {:8} {:6.2}s  {summary}", phase.name(), elapsed.as_secs_f64());
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bytes_read_like_people_write_them() {
-        assert_eq!(bytes(0), "0 B");
-        assert_eq!(bytes(1023), "1023 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(bytes(1_274_019_840), "1.2 GiB");
     }
 }

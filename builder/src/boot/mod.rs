@@ -2,6 +2,7 @@
 //! builders do, so a later `nixos-rebuild switch` on the booted machine manages them.
 
 pub mod grub;
+pub mod grub_bios;
 pub mod systemd_boot;
 
 use anyhow::{Context, Result};
@@ -13,6 +14,49 @@ use crate::system::{BootEntry, StoreFile, System};
 pub const GENERATION: u32 = 1;
 /// Seconds the boot menu waits (systemd-boot's `timeout`, GRUB's `set timeout`).
 pub const MENU_TIMEOUT: u32 = 1;
+
+/// Which bootloaders a layout installs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Boots {
+    /// systemd-boot on an ESP.
+    pub uefi: bool,
+    /// GRUB for BIOS (in a BIOS boot partition, or the MBR gap).
+    pub bios: bool,
+    /// Boot entries, kernels and initrds on an XBOOTLDR partition; systemd-boot and loader.conf stay on the ESP.
+    pub xbootldr: bool,
+}
+
+impl Boots {
+    /// The bootloaders of `layout`; refuses layouts not implemented.
+    pub fn of(layout: crate::cli::Layout) -> Result<Self> {
+        Ok(match layout {
+            crate::cli::Layout::Efi => Self { uefi: true, bios: false, xbootldr: false },
+            crate::cli::Layout::LegacyGpt | crate::cli::Layout::Legacy => {
+                Self { uefi: false, bios: true, xbootldr: false }
+            }
+            crate::cli::Layout::Hybrid => Self { uefi: true, bios: true, xbootldr: false },
+            crate::cli::Layout::Efixbootldr => Self { uefi: true, bios: false, xbootldr: true },
+            crate::cli::Layout::None => Self { uefi: false, bios: false, xbootldr: false },
+            crate::cli::Layout::Custom => {
+                anyhow::bail!("a custom layout's bootloaders come from its partitions (Boots::of_partitions)")
+            }
+        })
+    }
+}
+
+impl Boots {
+    /// The bootloaders a profile's own partition list installs: systemd-boot with an ESP, GRUB with a BIOS boot
+    /// partition, the entries on XBOOTLDR when there is one.
+    #[must_use]
+    pub fn of_partitions(specs: &[crate::profile::PartitionSpec]) -> Self {
+        let has = |role: crate::profile::Role| specs.iter().any(|p| p.role == role);
+        Self {
+            uefi: has(crate::profile::Role::Esp),
+            bios: has(crate::profile::Role::BiosBoot),
+            xbootldr: has(crate::profile::Role::Esp) && has(crate::profile::Role::Xbootldr),
+        }
+    }
+}
 
 /// One boot entry, resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::{Filesystem, GrubBios, NixOs, Report, SystemdBoot, Table};
-use crate::dry_run::human_bytes;
+use crate::units::human_bytes;
 
 /// Width of the key column, indentation included.
 const KEY: usize = 16;

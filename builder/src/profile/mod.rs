@@ -9,7 +9,7 @@ mod apply;
 pub mod builtin;
 mod command;
 mod file;
-mod validate;
+pub(crate) mod validate;
 pub mod value;
 
 use std::collections::BTreeMap;
@@ -20,7 +20,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use kernel_params::{Changes, Param, Removal};
 use serde::Serialize;
 
-pub use apply::{Applied, load_and_apply};
+pub use apply::Applied;
 pub use builtin::{BUILTINS, Builtin};
 pub use command::command;
 pub use file::Loc;

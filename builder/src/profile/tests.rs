@@ -1,11 +1,7 @@
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use clap::Parser;
-use kernel_params::Changes;
-
 use super::*;
-use crate::cli::{BuildArgs, Cli, Command, SizeSpec};
 
 /// A temporary directory of profile files.
 struct Dir(tempfile::TempDir);
@@ -408,93 +404,4 @@ fn checks_across_files_name_both() {
     );
     let path = dir.write("r.toml", "extends = \"metal-efi\"\nsector-size = 4096\n");
     Profile::load(&path).unwrap();
-}
-
-fn build_args(extra: &[&str]) -> BuildArgs {
-    let mut argv = vec!["kiln", "build", "--system", "/nix/store/x", "--dry-run"];
-    argv.extend_from_slice(extra);
-    let Command::Build(args) = Cli::try_parse_from(argv).unwrap().command else { panic!("not build") };
-    *args
-}
-
-#[test]
-fn apply_fills_what_the_command_line_left_out() {
-    let amazon = Profile::load("amazon").unwrap();
-    let mut args = build_args(&[]);
-    let applied = amazon.apply("amazon", &mut args).unwrap();
-    assert_eq!(
-        (args.layout, args.bootloader, args.format),
-        (Some(Layout::Efi), Some(Bootloader::SystemdBoot), Some(Format::Ami))
-    );
-    assert_eq!((args.esp_size, args.extra_space, args.size), (Some(256 << 20), Some(512 << 20), None));
-    assert!(!args.bmap && !args.checksum && !args.no_checksum);
-    assert_eq!(applied.kernel_params, amazon.kernel_params.changes().unwrap());
-    assert_eq!(applied.name, "amazon");
-    assert!(applied.partitions.is_none());
-
-    // The command line wins, and what goes with a replaced value goes too.
-    let mut args = build_args(&["--format", "raw", "--layout", "legacy+gpt", "--size", "8G", "--esp-size", "1G"]);
-    amazon.apply("amazon", &mut args).unwrap();
-    assert_eq!((args.layout, args.format), (Some(Layout::LegacyGpt), Some(Format::Raw)));
-    assert_eq!(args.bootloader, None, "systemd-boot does not fit the user's layout");
-    assert_eq!((args.size, args.extra_space, args.esp_size), (Some(SizeSpec::Fixed(8 << 30)), None, Some(1 << 30)));
-    let mut args = build_args(&["--layout", "hybrid", "--bootloader", "grub"]);
-    amazon.apply("amazon", &mut args).unwrap();
-    assert_eq!(args.bootloader, Some(Bootloader::Grub));
-    let mut args = build_args(&["--layout", "hybrid"]);
-    amazon.apply("amazon", &mut args).unwrap();
-    assert_eq!(args.bootloader, Some(Bootloader::SystemdBoot), "kept: hybrid installs it");
-}
-
-#[test]
-fn apply_flags_and_partitions() {
-    let dir = Dir::new();
-    let path = dir.write(
-        "p.toml",
-        "bmap = true\nchecksum = false\nsize = \"8G\"\nsector-size = 4096\ncompress = \"zlib\"\n\
-         [[partitions]]\nrole = \"root\"\nsize = \"fill\"\n[output]\nlabel = \"l\"\n[grub]\nterminal = [\"console\"]\n",
-    );
-    let p = Profile::load(&path).unwrap();
-    let mut args = build_args(&[]);
-    let applied = p.apply("p", &mut args).unwrap();
-    assert!(args.bmap && args.no_checksum && !args.checksum);
-    assert_eq!(
-        (args.size, args.sector_size, args.compress),
-        (Some(SizeSpec::Fixed(8 << 30)), Some(4096), Some(Compression::Zlib))
-    );
-    assert_eq!(applied.output.label.as_deref(), Some("l"));
-    assert_eq!(applied.grub.terminal, Some(vec![GrubTerminal::Console]));
-    assert_eq!(applied.partitions.as_ref().map(Vec::len), Some(1));
-    let mut args = build_args(&["--checksum", "--layout", "efi"]);
-    let applied = p.apply("p", &mut args).unwrap();
-    assert!(args.checksum && !args.no_checksum, "--checksum wins");
-    assert!(applied.partitions.is_none(), "--layout replaces the partition list");
-}
-
-#[test]
-fn profile_kernel_params_come_before_the_users() {
-    let dir = Dir::new();
-    let path = dir
-        .write("p.toml", "extends = \"amazon\"\n[kernel-params]\nremove = [\"random.trust_cpu\"]\nadd = [\"quiet\"]\n");
-    let mut args = build_args(&["--kernel-param", "console=tty0", "--remove-kernel-param", "quiet"]);
-    let applied = Profile::load(&path).unwrap().apply(&path, &mut args).unwrap();
-    let req = crate::dry_run::Request {
-        store_dir: PathBuf::new(),
-        system: PathBuf::new(),
-        closure_info: None,
-        kernel_params: args.kernel_params.clone(),
-        remove_kernel_params: args.remove_kernel_params.clone(),
-        extra_paths: Vec::new(),
-        profile: Some(applied),
-    };
-    let layers = req.kernel_param_changes().unwrap();
-    assert_eq!(layers.len(), 2);
-    let base = ["init=/nix/store/x/init", "loglevel=4", "random.trust_cpu=off"];
-    let cmdline = kernel_params::merge(base, &layers).unwrap().to_string();
-    assert_eq!(
-        cmdline,
-        "init=/nix/store/x/init loglevel=4 console=ttyS0,115200n8 nvme_core.io_timeout=4294967295 console=tty0"
-    );
-    let no_profile = crate::dry_run::Request { profile: None, ..req };
-    assert_eq!(no_profile.kernel_param_changes().unwrap(), [Changes::parse(["console=tty0"], ["quiet"]).unwrap()]);
 }

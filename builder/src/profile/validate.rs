@@ -2,10 +2,9 @@
 //! together. Each error names where the values were set.
 
 use anyhow::{Result, bail};
-use clap::ValueEnum;
 
 use super::{Loc, Profile, Role};
-use crate::cli::{Bootloader, Layout};
+use crate::cli::{Bootloader, Layout, value_name as name};
 
 /// Which ways a layout boots: (UEFI, BIOS).
 #[must_use]
@@ -20,17 +19,13 @@ pub(super) fn boots(layout: Layout) -> (bool, bool) {
 
 /// Whether `bootloader` is one the layout installs.
 #[must_use]
-pub(super) fn fits(bootloader: Bootloader, layout: Layout) -> bool {
+pub(crate) fn fits(bootloader: Bootloader, layout: Layout) -> bool {
     let (uefi, bios) = boots(layout);
     match bootloader {
         Bootloader::SystemdBoot => uefi,
         Bootloader::Grub => bios,
         Bootloader::None => !uefi && !bios,
     }
-}
-
-fn name<T: ValueEnum>(v: T) -> String {
-    v.to_possible_value().map(|p| p.get_name().to_owned()).unwrap_or_default()
 }
 
 /// Runs every check over the merged profile.

@@ -25,8 +25,8 @@ use super::image::{Image, show};
 use super::locate::{Layout, Partition, Role, RootFs, SUPERBLOCK, Table};
 use super::{Problem, ProblemKind};
 use crate::boot::grub::{self, GrubConsole};
-use crate::boot::{self, Entry, MENU_TIMEOUT, systemd_boot};
-use crate::disk;
+use crate::boot::{self, Boots, Entry, MENU_TIMEOUT, systemd_boot};
+
 use crate::inspect::disk::{Disk, FatIo};
 use crate::store::StorePath;
 use crate::system::{BootEntry, System};
@@ -36,11 +36,11 @@ const MKFS_TIME: u64 = 0x108;
 /// Where GRUB's configuration is on the root filesystem.
 pub(crate) const GRUB_CFG: &str = "/boot/grub/grub.cfg";
 
-/// The bootloaders a layout installs, as [`disk::Boots`] decides them from the partitions kiln writes: systemd-boot
+/// The bootloaders a layout installs, as [`Boots`] decides them from the partitions kiln writes: systemd-boot
 /// with an ESP, GRUB with a BIOS boot partition (or an MBR), the entries on XBOOTLDR when there is one.
-pub(crate) fn boots(layout: &Layout) -> disk::Boots {
+pub(crate) fn boots(layout: &Layout) -> Boots {
     let has = |role| layout.with_role(role).next().is_some();
-    disk::Boots {
+    Boots {
         uefi: has(Role::Esp),
         bios: has(Role::BiosBoot) || layout.table == Table::Mbr,
         xbootldr: has(Role::Esp) && has(Role::Xbootldr),

@@ -9,8 +9,8 @@ use kiln_formats::ext4::{NodeId, NodeKind, Tree};
 
 use super::image::{Image, ext4_path, show};
 use super::{Problem, ProblemKind};
-use crate::disk::Boots;
-use crate::rootfs;
+use crate::boot::Boots;
+use crate::plan::rootfs;
 use crate::store::{LOGICAL_STORE, StorePath};
 
 /// The directory e2fsck expects and kiln's ext4 writer adds to the root.

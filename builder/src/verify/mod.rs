@@ -43,10 +43,10 @@ pub use locate::{Location, RootFs, SectorSize};
 
 use crate::cli::VerifyArgs;
 use crate::closure::NarInfo;
-use crate::dry_run::human_bytes;
 use crate::inspect::disk::{Disk, Window};
 use crate::nar::hash_string;
 use crate::store::{StoreDir, StorePath};
+use crate::units::human_bytes;
 
 /// Where the database and its schema file are in the image.
 const DB_DIR: &str = "/nix/var/nix/db";

@@ -1,41 +1,23 @@
-//! `kiln build --dry-run`: resolve the system and its closure, and report what an image of it would hold.
+//! Report: what a build resolved and planned, for people (text) and machines (versioned JSON): the dry-run
+//! report and the image summary. It reads the resolved system and the plan; nothing reads it back.
+
+mod image;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
-use kernel_params::Changes;
 use serde::Serialize;
 
 use crate::boot;
-use crate::closure::{Closure, Source};
-use crate::inventory::{Inventory, Totals};
-use crate::progress::{self, Phase, Progress};
-use crate::store::{StoreDir, StorePath};
-use crate::system::{BootEntry, System};
+use crate::closure::Source;
+use crate::inventory::Totals;
+use crate::resolve::Resolved;
+use crate::store::StorePath;
+use crate::system::BootEntry;
+use crate::units::human_bytes;
 
 /// Version of the JSON report; bumped when a field changes meaning or disappears.
 pub const REPORT_VERSION: u32 = 1;
-
-/// What a dry run needs.
-#[derive(Debug, Clone)]
-pub struct Request {
-    /// The physical store directory.
-    pub store_dir: PathBuf,
-    /// The `--system` argument as given.
-    pub system: PathBuf,
-    /// A closureInfo directory, if given.
-    pub closure_info: Option<PathBuf>,
-    /// Extra kernel parameters for every entry.
-    pub kernel_params: Vec<String>,
-    /// Kernel parameters to remove from every entry (`KEY` or `KEY=VALUE`).
-    pub remove_kernel_params: Vec<String>,
-    /// More store paths (and their closures) to ship and register (`--extra-path`).
-    pub extra_paths: Vec<PathBuf>,
-    /// What the image profile (`--profile`) gives besides flags: its kernel parameter changes come before the
-    /// user's.
-    pub profile: Option<crate::profile::Applied>,
-}
 
 /// One store path's line in the report.
 #[derive(Debug, Clone, Serialize)]
@@ -86,103 +68,23 @@ pub struct Report {
     /// Every store path.
     pub paths: Vec<PathSummary>,
     /// The image planned, when a layout was given.
-    pub image: Option<crate::build::ImageSummary>,
+    pub image: Option<crate::plan::ImageSummary>,
 }
 
-/// What resolving a request finds: the system, its closure and the inventory of its files.
-#[derive(Debug)]
-pub struct Resolved {
-    /// The store directory.
-    pub store: StoreDir,
-    /// The system.
-    pub system: System,
-    /// Its closure.
-    pub closure: Closure,
-    /// Every file of the closure.
-    pub inventory: Inventory,
-}
-
-/// Reads the system and finds and inventories its closure.
-pub fn resolve(req: &Request, progress: &dyn Progress) -> Result<Resolved> {
-    let store = StoreDir::new(&req.store_dir)?;
-    let system = progress::phase(
-        progress,
-        Phase::System,
-        || -> Result<System> {
-            let toplevel = store.resolve_system(&req.system)?;
-            System::load(&store, &toplevel)
-        },
-        |s| format!("{} ({} specialisations)", s.toplevel, s.specialisations.len()),
-    )?;
-    let (closure, inventory) = progress::phase(
-        progress,
-        Phase::Closure,
-        || -> Result<_> {
-            let mut roots = vec![system.toplevel.clone()];
-            for extra in &req.extra_paths {
-                let path = store.resolve_system(extra).map_err(|e| {
-                    anyhow::anyhow!("--extra-path {}: {}", extra.display(), format!("{e:#}").replace("system ", ""))
-                })?;
-                roots.push(path);
-            }
-            roots.sort();
-            roots.dedup();
-            Closure::find(&store, &roots, req.closure_info.as_deref())
-        },
-        |(c, inv)| {
-            format!(
-                "{} store paths, {} files, {} bytes from {}",
-                inv.totals.paths, inv.totals.counts.files, inv.totals.counts.bytes, c.source
-            )
-        },
-    )?;
-    check_boot_files(&system, &closure)?;
-    Ok(Resolved { store, system, closure, inventory })
-}
-
-/// Resolves and reports, with no image planned.
-pub fn run(req: &Request, progress: &dyn Progress) -> Result<Report> {
-    let r = resolve(req, progress)?;
-    report(&r, &req.kernel_param_changes()?)
-}
-
-impl Request {
-    /// The kernel parameter changes, as layers applied in order: the profile's, then the user's
-    /// (`--remove-kernel-param`s, then `--kernel-param`s).
-    ///
-    /// # Errors
-    /// The first flag value that is not exactly one parameter.
-    pub fn kernel_param_changes(&self) -> Result<Vec<Changes>> {
-        let user = Changes::parse(&self.kernel_params, &self.remove_kernel_params)
-            .context("--kernel-param/--remove-kernel-param")?;
-        Ok(self.profile.iter().map(|p| p.kernel_params.clone()).chain([user]).collect())
-    }
-}
-
-fn check_boot_files(system: &System, closure: &Closure) -> Result<()> {
-    for (what, file) in system.boot_store_paths() {
-        if !closure.paths.contains_key(&file.store_path) {
-            bail!(
-                "{what} {} named by the bootspec is not in the closure of {} (from {})",
-                file.logical.display(),
-                system.toplevel,
-                closure.source
-            );
-        }
-    }
-    Ok(())
-}
-
-/// The report of what was resolved (no image yet: see [`Report::image`]); `changes` are applied to the command
-/// lines in order.
-pub fn report(r: &Resolved, changes: &[Changes]) -> Result<Report> {
+/// The report of what was resolved, with the boot entries as they will be (no image yet: see
+/// [`Report::image`]).
+#[must_use]
+pub fn report(r: &Resolved, entries: &[boot::Entry]) -> Report {
     let (store, system, closure, inv) = (&r.store, &r.system, &r.closure, &r.inventory);
-    let resolved = boot::entries(system, &changes.iter().collect::<Vec<_>>())?;
     let boots = std::iter::once(&system.boot).chain(system.specialisations.iter().map(|s| &s.boot));
-    let entries = resolved
-        .into_iter()
+    let entries = entries
+        .iter()
         .zip(boots)
-        .map(|(e, boot)| EntrySummary { specialisation: e.specialisation, boot: boot.clone(), command_line: e.cmdline })
+        .map(|(e, boot)| EntrySummary {
+            specialisation: e.specialisation.clone(),
+            boot: boot.clone(),
+            command_line: e.cmdline.clone(),
+        })
         .collect();
     let paths = inv
         .paths
@@ -201,7 +103,7 @@ pub fn report(r: &Resolved, changes: &[Changes]) -> Result<Report> {
             }
         })
         .collect();
-    Ok(Report {
+    Report {
         version: REPORT_VERSION,
         store_dir: store.root().to_path_buf(),
         toplevel: system.toplevel.clone(),
@@ -210,20 +112,7 @@ pub fn report(r: &Resolved, changes: &[Changes]) -> Result<Report> {
         totals: inv.totals,
         paths,
         image: None,
-    })
-}
-
-/// Bytes as a short human string (binary units), e.g. `12.3 MiB`.
-#[must_use]
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
 impl Report {
@@ -269,7 +158,7 @@ impl Report {
             human_bytes(t.unique_bytes)
         );
         if let Some(image) = &self.image {
-            s.push_str(&image.to_text());
+            s.push_str(&image::image_text(image));
         }
         let _ = writeln!(s, "\n{:>8} {:>6} {:>6} {:>12} {:>5}  store path", "files", "dirs", "links", "bytes", "refs");
         for p in &self.paths {

@@ -4,6 +4,8 @@
 //! before the process exits (see [`remove_temporaries_on_signals`]); after SIGKILL a temporary may remain,
 //! but never a file at the target path.
 
+pub mod emit;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -130,7 +132,7 @@ pub fn explain_no_space(err: anyhow::Error, target: &Path, free_before: Option<u
         .map(|e| e.to_string().trim_end_matches(io_text.as_str()).to_owned())
         .collect();
     let free = free_before.map_or_else(String::new, |n| {
-        format!(" ({} free in {} when writing began)", crate::dry_run::human_bytes(n), dir_of(target).display())
+        format!(" ({} free in {} when writing began)", crate::units::human_bytes(n), dir_of(target).display())
     });
     anyhow::anyhow!(
         "output {}: {what}{free}: the image does not fit; stopped at: {}",

@@ -15,13 +15,27 @@ use kiln_formats::ext4::{self, BLOCK};
 use rayon::prelude::*;
 
 use crate::closure::NarInfo;
-use crate::dry_run::Resolved;
 use crate::progress::Meter;
+use crate::resolve::Resolved;
 
 /// Bytes gathered before a write (and the largest read).
 const CHUNK: usize = 512 << 10;
 /// A buffer with less room than this left is written out before the next read.
 const MIN_ROOM: usize = 64 << 10;
+
+/// What the data pass copies: the resolved closure, the root filesystem's plan and where its file nodes are,
+/// and the root filesystem's byte offset in the image.
+#[derive(Debug, Clone, Copy)]
+pub struct Job<'a> {
+    /// The closure and its inventory.
+    pub r: &'a Resolved,
+    /// The tree node of each inventory entry, per store path.
+    pub nodes: &'a [Vec<ext4::NodeId>],
+    /// The root filesystem's plan.
+    pub plan: &'a ext4::Plan,
+    /// The root filesystem's offset in the image.
+    pub base: u64,
+}
 
 /// Copies the closure's file data into the image, one store path at a time in NAR order (paths in parallel,
 /// largest first), hashing what it copies from the same reads; checks each narHash against the registered one
@@ -29,17 +43,14 @@ const MIN_ROOM: usize = 64 << 10;
 /// `self_hashed` (inventory order: the image's database records that hash, so a store path that changed in
 /// between must fail the build). A file hard-linked from several paths is written once and hashed for each.
 /// Returns every path's NAR hash and size, in inventory order, and which data jobs it wrote.
-#[allow(clippy::too_many_arguments)]
 pub fn copy_and_hash(
-    r: &Resolved,
-    nodes: &[Vec<ext4::NodeId>],
-    plan: &ext4::Plan,
+    job: &Job<'_>,
     sink: &File,
-    base: u64,
     verify: bool,
     self_hashed: &[bool],
     meter: &Meter<'_>,
 ) -> Result<(Vec<NarInfo>, Vec<AtomicBool>)> {
+    let Job { r, nodes, plan, base } = *job;
     let claimed: Vec<AtomicBool> = (0..plan.data.len()).map(|_| AtomicBool::new(false)).collect();
     let paths = &r.inventory.paths;
     let mut order: Vec<(u64, usize)> = paths.iter().enumerate().map(|(i, p)| (p.counts().bytes, i)).collect();

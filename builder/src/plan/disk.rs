@@ -1,21 +1,21 @@
 //! Whole disks: the partition layouts users know from nixpkgs' make-disk-image, with systemd-boot on a FAT32
 //! ESP for UEFI and GRUB embedded for BIOS. Everything is planned before the first byte is written.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use kiln_formats::disk::{
     Bytes, DiskLayout, DiskSize, GptAttributes, Guid, PartitionRequest, PartitionSize, PartitionTable, SectorSize,
     partition_type,
 };
-use kiln_formats::{fat, grub};
+use kiln_formats::fat;
 
-use crate::boot::{self, Entry, systemd_boot};
+use crate::boot::{self, Boots, Entry, grub_bios, systemd_boot};
 use crate::cli::Layout;
 use crate::profile::{PartSize, PartitionSpec, Role};
+use crate::resolve::Resolved;
+use crate::resolve::options::Options;
 use crate::seed::Seed;
-use crate::store::{StoreDir, StoreFiles};
-use crate::system::System;
 
 /// Default ESP size: room for several generations of kernels and initrds.
 pub const DEFAULT_ESP: u64 = 512 << 20;
@@ -24,114 +24,6 @@ pub const DEFAULT_ESP: u64 = 512 << 20;
 const DEFAULT_SMALL_ESP: u64 = 128 << 20;
 /// The BIOS boot partition, which holds GRUB's core.img.
 const BIOS_BOOT: u64 = 1 << 20;
-
-/// Which bootloaders a layout installs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Boots {
-    /// systemd-boot on an ESP.
-    pub uefi: bool,
-    /// GRUB for BIOS (in a BIOS boot partition, or the MBR gap).
-    pub bios: bool,
-    /// Boot entries, kernels and initrds on an XBOOTLDR partition; systemd-boot and loader.conf stay on the ESP.
-    pub xbootldr: bool,
-}
-
-impl Boots {
-    /// The bootloaders of `layout`; refuses layouts not implemented.
-    pub fn of(layout: Layout) -> Result<Self> {
-        Ok(match layout {
-            Layout::Efi => Self { uefi: true, bios: false, xbootldr: false },
-            Layout::LegacyGpt | Layout::Legacy => Self { uefi: false, bios: true, xbootldr: false },
-            Layout::Hybrid => Self { uefi: true, bios: true, xbootldr: false },
-            Layout::Efixbootldr => Self { uefi: true, bios: false, xbootldr: true },
-            Layout::None => Self { uefi: false, bios: false, xbootldr: false },
-            Layout::Custom => bail!("a custom layout's bootloaders come from its partitions (Boots::of_partitions)"),
-        })
-    }
-}
-
-impl Boots {
-    /// The bootloaders a profile's own partition list installs: systemd-boot with an ESP, GRUB with a BIOS boot
-    /// partition, the entries on XBOOTLDR when there is one.
-    #[must_use]
-    pub fn of_partitions(specs: &[PartitionSpec]) -> Self {
-        let has = |role| specs.iter().any(|p| p.role == role);
-        Self { uefi: has(Role::Esp), bios: has(Role::BiosBoot), xbootldr: has(Role::Esp) && has(Role::Xbootldr) }
-    }
-}
-
-/// The files of GRUB's `lib/grub/i386-pc` that core.img and sector 0 are made from (besides the modules, which
-/// `moddep.lst` and the module list name). They are read as data: nothing in a GRUB package is ever run.
-const GRUB_FILES: [&str; 5] = ["boot.img", "diskboot.img", "lzma_decompress.img", "kernel.img", "moddep.lst"];
-
-/// The first of [`GRUB_FILES`] that `grub` lacks (as a regular file, not through a symlink).
-fn missing_grub_file(grub: &Path) -> Option<&'static str> {
-    let dir = grub::i386_pc_dir(grub);
-    GRUB_FILES.into_iter().find(|f| !std::fs::symlink_metadata(dir.join(f)).is_ok_and(|m| m.is_file()))
-}
-
-/// The GRUB installation inputs: the package directory of the closure's GRUB.
-fn find_grub(store: &StoreDir, closure: &crate::closure::Closure, given: Option<&Path>) -> Result<PathBuf> {
-    if let Some(dir) = given {
-        if let Some(file) = missing_grub_file(dir) {
-            bail!(
-                "--grub {}: no lib/grub/i386-pc/{file} there (BIOS layouts read GRUB's i386-pc files: {})",
-                dir.display(),
-                GRUB_FILES.join(", ")
-            );
-        }
-        return Ok(dir.to_path_buf());
-    }
-    closure
-        .paths
-        .keys()
-        .filter(|p| p.name().starts_with("grub-"))
-        .map(|p| store.physical(p))
-        .find(|d| missing_grub_file(d).is_none())
-        .with_context(|| {
-            format!(
-                "a BIOS layout needs GRUB for i386-pc, and the closure has none (a store path grub-* with \
-                 lib/grub/i386-pc/{{{}}} and the modules); add it to the system or give --grub DIR",
-                GRUB_FILES.join(",")
-            )
-        })
-}
-
-/// GRUB's i386-pc directory in a GRUB package (a store path of the closure, or `--grub DIR`), read as data. Each
-/// file is opened beneath the package directory without following a symlink anywhere on the way
-/// ([`StoreFiles`]): a closure cannot point kiln at `/etc/shadow` and have it built into core.img.
-#[derive(Debug)]
-pub struct GrubPackage {
-    root: PathBuf,
-    files: StoreFiles,
-}
-
-impl GrubPackage {
-    /// The package at `root`.
-    pub fn open(root: &Path) -> Result<Self> {
-        Ok(Self { root: root.to_path_buf(), files: StoreFiles::new(root)? })
-    }
-
-    fn rel(name: &str) -> PathBuf {
-        Path::new("lib/grub/i386-pc").join(name)
-    }
-}
-
-impl grub::GrubFiles for GrubPackage {
-    fn read(&self, name: &str) -> std::io::Result<Vec<u8>> {
-        if name.contains('/') {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a plain file name"));
-        }
-        let mut file = self.files.open(&Self::rel(name)).map_err(|e| std::io::Error::other(format!("{e:#}")))?;
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut file, &mut bytes)?;
-        Ok(bytes)
-    }
-
-    fn location(&self, name: &str) -> String {
-        self.root.join(Self::rel(name)).display().to_string()
-    }
-}
 
 /// What a disk needs besides the root filesystem, planned.
 #[derive(Debug)]
@@ -150,29 +42,12 @@ pub struct DiskParts {
     pub sector: SectorSize,
 }
 
-/// The FAT writer's name for a disk's sector size.
-#[must_use]
-pub fn fat_sector(sector: SectorSize) -> fat::SectorSize {
-    match sector {
-        SectorSize::S512 => fat::SectorSize::S512,
-        SectorSize::S4096 => fat::SectorSize::S4096,
-    }
-}
-
-/// Resolves the bootloader inputs (and refuses what is missing) before anything is planned.
-#[allow(clippy::too_many_arguments)]
-pub fn parts(
-    boots: Boots,
-    store: &StoreDir,
-    closure: &crate::closure::Closure,
-    system: &System,
-    entries: &[Entry],
-    (esp_size, xbootldr_size): (Option<u64>, Option<u64>),
-    grub_dir: Option<&Path>,
-    default_specialisation: Option<&str>,
-    build_time: i64,
-    sector: SectorSize,
-) -> Result<DiskParts> {
+/// Resolves the bootloader inputs (and refuses what is missing) before anything is planned: the ESP's and
+/// XBOOTLDR partition's files and sizes, and the GRUB package.
+pub fn parts(r: &Resolved, opts: &Options, boots: Boots, entries: &[Entry]) -> Result<DiskParts> {
+    let (store, closure, system, sector) = (&r.store, &r.closure, &r.system, opts.sector_size);
+    let (esp_size, xbootldr_size) = custom_sizes(opts.custom_partitions(), opts.esp_size);
+    let (default_specialisation, build_time) = (opts.default_specialisation.as_deref(), i64::from(opts.timestamp));
     if boots.bios && sector != SectorSize::S512 {
         bail!(
             "--sector-size {}: GRUB's BIOS boot code reads 512-byte sectors; 4Kn disks boot by UEFI (--layout efi)",
@@ -197,7 +72,7 @@ pub fn parts(
         None
     };
     let (esp, xbootldr) = esp.map_or((None, None), |(e, x)| (Some(e), x));
-    let fat_min = fat::min_size(&fat::Tree::new(), fat_sector(sector)).context("sizing FAT32")?;
+    let fat_min = fat::min_size(&fat::Tree::new(), super::fat::fat_sector(sector)).context("sizing FAT32")?;
     let (esp_size, xbootldr_size) = if boots.xbootldr {
         (esp_size.unwrap_or(DEFAULT_SMALL_ESP.max(fat_min)), xbootldr_size.unwrap_or(DEFAULT_ESP))
     } else {
@@ -205,7 +80,7 @@ pub fn parts(
     };
     for (tree, size, what) in [(&esp, esp_size, "ESP"), (&xbootldr, xbootldr_size, "XBOOTLDR partition")] {
         let Some(tree) = tree else { continue };
-        let need = fat::min_size(tree, fat_sector(sector)).with_context(|| format!("sizing the {what}"))?;
+        let need = fat::min_size(tree, super::fat::fat_sector(sector)).with_context(|| format!("sizing the {what}"))?;
         if need > size {
             let holds = if what == "ESP" && !boots.xbootldr { "the kernels and initrds" } else { "its files" };
             bail!(
@@ -215,8 +90,19 @@ pub fn parts(
             );
         }
     }
-    let grub = if boots.bios { Some(find_grub(store, closure, grub_dir)?) } else { None };
+    let grub = if boots.bios { Some(grub_bios::find_grub(store, closure, opts.grub.as_deref())?) } else { None };
     Ok(DiskParts { esp, esp_size, xbootldr, xbootldr_size, grub, sector })
+}
+
+/// The ESP and XBOOTLDR sizes: a profile's partition list gives them, else `--esp-size` (or the defaults).
+fn custom_sizes(custom: Option<&[PartitionSpec]>, esp_size: Option<u64>) -> (Option<u64>, Option<u64>) {
+    let size_of = |role| {
+        custom?.iter().find(|p| p.role == role).and_then(|p| match p.size {
+            PartSize::Bytes(b) => Some(b.0),
+            PartSize::Fill => None,
+        })
+    };
+    (size_of(Role::Esp).or(esp_size), size_of(Role::Xbootldr))
 }
 
 /// Partition numbers (1-based) of the layout's partitions.
@@ -384,36 +270,6 @@ pub fn custom_layout(
     Ok((layout, numbers))
 }
 
-/// The modules kiln builds into core.img: disks and partition tables, the root filesystem and finding it by UUID,
-/// the menu, Linux, and the serial console.
-pub const GRUB_MODULES: [&str; 13] = [
-    "biosdisk",
-    "part_gpt",
-    "part_msdos",
-    "ext2",
-    "search",
-    "search_fs_uuid",
-    "normal",
-    "linux",
-    "configfile",
-    "serial",
-    "terminal",
-    "echo",
-    "test",
-];
-
-/// GRUB's core.img from `grub`'s files, assembled natively (nothing from the package runs, and no file is
-/// written): it finds the root filesystem by its UUID, then reads `/boot/grub/grub.cfg`.
-pub fn core_img(grub: &GrubPackage, layout: &DiskLayout, root: usize, fs_uuid: &str) -> Result<Vec<u8>> {
-    let early = format!("search --no-floppy --fs-uuid --set=root {fs_uuid}\nset prefix=($root)/boot/grub\n");
-    let core = grub::CoreImage::new(grub::prefix(layout, root, "/boot/grub"))
-        .modules(GRUB_MODULES)
-        .config(early)
-        .build(grub)
-        .context("building GRUB's core.img")?;
-    Ok(core.into_image())
-}
-
 /// The index of the entry booted by default: the specialisation asked for, else the generation itself.
 pub fn default_entry(entries: &[Entry], specialisation: Option<&str>) -> Result<usize> {
     entries.iter().position(|e| e.specialisation.as_deref() == specialisation).ok_or_else(|| {
@@ -424,6 +280,3 @@ pub fn default_entry(entries: &[Entry], specialisation: Option<&str>) -> Result<
         )
     })
 }
-
-/// Re-exported for the build: the boot entries of a system.
-pub use boot::entries;

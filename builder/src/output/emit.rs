@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use kiln_formats::image::{self, Container, RawImage};
 
+use super::{AtomicDir, AtomicOutput};
 use crate::cli::{Compression, Format};
-use crate::output::{AtomicDir, AtomicOutput};
 use crate::progress::{self, Meter, Phase, Progress};
 use crate::seed::Seed;
 
@@ -35,21 +35,6 @@ pub fn format_of(output: &Path) -> Option<Format> {
     .map(|(_, f)| f)
 }
 
-/// The command-line name of a format.
-#[must_use]
-pub fn format_name(format: Format) -> &'static str {
-    match format {
-        Format::Raw => "raw",
-        Format::RawZst => "raw.zst",
-        Format::Qcow2 => "qcow2",
-        Format::Vhd => "vhd",
-        Format::Vhdx => "vhdx",
-        Format::Vmdk => "vmdk",
-        Format::Gce => "gce",
-        Format::Ami => "ami",
-    }
-}
-
 /// What the user asked to have written.
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -71,7 +56,7 @@ impl Request {
     /// # Errors
     /// `--compress` with a format other than qcow2; `--bmap` with a format other than raw or raw.zst.
     pub fn check(&self) -> Result<()> {
-        let name = format_name(self.format);
+        let name = crate::cli::value_name(self.format);
         if let Some(c) = self.compress
             && self.format != Format::Qcow2
             && c != Compression::None
@@ -172,6 +157,31 @@ pub fn container(
     })
 }
 
+/// Where and how an image is written: the request, its container, the facts its metadata needs, the path.
+#[derive(Clone, Copy)]
+pub struct Output<'a> {
+    /// What the user asked for.
+    pub req: &'a Request,
+    /// The container format's writer.
+    pub container: &'a dyn Container,
+    /// The system's facts, for bundle metadata.
+    pub facts: &'a SystemFacts,
+    /// The output path.
+    pub target: &'a Path,
+    /// Replace an existing output.
+    pub force: bool,
+}
+
+impl std::fmt::Debug for Output<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Output")
+            .field("req", self.req)
+            .field("target", &self.target)
+            .field("force", &self.force)
+            .finish()
+    }
+}
+
 /// What was written.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Written {
@@ -180,7 +190,7 @@ pub struct Written {
     /// The disk image file itself (inside the bundle for ami).
     pub image: PathBuf,
     /// The format.
-    pub format: &'static str,
+    pub format: Format,
     /// The virtual disk size in bytes.
     pub disk_bytes: u64,
     /// Bytes of the disk that hold data (the rest are holes, never read).
@@ -198,17 +208,13 @@ pub struct Written {
 ///
 /// # Errors
 /// Whatever fails; nothing is left at the output paths then.
-#[allow(clippy::too_many_arguments)]
 pub fn write(
-    req: &Request,
-    container: &dyn Container,
-    facts: &SystemFacts,
-    target: &Path,
-    force: bool,
+    out: &Output<'_>,
     size: u64,
     progress: &dyn Progress,
     write_raw: impl FnOnce(&File) -> Result<()>,
 ) -> Result<Written> {
+    let Output { req, container, facts, target, force } = *out;
     let bundle = req.format == Format::Ami;
     let dir = if bundle { Some(AtomicDir::create(target, force)?) } else { None };
     let label = req.label.clone().unwrap_or_else(|| label_of(&facts.toplevel_name));
@@ -241,7 +247,7 @@ pub fn write(
             anyhow::anyhow!(
                 "output {}: cannot make a {vsize}-byte ({}) image file: {why} ({e})",
                 target.display(),
-                crate::dry_run::human_bytes(vsize)
+                crate::units::human_bytes(vsize)
             )
         })?;
         progress::phase(progress, Phase::Write, || write_raw(file), |()| format!("{vsize} bytes of disk"))
@@ -371,7 +377,7 @@ pub fn write(
     Ok(Written {
         output: target.to_path_buf(),
         image: image_target,
-        format: format_name(req.format),
+        format: req.format,
         disk_bytes: vsize,
         allocated_bytes: allocated,
         file_bytes,

@@ -1,0 +1,242 @@
+//! Plan: the resolved system and options become a [`Plan`], a value holding every decision about the image
+//! before a byte is written: the partition table with every offset and GUID, the root filesystem's tree and
+//! ext4 plan (every inode and block), each FAT filesystem's plan, the swap signatures, GRUB's core.img and where it
+//! goes. [`crate::write`] consumes it, `--dry-run` prints it (it serialises to JSON: [`summary::ImageSummary`]),
+//! and tests compare it.
+
+pub mod disk;
+mod fat;
+pub mod root;
+pub mod rootfs;
+pub mod summary;
+
+use anyhow::{Context, Result};
+use kiln_formats::disk::DiskLayout;
+use kiln_formats::ext4;
+use kiln_formats::grub::Embedding;
+use kiln_formats::image::Container;
+
+pub use fat::{BootFs, BootFsKind};
+pub use summary::ImageSummary;
+
+use crate::boot::{self, Boots, Entry, grub, grub_bios};
+use crate::cli::Layout;
+use crate::profile::Role;
+use crate::progress::{self, Phase, Progress};
+use crate::resolve::Resolved;
+use crate::resolve::options::Options;
+use crate::seed::{Seed, format_uuid};
+
+/// The root filesystem's label, which NixOS configurations mount by (`/dev/disk/by-label/nixos`).
+pub const ROOT_LABEL: &[u8] = b"nixos";
+
+/// Everything an image will be.
+#[derive(Debug)]
+pub struct Plan {
+    /// The partition layout.
+    pub layout: Layout,
+    /// The bootloaders installed.
+    pub boots: Boots,
+    /// Where identities (UUIDs, GUIDs, volume ids) come from.
+    pub seed: Seed,
+    /// The time of what the image creates itself.
+    pub timestamp: u32,
+    /// The boot entries, the default one first.
+    pub entries: Vec<Entry>,
+    /// The index of the entry booted by default.
+    pub default_entry: usize,
+    /// Store paths (inventory order) hashed during this build: the copy checks they did not change since.
+    pub self_hashed: Vec<bool>,
+    /// The root filesystem.
+    pub root: RootFs,
+    /// The disk around it; `None` for a bare filesystem (`--layout none`).
+    pub disk: Option<Disk>,
+    /// The disk's size as the output container presents it.
+    pub virtual_size: u64,
+}
+
+/// The root filesystem, planned.
+#[derive(Debug)]
+pub struct RootFs {
+    /// Its tree: the store, the Nix database and profile, `/boot`.
+    pub tree: ext4::Tree,
+    /// The tree node of each inventory entry, per store path (inventory order).
+    pub nodes: Vec<Vec<ext4::NodeId>>,
+    /// The ext4 plan: every inode, block and extent.
+    pub plan: ext4::Plan,
+    /// The options it was planned with (label, UUID, hash seed, size).
+    pub options: ext4::Options,
+    /// Its byte offset in the image.
+    pub offset: u64,
+}
+
+/// The disk around the root filesystem.
+#[derive(Debug)]
+pub struct Disk {
+    /// The partition table, every partition's place.
+    pub layout: DiskLayout,
+    /// Which partition is which.
+    pub numbers: disk::Numbers,
+    /// The FAT32 filesystems of the ESP and the XBOOTLDR partition.
+    pub boot_fs: Vec<BootFs>,
+    /// Swap signatures.
+    pub swaps: Vec<Swap>,
+    /// GRUB's boot sector and core.img, for BIOS boots.
+    pub grub: Option<Embedding>,
+}
+
+/// A swap partition's signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Swap {
+    /// Its partition number.
+    pub number: usize,
+    /// Its label.
+    pub label: String,
+    /// Its UUID.
+    pub uuid: [u8; 16],
+}
+
+/// Plans the image of `r` (whose narHashes are all known) as `opts` ask, with identities from `seed` (see
+/// [`seed_of`]), for the container that will hold it.
+///
+/// # Errors
+/// Whatever does not fit: sizes, boot files, GRUB inputs, partitions (each error says which and why).
+pub fn plan(
+    r: &Resolved,
+    opts: &Options,
+    seed: Seed,
+    self_hashed: Vec<bool>,
+    container: &dyn Container,
+    progress: &dyn Progress,
+) -> Result<Plan> {
+    let layout = opts.layout.context("planning an image needs a layout")?;
+    let boots = match opts.custom_partitions() {
+        Some(specs) => Boots::of_partitions(specs),
+        None => Boots::of(layout)?,
+    };
+    let entries = boot::entries(&r.system, &opts.kernel_params.iter().collect::<Vec<_>>())?;
+    let parts = disk::parts(r, opts, boots, &entries)?;
+    let default_entry = disk::default_entry(&entries, opts.default_specialisation.as_deref())?;
+    let (root, disk) = progress::phase(
+        progress,
+        Phase::Plan,
+        || {
+            plan_image(
+                r,
+                opts,
+                &Planning { layout, boots, seed: &seed, entries: &entries, default_entry, parts: &parts },
+            )
+        },
+        |(root, d)| match d {
+            None => format!("ext4 of {} bytes, {} free", root.plan.size_bytes(), root.plan.free_blocks * ext4::BLOCK),
+            Some(d) => format!(
+                "disk of {} bytes, {} partitions; root ext4 of {} bytes",
+                d.layout.size().get(),
+                d.layout.partitions().len(),
+                root.plan.size_bytes()
+            ),
+        },
+    )?;
+    let raw_size = disk.as_ref().map_or(root.plan.size_bytes(), |d| d.layout.size().get());
+    Ok(Plan {
+        layout,
+        boots,
+        seed,
+        timestamp: opts.timestamp,
+        entries,
+        default_entry,
+        self_hashed,
+        root,
+        disk,
+        // Disks are whole MiB already; a bare filesystem in a container that rounds gets zeros after it.
+        virtual_size: container.virtual_size(raw_size),
+    })
+}
+
+/// Where a build's identities come from: `--seed`, else the toplevel's path.
+#[must_use]
+pub fn seed_of(r: &Resolved, opts: &Options) -> Seed {
+    Seed::new(opts.seed.as_deref().unwrap_or(&r.system.toplevel.to_string()))
+}
+
+/// What the plan phase works from.
+struct Planning<'a> {
+    layout: Layout,
+    boots: Boots,
+    seed: &'a Seed,
+    entries: &'a [Entry],
+    default_entry: usize,
+    parts: &'a disk::DiskParts,
+}
+
+fn plan_image(r: &Resolved, opts: &Options, p: &Planning<'_>) -> Result<(RootFs, Option<Disk>)> {
+    let timestamp = i64::from(opts.timestamp);
+    let (tree, nodes) = root_tree(r, opts, p)?;
+    let custom = opts.custom_partitions();
+    let label = custom_label(custom, Role::Root).map_or(ROOT_LABEL, str::as_bytes);
+    let mut options =
+        ext4::Options::new(label, p.seed.uuid("ext4-uuid"), p.seed.bytes16("ext4-hash-seed"), opts.timestamp);
+    let sizing = root::Sizing::new(opts.size, opts.extra_space, r.inventory.totals.unique_bytes)?;
+    if p.layout == Layout::None {
+        let plan = root::bare(&tree, &mut options, sizing)?;
+        return Ok((RootFs { tree, nodes, plan, options, offset: 0 }, None));
+    }
+    let system_type = &r.system.boot.system;
+    let lay = |root, size| match custom {
+        Some(specs) => disk::custom_layout(specs, p.parts, system_type, p.seed, root, size),
+        None => disk::layout(p.layout, p.parts, system_type, p.seed, root, size),
+    };
+    let (plan, layout, numbers) = root::on_disk(&tree, &mut options, sizing, &lay)?;
+    let boot_fs = fat::plan_all(p.parts, &layout, &numbers, custom, p.seed, timestamp)?;
+    let swaps = numbers
+        .swaps
+        .iter()
+        .map(|(n, label)| Swap { number: *n, label: label.clone(), uuid: p.seed.bytes16(&format!("swap-uuid-{n}")) })
+        .collect();
+    let grub = match &p.parts.grub {
+        Some(dir) => Some(grub_embedding(dir, &layout, numbers.root, &format_uuid(&options.uuid))?),
+        None => None,
+    };
+    let offset = layout.byte_range(numbers.root).expect("root partition").start.get();
+    Ok((RootFs { tree, nodes, plan, options, offset }, Some(Disk { layout, numbers, boot_fs, swaps, grub })))
+}
+
+/// The root filesystem's tree: the store, the Nix database and profile, `/boot` (with grub.cfg for BIOS).
+fn root_tree(r: &Resolved, opts: &Options, p: &Planning<'_>) -> Result<rootfs::StoreTree> {
+    let timestamp = i64::from(opts.timestamp);
+    let (mut tree, nodes) = rootfs::store_tree(&r.store, &r.inventory, timestamp)?;
+    let state = rootfs::NixState {
+        toplevel: &r.system.toplevel,
+        db: crate::nixdb::database(&r.closure.paths, timestamp)?,
+        registration: if opts.registration_file {
+            Some(crate::nixdb::registration_text(&r.closure.paths)?)
+        } else {
+            None
+        },
+    };
+    rootfs::add_nix_state(&mut tree, state, timestamp)?;
+    if p.boots.uefi || p.boots.bios {
+        let console = grub::GrubConsole::from_profile(opts.base.profile.as_ref().map(|p| &p.grub));
+        let cfg = if p.boots.bios {
+            Some(grub::config(p.entries, p.default_entry, boot::MENU_TIMEOUT, &console)?)
+        } else {
+            None
+        };
+        rootfs::add_boot_dir(&mut tree, cfg, timestamp)?;
+    }
+    Ok((tree, nodes))
+}
+
+/// GRUB's boot sector and core.img for a disk whose root filesystem (partition `root`) has UUID `fs_uuid`.
+fn grub_embedding(dir: &std::path::Path, layout: &DiskLayout, root: usize, fs_uuid: &str) -> Result<Embedding> {
+    let package = grub_bios::GrubPackage::open(dir)?;
+    let core = grub_bios::core_img(&package, layout, root, fs_uuid)?;
+    let boot_img = kiln_formats::grub::GrubFiles::read(&package, "boot.img")
+        .with_context(|| format!("reading {}/lib/grub/i386-pc/boot.img", dir.display()))?;
+    Embedding::for_layout(&boot_img, &core, layout).context("embedding GRUB")
+}
+
+/// The label a profile's partition list gives the partition of `role`.
+fn custom_label(custom: Option<&[crate::profile::PartitionSpec]>, role: Role) -> Option<&str> {
+    custom?.iter().find(|p| p.role == role)?.label.as_deref()
+}
