@@ -17,6 +17,7 @@ mod core_img;
 mod embed;
 mod files;
 mod kernel;
+pub mod lzma;
 mod moddep;
 mod verify;
 
