@@ -184,13 +184,13 @@ impl<'a> Bt4<'a> {
                 while len != limit && d[back + len as usize] == d[cur + len as usize] {
                     len += 1;
                 }
-                if let Some((out, n, best)) = report.as_mut() {
-                    if *best < len {
-                        *best = len;
-                        out[*n] = len;
-                        out[*n + 1] = delta - 1;
-                        *n += 2;
-                    }
+                if let Some((out, n, best)) = report.as_mut()
+                    && *best < len
+                {
+                    *best = len;
+                    out[*n] = len;
+                    out[*n + 1] = delta - 1;
+                    *n += 2;
                 }
                 if len == limit {
                     // Same string as far as can be seen: the candidate's subtrees become the current node's.

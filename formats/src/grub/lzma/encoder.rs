@@ -651,8 +651,7 @@ impl<'a> Encoder<'a> {
                 if l2 >= 2 {
                     let state2 = AFTER_LIT[state];
                     let ps2 = ((position + 1) & POS_MASK) as usize;
-                    let next_rep =
-                        cur_and_1 + self.p.one(self.is_match[state2][ps2]) + self.p.one(self.is_rep[state2]);
+                    let next_rep = cur_and_1 + self.p.one(self.is_match[state2][ps2]) + self.p.one(self.is_rep[state2]);
                     let offset = cur + 1 + l2;
                     self.reach(&mut len_end, offset);
                     let c = next_rep + self.rep_price(0, l2, state2, ps2);
@@ -704,8 +703,7 @@ impl<'a> Encoder<'a> {
                         + self.matched_literal_price(d[lt_at - 1], d[lt_at], d[from + lt as usize]);
                     state2 = AFTER_LIT[state2];
                     ps2 = ((position + lt + 1) & POS_MASK) as usize;
-                    let next_rep =
-                        with_char + self.p.one(self.is_match[state2][ps2]) + self.p.one(self.is_rep[state2]);
+                    let next_rep = with_char + self.p.one(self.is_match[state2][ps2]) + self.p.one(self.is_rep[state2]);
                     let offset = cur + lt + 1 + l2;
                     self.reach(&mut len_end, offset);
                     let c = next_rep + self.rep_price(0, l2, state2, ps2);
@@ -762,9 +760,8 @@ impl<'a> Encoder<'a> {
                                 + self.matched_literal_price(d[lt_at - 1], d[lt_at], d[from + lt as usize]);
                             state2 = AFTER_LIT[state2];
                             ps2 = (ps2 + 1) & POS_MASK as usize;
-                            let next_rep = with_char
-                                + self.p.one(self.is_match[state2][ps2])
-                                + self.p.one(self.is_rep[state2]);
+                            let next_rep =
+                                with_char + self.p.one(self.is_match[state2][ps2]) + self.p.one(self.is_rep[state2]);
                             let offset = cur + lt + 1 + l2;
                             self.reach(&mut len_end, offset);
                             let c2 = next_rep + self.rep_price(0, l2, state2, ps2);

@@ -27,7 +27,7 @@ mod decoder;
 mod encoder;
 mod rc;
 
-pub use decoder::{DecodeError, decode};
+pub use decoder::decode;
 
 /// Dictionary size grub-mkimage uses.
 pub const DICT_SIZE: u32 = 1 << 16;

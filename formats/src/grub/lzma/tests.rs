@@ -64,3 +64,42 @@ fn matches_oracle_streams_in_dir() {
     }
     assert_eq!(bad, 0);
 }
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Streams of GRUB's encoder (LZMA SDK 4.58 in GRUB 2.06's settings, `LzmaEncode` as grub-mkimage calls it)
+/// for small inputs, byte for byte.
+#[test]
+fn small_inputs_give_grubs_streams() {
+    assert_eq!(hex(&encode(b"abababa")), "0030989f04000000");
+    assert_eq!(hex(&encode(b"aaaaa")), "0030e8fc000000");
+    assert_eq!(hex(&encode(&[0, 1, 2, 3, 4])), "00000052500a8447da00");
+    assert_eq!(hex(&encode(&[])), "0000000000");
+}
+
+/// GRUB's encoder's streams for [`sample`]s (matches at all distances up to the dictionary's, long runs),
+/// pinned by SHA-256. grub-mkimage's own streams are compared in `formats/tests/grub.rs`.
+#[test]
+fn samples_give_grubs_streams() {
+    use sha2::{Digest, Sha256};
+    for (len, seed, size, sha) in [
+        (5000, 7, 389, "4ffed6beb0d690a7e5c8dc4f9f6884ad19952ecefc12e33ede180c3401466fb7"),
+        (200_000, 8, 17_552, "b4c451848e924ded47720d696834fedc01f2ba1cc6cf510e83a1b22f2c54f86a"),
+    ] {
+        let s = encode(&sample(len, seed));
+        assert_eq!(s.len(), size, "sample {seed}");
+        assert_eq!(hex(&Sha256::digest(&s)), sha, "sample {seed}");
+    }
+}
+
+#[test]
+fn decode_refuses_bad_streams() {
+    let data = sample(5000, 7);
+    let s = encode(&data);
+    assert!(decode(&s[..s.len() / 2], data.len()).is_err(), "truncated");
+    assert!(decode(&[1, 0, 0, 0, 0, 0], 1).is_err(), "first byte not 0");
+    // A match before any output: is_match 1 at the first position.
+    assert!(decode(&[0, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF], 4).is_err(), "match into nothing");
+}
