@@ -14,46 +14,41 @@
 //! [`ModDeps::resolve`]) as type 0 (ELF), the embedded config as type 2 with at least one NUL after it, the
 //! prefix as type 3 likewise. The header's size counts the header and the padded bytes.
 //!
-//! # The LZMA stream is not grub-mkimage's
+//! # The LZMA stream is grub-mkimage's
 //!
 //! grub-mkimage compresses with the LZMA SDK 4.58 beta encoder GRUB carries (`grub-core/lib/LzmaEnc.c`), with
 //! `LzmaEncProps_Init` defaults (level 5: optimal parser, BT4 match finder with 4 hash bytes, 32 fast bytes,
 //! 32 match-finder cycles) and dictionary 64 KiB, `lc` 3, `lp` 0, `pb` 2, no end marker. The LZMA format fixes
 //! how a stream is decoded, not which matches an encoder chooses: each encoder's parser (its price tables, when
 //! it stops searching, how it breaks ties) chooses its own, so the same bytes need that encoder's exact
-//! algorithm. No maintained Rust crate has the 4.58 encoder. Measured on kiln's modules (a 367,644-byte
-//! payload that grub-mkimage compresses to 143,649 bytes), with the same parameters: lzma-rust2 0.25 (XZ for
-//! Java's encoder, liblzma's design) differs from byte 1,232 on (143,945 bytes); liblzma 5.4 from byte 1,301;
-//! lzma-sdk-rs 0.2301.1 (LZMA SDK 23.01, whose parser was rewritten after 4.58) from byte 19. Other nice
-//! lengths and match-finder depths do not close the gap, and re-implementing 4.58's encoder here would be
-//! transcribing GRUB's copy of it.
+//! algorithm. Measured on kiln's modules (a 367,644-byte payload that grub-mkimage compresses to 143,649
+//! bytes), with the same parameters: lzma-rust2 0.25 (XZ for Java's encoder, liblzma's design) differs from
+//! byte 1,232 on; liblzma 5.4 from byte 1,301; lzma-sdk-rs 0.2301.1 (LZMA SDK 23.01, whose parser was
+//! rewritten after 4.58) from byte 19. No maintained Rust crate has the 4.58 encoder.
 //!
-//! kiln compresses with lzma-rust2 (safe Rust, no C) in GRUB's settings — dictionary 64 KiB, `lc` 3, `lp` 0,
-//! `pb` 2, normal mode, BT4, nice length 32, automatic depth (16 + 32/2 = 32 cycles, as GRUB's), no end marker
-//! — and decodes the stream again before using it. GRUB's decompressor reads any raw stream with those `lc`,
-//! `lp`, `pb` and the sizes in its header. So the bytes that differ from grub-mkimage's are exactly: the LZMA
-//! stream, its length at decompressor+0x08, and diskboot's sector count at 0x1FC (with the image's length).
-//! diskboot, the decompressor's other bytes and the decompressed payload are byte-identical; the tests check
-//! all of it against grub-mkimage.
-
-use std::io::{Read, Write};
+//! So kiln has its own encoder (`formats/src/grub/lzma/`): written from the 4.58 algorithm for exactly these
+//! parameters (no code taken from GRUB or the LZMA SDK), it makes the same choices, so the whole core.img —
+//! diskboot with its sector count, the decompressor with both sizes, the stream — is byte-identical to grub-
+//! mkimage's for the same modules, prefix and config; the tests check it against grub-mkimage. The stream is
+//! decoded again (with kiln's own decoder, in the same module) before it is used.
 
 use super::files::GrubFiles;
 use super::kernel::{self, LINK_ADDR};
+use super::lzma;
 use super::moddep::ModDeps;
 use super::{Error, SECTOR};
 use crate::disk::{DiskLayout, PartitionTable};
 
 /// LZMA dictionary size grub-mkimage uses.
-pub const LZMA_DICT_SIZE: u32 = 1 << 16;
+pub const LZMA_DICT_SIZE: u32 = lzma::DICT_SIZE;
 /// LZMA literal context bits (GRUB's decompressor has them built in).
-pub const LZMA_LC: u32 = 3;
+pub const LZMA_LC: u32 = lzma::LC;
 /// LZMA literal position bits.
-pub const LZMA_LP: u32 = 0;
+pub const LZMA_LP: u32 = lzma::LP;
 /// LZMA position bits.
-pub const LZMA_PB: u32 = 2;
+pub const LZMA_PB: u32 = lzma::PB;
 /// LZMA fast bytes (nice length) of GRUB's encoder settings.
-pub const LZMA_NICE_LEN: u32 = 32;
+pub const LZMA_NICE_LEN: u32 = lzma::NICE_LEN;
 
 /// `grub_module_info32.magic`: "mimg" (`GRUB_MODULE_MAGIC`).
 pub const MODULE_MAGIC: u32 = 0x676d_696d;
@@ -185,7 +180,7 @@ impl CoreImage {
         let too_big = |what, bytes: usize, limit: u64| Error::ImageTooBig { what, bytes: bytes as u64, limit };
         let uncompressed = u32::try_from(payload.len()).map_err(|_| too_big("payload", payload.len(), 1 << 32))?;
 
-        let stream = compress(&payload)?;
+        let stream = lzma::encode(&payload);
         if decompress(&stream, payload.len())? != payload {
             return Err(Error::Lzma { why: "the stream does not decompress to the payload".to_owned() });
         }
@@ -253,34 +248,9 @@ pub fn module_section(modules: &[Vec<u8>], config: Option<&str>, prefix: &str) -
     out
 }
 
-/// `payload` as a raw LZMA stream in GRUB's settings (see the module documentation).
-fn compress(payload: &[u8]) -> Result<Vec<u8>, Error> {
-    let lzma = |e: std::io::Error| Error::Lzma { why: e.to_string() };
-    let options = lzma_rust2::LzmaOptions {
-        dict_size: LZMA_DICT_SIZE,
-        lc: LZMA_LC,
-        lp: LZMA_LP,
-        pb: LZMA_PB,
-        mode: lzma_rust2::EncodeMode::Normal,
-        nice_len: LZMA_NICE_LEN,
-        mf: lzma_rust2::MfType::Bt4,
-        depth_limit: 0,
-        preset_dict: None,
-    };
-    let mut w = lzma_rust2::LzmaWriter::new_no_header(Vec::new(), &options, false).map_err(lzma)?;
-    w.write_all(payload).map_err(lzma)?;
-    w.finish().map_err(lzma)
-}
-
 /// Decodes a raw LZMA stream (`lc` 3, `lp` 0, `pb` 2) of `len` bytes, as GRUB's decompressor does.
 fn decompress(stream: &[u8], len: usize) -> Result<Vec<u8>, Error> {
-    let lzma = |e: std::io::Error| Error::Lzma { why: format!("decoding: {e}") };
-    // Every distance is inside the payload: a dictionary of its size decodes any encoder's stream.
-    let dict = u32::try_from(len).unwrap_or(u32::MAX).clamp(4096, 1 << 30);
-    let mut r = lzma_rust2::LzmaReader::new(stream, len as u64, LZMA_LC, LZMA_LP, LZMA_PB, dict, None).map_err(lzma)?;
-    let mut out = Vec::with_capacity(len);
-    r.read_to_end(&mut out).map_err(lzma)?;
-    Ok(out)
+    lzma::decode(stream, len).map_err(|e| Error::Lzma { why: format!("decoding: {e}") })
 }
 
 /// The payload of a GRUB i386-pc core.img (from grub-mkimage or [`CoreImage::build`]) whose decompressor is

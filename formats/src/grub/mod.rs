@@ -17,6 +17,7 @@ mod core_img;
 mod embed;
 mod files;
 mod kernel;
+mod lzma;
 mod moddep;
 mod verify;
 
@@ -158,7 +159,7 @@ pub enum Error {
         /// The prefix.
         prefix: String,
     },
-    /// Compressing core.img failed, or its stream does not decode back.
+    /// core.img's LZMA stream does not decode back to the payload (or a core.img's stream does not decode).
     #[error("compressing GRUB's core.img with LZMA: {why}")]
     Lzma {
         /// What went wrong.
