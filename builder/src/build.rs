@@ -407,7 +407,7 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
                 let id = seed.bytes16(if what == "ESP" { "fat-volume-id" } else { "fat-volume-id-xbootldr" });
                 let volume_id = u32::from_le_bytes(id[..4].try_into().expect("4 bytes"));
                 let mut fopts = fat::Options::new(range.end.get() - range.start.get(), hidden, volume_id, timestamp);
-                fopts.sector_size = disk::fat_sector(req.sector_size);
+                fopts.sector_size = req.sector_size;
                 label.clone_into(&mut fopts.label);
                 let fplan = fat::plan(tree, &fopts).with_context(|| format!("planning the {what}"))?;
                 fats.push((tree.clone(), fplan, n, what));

@@ -98,15 +98,6 @@ pub struct DiskParts {
     pub sector: SectorSize,
 }
 
-/// The FAT writer's name for a disk's sector size.
-#[must_use]
-pub fn fat_sector(sector: SectorSize) -> fat::SectorSize {
-    match sector {
-        SectorSize::S512 => fat::SectorSize::S512,
-        SectorSize::S4096 => fat::SectorSize::S4096,
-    }
-}
-
 /// Resolves the bootloader inputs (and refuses what is missing) before anything is planned.
 #[allow(clippy::too_many_arguments)]
 pub fn parts(
@@ -145,7 +136,7 @@ pub fn parts(
         None
     };
     let (esp, xbootldr) = esp.map_or((None, None), |(e, x)| (Some(e), x));
-    let fat_min = fat::min_size(&fat::Tree::new(), fat_sector(sector)).context("sizing FAT32")?;
+    let fat_min = fat::min_size(&fat::Tree::new(), sector).context("sizing FAT32")?;
     let (esp_size, xbootldr_size) = if boots.xbootldr {
         (esp_size.unwrap_or(DEFAULT_SMALL_ESP.max(fat_min)), xbootldr_size.unwrap_or(DEFAULT_ESP))
     } else {
@@ -153,7 +144,7 @@ pub fn parts(
     };
     for (tree, size, what) in [(&esp, esp_size, "ESP"), (&xbootldr, xbootldr_size, "XBOOTLDR partition")] {
         let Some(tree) = tree else { continue };
-        let need = fat::min_size(tree, fat_sector(sector)).with_context(|| format!("sizing the {what}"))?;
+        let need = fat::min_size(tree, sector).with_context(|| format!("sizing the {what}"))?;
         if need > size {
             let holds = if what == "ESP" && !boots.xbootldr { "the kernels and initrds" } else { "its files" };
             bail!(

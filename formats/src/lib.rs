@@ -8,3 +8,4 @@ pub mod image;
 pub mod sink;
 pub mod sparse;
 pub mod swap;
+pub mod units;

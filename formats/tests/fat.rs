@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use kiln_formats::fat::{self, Options, Plan, SectorSize, Source, Tree};
+use kiln_formats::fat::{self, Options, Plan, Source, Tree};
+use kiln_formats::units::SectorSize;
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -393,7 +394,7 @@ fn check_boot_sector(img: &Path, offset: u64, opts: &Options) {
     let spc = le(&b, 13, 1);
     let reserved = le(&b, 14, 2);
     let fats = le(&b, 16, 1);
-    assert_eq!(bps, u64::from(opts.sector_size.bytes()));
+    assert_eq!(bps, opts.sector_size.bytes().get());
     assert_eq!((reserved, fats), (32, 2));
     assert_eq!(le(&b, 17, 2), 0, "root entries");
     assert_eq!(le(&b, 19, 2), 0, "16-bit total sectors");

@@ -23,7 +23,9 @@ mod write;
 
 use std::path::PathBuf;
 
-pub use geometry::{Cluster, Geometry, MAX_CLUSTER_BYTES, MAX_CLUSTERS, MIN_CLUSTERS, RESERVED_SECTORS, SectorSize};
+use crate::units::SectorSize;
+
+pub use geometry::{Cluster, Geometry, MAX_CLUSTER_BYTES, MAX_CLUSTERS, MIN_CLUSTERS, RESERVED_SECTORS};
 pub use plan::{FileExtent, Plan, min_size, plan};
 pub use tree::{MAX_NAME_UNITS, NodeId, Source, Tree};
 
@@ -148,7 +150,7 @@ pub enum Error {
         /// Size given.
         size: u64,
         /// Sector size.
-        sector: u32,
+        sector: SectorSize,
     },
     /// A partition too small to be FAT32 at all (fewer than 65,525 clusters even with one-sector clusters).
     #[error(
@@ -161,7 +163,7 @@ pub enum Error {
         /// Smallest FAT32 partition with this sector size.
         minimum: u64,
         /// Sector size.
-        sector: u32,
+        sector: SectorSize,
     },
     /// A partition too small for the tree.
     #[error("partition too small: the files need {needed} bytes, the partition has {given} bytes")]
@@ -179,7 +181,7 @@ pub enum Error {
         /// Largest size supported.
         maximum: u64,
         /// Sector size.
-        sector: u32,
+        sector: SectorSize,
     },
     /// A tree larger than any FAT32 volume with this sector size.
     #[error("the files need more than the {maximum} bytes FAT32 can hold with {sector}-byte sectors")]
@@ -187,7 +189,7 @@ pub enum Error {
         /// Largest volume supported.
         maximum: u64,
         /// Sector size.
-        sector: u32,
+        sector: SectorSize,
     },
     /// A source file whose size changed between planning and writing.
     #[error("{}: changed while the image was written: planned {expected} bytes, found {found}", .path.display())]

@@ -144,10 +144,11 @@ impl Plan {
 mod tests {
     use std::sync::Arc;
 
-    use super::super::geometry::{Cluster, SectorSize};
+    use super::super::geometry::Cluster;
     use super::super::{Options, plan};
     use super::*;
     use crate::sink::MemSink;
+    use crate::units::SectorSize;
 
     const MIB: u64 = 1 << 20;
 
