@@ -508,7 +508,7 @@ pub fn run(req: &BuildRequest, progress: &dyn Progress) -> Result<(Report, Optio
                     let range = d.layout.byte_range(*n).expect("planned partition");
                     let uuid = seed.bytes16(&format!("swap-uuid-{n}"));
                     let page = kiln_formats::swap::header(range.end.get() - range.start.get(), uuid, label)
-                        .map_err(|e| anyhow::anyhow!("partition {n}: {e}"))?;
+                        .with_context(|| format!("partition {n}"))?;
                     std::os::unix::fs::FileExt::write_all_at(sink, &page, range.start.get())
                         .with_context(|| format!("writing the swap signature of {shown}"))?;
                 }
