@@ -1,5 +1,6 @@
 //! Byte-level writers for disk images, generic over positioned sinks. Knows nothing about Nix.
 
+pub mod copy;
 pub mod disk;
 pub mod ext4;
 pub mod fat;

@@ -21,8 +21,6 @@ mod time;
 mod tree;
 mod write;
 
-use std::path::PathBuf;
-
 use crate::units::SectorSize;
 
 pub use geometry::{Cluster, Geometry, MAX_CLUSTER_BYTES, MAX_CLUSTERS, MIN_CLUSTERS, RESERVED_SECTORS};
@@ -191,26 +189,10 @@ pub enum Error {
         /// Sector size.
         sector: SectorSize,
     },
-    /// A source file whose size changed between planning and writing.
-    #[error("{}: changed while the image was written: planned {expected} bytes, found {found}", .path.display())]
-    SourceChanged {
-        /// The file.
-        path: PathBuf,
-        /// Size planned.
-        expected: u64,
-        /// Size found.
-        found: u64,
-    },
-    /// Reading a source file failed.
-    #[error("reading {} at offset {offset}: {source}", .path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Where.
-        offset: u64,
-        /// Why.
-        source: std::io::Error,
-    },
+    /// Copying a file's bytes into the image failed: reading its source, a source whose size changed, or
+    /// writing the bytes.
+    #[error(transparent)]
+    Copy(#[from] crate::copy::Error),
     /// Writing the image failed.
     #[error("writing {what} at image offset {offset}: {source}")]
     Write {
