@@ -167,7 +167,7 @@ pub enum Error {
         why: &'static str,
     },
     /// Writing the image failed.
-    #[error("writing the {what} at image offset {offset}: {source}")]
+    #[error("writing the {what} at image offset {offset}")]
     Write {
         /// What was being written.
         what: &'static str,

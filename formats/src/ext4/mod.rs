@@ -176,7 +176,7 @@ pub enum Error {
         node: NodeId,
     },
     /// Writing the image failed.
-    #[error("writing {what} at image offset {offset}: {source}")]
+    #[error("writing {what} at image offset {offset}")]
     Write {
         /// Byte offset in the sink.
         offset: u64,

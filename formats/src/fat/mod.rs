@@ -194,7 +194,7 @@ pub enum Error {
     #[error(transparent)]
     Copy(#[from] crate::copy::Error),
     /// Writing the image failed.
-    #[error("writing {what} at image offset {offset}: {source}")]
+    #[error("writing {what} at image offset {offset}")]
     Write {
         /// Byte offset in the sink.
         offset: u64,
