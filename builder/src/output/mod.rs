@@ -123,14 +123,10 @@ pub fn explain_no_space(err: anyhow::Error, target: &Path, free_before: Option<u
     };
     let what =
         if io.kind() == std::io::ErrorKind::StorageFull { "no space left on device" } else { "disk quota exceeded" };
-    // Where it failed: the contexts above the I/O error, without the copies of its text that wrapping
-    // errors print after a colon.
-    let io_text = format!(": {io}");
-    let place: Vec<String> = err
-        .chain()
-        .take_while(|e| e.downcast_ref::<std::io::Error>().is_none())
-        .map(|e| e.to_string().trim_end_matches(io_text.as_str()).to_owned())
-        .collect();
+    // Where it failed: the contexts above the I/O error (each says only its own part; the I/O error is its
+    // source, not part of its text).
+    let place: Vec<String> =
+        err.chain().take_while(|e| e.downcast_ref::<std::io::Error>().is_none()).map(ToString::to_string).collect();
     let free = free_before.map_or_else(String::new, |n| {
         format!(" ({} free in {} when writing began)", crate::units::human_bytes(n), dir_of(target).display())
     });
@@ -430,7 +426,7 @@ mod tests {
     #[test]
     fn a_full_device_is_named_with_the_output() {
         #[derive(Debug, thiserror::Error)]
-        #[error("writing file data at image offset 4096: {source}")]
+        #[error("writing file data at image offset 4096")]
         struct Wrapped {
             source: std::io::Error,
         }

@@ -72,7 +72,7 @@ pub fn parts(r: &Resolved, opts: &Options, boots: Boots, entries: &[Entry]) -> R
         None
     };
     let (esp, xbootldr) = esp.map_or((None, None), |(e, x)| (Some(e), x));
-    let fat_min = fat::min_size(&fat::Tree::new(), super::fat::fat_sector(sector)).context("sizing FAT32")?;
+    let fat_min = fat::min_size(&fat::Tree::new(), sector).context("sizing FAT32")?;
     let (esp_size, xbootldr_size) = if boots.xbootldr {
         (esp_size.unwrap_or(DEFAULT_SMALL_ESP.max(fat_min)), xbootldr_size.unwrap_or(DEFAULT_ESP))
     } else {
@@ -80,7 +80,7 @@ pub fn parts(r: &Resolved, opts: &Options, boots: Boots, entries: &[Entry]) -> R
     };
     for (tree, size, what) in [(&esp, esp_size, "ESP"), (&xbootldr, xbootldr_size, "XBOOTLDR partition")] {
         let Some(tree) = tree else { continue };
-        let need = fat::min_size(tree, super::fat::fat_sector(sector)).with_context(|| format!("sizing the {what}"))?;
+        let need = fat::min_size(tree, sector).with_context(|| format!("sizing the {what}"))?;
         if need > size {
             let holds = if what == "ESP" && !boots.xbootldr { "the kernels and initrds" } else { "its files" };
             bail!(

@@ -1,7 +1,7 @@
 //! The FAT32 filesystems of the boot partitions (the ESP, the XBOOTLDR partition), planned in their partitions.
 
 use anyhow::{Context, Result};
-use kiln_formats::disk::{DiskLayout, SectorSize};
+use kiln_formats::disk::DiskLayout;
 use kiln_formats::fat;
 
 use super::disk::{DiskParts, Numbers};
@@ -65,14 +65,6 @@ pub struct BootFs {
     pub plan: fat::Plan,
 }
 
-/// The FAT writer's name for a disk's sector size.
-pub(super) fn fat_sector(sector: SectorSize) -> fat::SectorSize {
-    match sector {
-        SectorSize::S512 => fat::SectorSize::S512,
-        SectorSize::S4096 => fat::SectorSize::S4096,
-    }
-}
-
 /// Plans a FAT32 filesystem for each boot partition the disk has.
 pub(super) fn plan_all(
     parts: &DiskParts,
@@ -98,7 +90,7 @@ pub(super) fn plan_all(
         let id = seed.bytes16(kind.volume_id_purpose());
         let volume_id = u32::from_le_bytes(id[..4].try_into().expect("4 bytes"));
         let mut opts = fat::Options::new(range.end.get() - range.start.get(), hidden, volume_id, timestamp);
-        opts.sector_size = fat_sector(layout.sector_size());
+        opts.sector_size = layout.sector_size();
         label.clone_into(&mut opts.label);
         let plan = fat::plan(tree, &opts).with_context(|| format!("planning the {what}"))?;
         out.push(BootFs { kind, number, tree: tree.clone(), plan });

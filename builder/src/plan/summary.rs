@@ -136,7 +136,7 @@ impl Plan {
                     BootFsSummary {
                         kind: b.kind,
                         partition: b.number,
-                        sector_size: u64::from(g.sector_size.bytes()),
+                        sector_size: g.sector_size.bytes().get(),
                         sectors: g.total_sectors,
                         sectors_per_cluster: g.sectors_per_cluster,
                         clusters: g.clusters,

@@ -66,7 +66,7 @@ fn write_disk(d: &Disk, sink: &File, shown: &str) -> Result<()> {
     for swap in &d.swaps {
         let range = d.layout.byte_range(swap.number).expect("planned partition");
         let page = kiln_formats::swap::header(range.end.get() - range.start.get(), swap.uuid, &swap.label)
-            .map_err(|e| anyhow::anyhow!("partition {}: {e}", swap.number))?;
+            .with_context(|| format!("partition {}", swap.number))?;
         sink.write_all_at(&page, range.start.get())
             .with_context(|| format!("writing the swap signature of {shown}"))?;
     }

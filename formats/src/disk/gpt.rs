@@ -9,7 +9,7 @@
 
 use super::guid::Guid;
 use super::layout::{DiskLayout, PartitionTable};
-use super::units::{Lba, LbaRange, SectorSize};
+use crate::units::{Lba, LbaRange, SectorSize};
 
 /// Entries in a GPT partition array (the UEFI minimum and what every tool writes).
 pub const GPT_ENTRIES: u32 = 128;

@@ -9,7 +9,7 @@ use std::fmt;
 use super::Error;
 use super::gpt::{GPT_ENTRIES, GptGeometry};
 use super::guid::{GptAttributes, Guid, partition_type};
-use super::units::{ByteRange, Bytes, Lba, LbaRange, SectorSize};
+use crate::units::{ByteRange, Bytes, Lba, LbaRange, SectorSize};
 
 /// Most UTF-16 code units in a GPT partition name.
 pub const GPT_NAME_UNITS: usize = 36;

@@ -3,7 +3,7 @@
 
 use super::guid::GptAttributes;
 use super::layout::{DiskLayout, PartitionTable, mbr_type};
-use super::units::Lba;
+use crate::units::Lba;
 
 /// Bytes of an MBR.
 pub const MBR_SIZE: usize = 512;

@@ -18,15 +18,14 @@ mod mbr;
 mod sequential;
 #[cfg(test)]
 mod testing;
-mod units;
 mod write;
 
+pub use crate::units::{ByteRange, Bytes, Lba, LbaRange, MIB, SectorSize};
 pub use gpt::{GPT_ENTRIES, GPT_ENTRY_SIZE, GptGeometry, crc32};
 pub use guid::{GptAttributes, Guid, partition_type};
 pub use layout::{DiskLayout, GPT_NAME_UNITS, MBR_PARTITIONS, Partition, PartitionTable, mbr_type};
 pub use mbr::MBR_SIZE;
 pub use sequential::{DiskSize, PartitionRequest, PartitionSize};
-pub use units::{ByteRange, Bytes, Lba, LbaRange, MIB, SectorSize};
 pub use write::Region;
 
 /// What can go wrong planning or writing a partition table.
@@ -168,7 +167,7 @@ pub enum Error {
         why: &'static str,
     },
     /// Writing the image failed.
-    #[error("writing the {what} at image offset {offset}: {source}")]
+    #[error("writing the {what} at image offset {offset}")]
     Write {
         /// What was being written.
         what: &'static str,

@@ -5,7 +5,7 @@ use super::Error;
 use super::gpt::GptGeometry;
 use super::guid::{GptAttributes, Guid};
 use super::layout::{DiskLayout, Partition, PartitionTable};
-use super::units::{Bytes, Lba, LbaRange, MIB, SectorSize};
+use crate::units::{Bytes, Lba, LbaRange, MIB, SectorSize};
 
 /// How big a partition [`DiskLayout::sequential`] makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,8 +4,8 @@ use super::Error;
 use super::gpt;
 use super::layout::DiskLayout;
 use super::mbr::{self, MBR_SIZE};
-use super::units::{Bytes, Lba};
 use crate::sink::WriteAt;
+use crate::units::{Bytes, Lba};
 
 /// Bytes to write at one place of the disk.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,8 +20,6 @@ mod superblock;
 mod tree;
 mod write;
 
-use std::path::PathBuf;
-
 pub use layout::{BLOCK, Geometry};
 pub use plan::{DataJob, GroupPlan, Plan, plan};
 pub use tree::{MAX_NAME, MAX_SYMLINK, Meta, NodeId, NodeKind, Source, Tree};
@@ -167,26 +165,10 @@ pub enum Error {
     /// A label longer than 16 bytes.
     #[error("label of {0} bytes (at most 16)")]
     LabelTooLong(usize),
-    /// A source file whose size changed between planning and writing.
-    #[error("{}: changed while the image was written: planned {expected} bytes, found {found}", .path.display())]
-    SourceChanged {
-        /// The file.
-        path: PathBuf,
-        /// Size planned.
-        expected: u64,
-        /// Size found.
-        found: u64,
-    },
-    /// Reading a source file failed.
-    #[error("reading {} at offset {offset}: {source}", .path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Where.
-        offset: u64,
-        /// Why.
-        source: std::io::Error,
-    },
+    /// Copying a file's bytes into the image failed: reading its source, a source whose size changed, or
+    /// writing the bytes.
+    #[error(transparent)]
+    Copy(#[from] crate::copy::Error),
     /// A file whose data the caller was to write ([`Source::Caller`]) left to the writer.
     #[error("node {node}: its data is written by the caller, not from the tree")]
     NotWritten {
@@ -194,7 +176,7 @@ pub enum Error {
         node: NodeId,
     },
     /// Writing the image failed.
-    #[error("writing {what} at image offset {offset}: {source}")]
+    #[error("writing {what} at image offset {offset}")]
     Write {
         /// Byte offset in the sink.
         offset: u64,

@@ -1,10 +1,7 @@
 //! Writing a plan: file data copied by rayon workers with positioned writes at planned offsets, metadata
 //! serialised per block group in parallel. Nothing is locked and nothing is decided here.
 
-use std::cell::RefCell;
-use std::fs::File;
 use std::ops::Range;
-use std::os::unix::fs::MetadataExt;
 
 use rayon::prelude::*;
 
@@ -14,15 +11,8 @@ use super::layout::{BLOCK, BLOCKS_PER_GROUP, has_super};
 use super::plan::{DataJob, Plan, render_dir};
 use super::superblock::{descriptors, superblock};
 use super::tree::{Node, Source, Tree};
+use crate::copy;
 use crate::sink::WriteAt;
-use crate::sparse::{DataRanges, read_full};
-
-/// Largest single read or write of file data.
-const CHUNK: usize = 1 << 20;
-
-thread_local! {
-    static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
 
 fn write(sink: &dyn WriteAt, buf: &[u8], offset: u64, what: &'static str) -> Result<(), Error> {
     sink.write_all_at(buf, offset).map_err(|source| Error::Write { offset, what, source })
@@ -64,7 +54,7 @@ impl Plan {
         // Known blocks, and directories rendered now from the plan (pure: the same bytes as at planning).
         self.blocks.par_iter().try_for_each(|(at, bytes)| write(sink, bytes, base + at * BLOCK, "metadata block"))?;
         let (fs_seed, hash_seed) = (fs_seed(&self.opts.uuid), self.opts.hash_seed_words());
-        self.dirs.par_iter().try_for_each(|job| {
+        self.dirs.par_iter().try_for_each(|job| -> Result<(), Error> {
             let add_lf = job.node == Some(0) && self.synthetic_lost_found;
             let r = render_dir(tree, &self.ino, job.node, job.parent, add_lf, &hash_seed, fs_seed);
             let mut blocks = r.blocks.iter();
@@ -228,73 +218,18 @@ fn copy_file(tree: &Tree, job: &DataJob, sink: &dyn WriteAt, base: u64) -> Resul
     let Node::File { source, .. } = &tree.nodes[job.node as usize] else {
         unreachable!("data jobs are files");
     };
-    match source {
-        Source::Bytes(bytes) => {
-            let mut logical = 0u64;
-            for run in &job.runs {
-                let len = ((run.end - run.start) * BLOCK).min(job.size - logical);
-                let part = &bytes[logical as usize..(logical + len) as usize];
-                if part.iter().any(|&b| b != 0) {
-                    write(sink, part, base + run.start * BLOCK, "file data")?;
-                }
-                logical += len;
-            }
-            Ok(())
-        }
-        Source::Caller => Err(Error::NotWritten { node: job.node }),
-        Source::Host(path) => {
-            let read_err = |offset: u64, source: std::io::Error| Error::Read { path: path.clone(), offset, source };
-            let file = File::open(path).map_err(|e| read_err(0, e))?;
-            let meta = file.metadata().map_err(|e| read_err(0, e))?;
-            if meta.len() != job.size {
-                return Err(Error::SourceChanged { path: path.clone(), expected: job.size, found: meta.len() });
-            }
-            // Only a file with fewer blocks than bytes can have holes: ask for data ranges only then.
-            let data: Vec<Range<u64>> = if meta.blocks() * 512 < job.size {
-                DataRanges::new(&file)
-                    .map_err(|e| read_err(0, e))?
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| read_err(0, e))?
-            } else {
-                std::iter::once(0..job.size).collect()
-            };
-            BUF.with_borrow_mut(|buf| -> Result<(), Error> {
-                let mut logical = 0u64;
-                for run in &job.runs {
-                    let run_end = logical + ((run.end - run.start) * BLOCK).min(job.size - logical);
-                    let mut pos = logical;
-                    while pos < run_end {
-                        let len = (run_end - pos).min(CHUNK as u64);
-                        let window = pos..pos + len;
-                        let phys = base + run.start * BLOCK + (pos - logical);
-                        pos += len;
-                        if !data.iter().any(|d| d.start < window.end && window.start < d.end) {
-                            continue; // a hole in the source: zeros, already there
-                        }
-                        buf.resize(len as usize, 0);
-                        read_full(&file, &mut buf[..len as usize], window.start)
-                            .map_err(|e| read_err(window.start, e))?
-                            .then_some(())
-                            .ok_or_else(|| Error::SourceChanged {
-                                path: path.clone(),
-                                expected: job.size,
-                                found: window.start,
-                            })?;
-                        if buf.iter().any(|&b| b != 0) {
-                            write(sink, &buf[..len as usize], phys, "file data")?;
-                        }
-                    }
-                    logical = run_end;
-                }
-                Ok(())
-            })?;
-            let after = file.metadata().map_err(|e| read_err(0, e))?.len();
-            if after != job.size {
-                return Err(Error::SourceChanged { path: path.clone(), expected: job.size, found: after });
-            }
-            Ok(())
-        }
-    }
+    let data = match source {
+        Source::Bytes(bytes) => copy::Data::Bytes(bytes),
+        Source::Host(path) => copy::Data::Host(path),
+        Source::Caller => return Err(Error::NotWritten { node: job.node }),
+    };
+    let mut left = job.size;
+    let pieces = job.runs.iter().map(|run| {
+        let len = ((run.end - run.start) * BLOCK).min(left);
+        left -= len;
+        copy::Piece { at: base + run.start * BLOCK, len }
+    });
+    Ok(copy::copy_file(data, job.size, pieces, sink)?)
 }
 
 #[cfg(test)]

@@ -92,8 +92,8 @@ pub(crate) fn fsinfo(free_clusters: u32, free_hint: u32) -> [u8; STRUCT_LEN] {
 
 #[cfg(test)]
 mod tests {
-    use super::super::geometry::SectorSize;
     use super::*;
+    use crate::units::SectorSize;
 
     #[test]
     fn boot_code_jumps_land_and_message_is_where_it_loads() {

@@ -2,6 +2,7 @@
 //! size for a partition. All byte offsets are relative to the start of the partition.
 
 use super::Error;
+use crate::units::SectorSize;
 
 /// Reserved sectors before the first FAT (boot sector, FSInfo, their backups at 6 and 7).
 pub const RESERVED_SECTORS: u32 = 32;
@@ -16,26 +17,6 @@ pub const MAX_CLUSTERS: u32 = (1 << 28) - 16;
 pub const MAX_CLUSTER_BYTES: u32 = 32 * 1024;
 /// The first data cluster (the root directory's).
 pub const FIRST_CLUSTER: u32 = 2;
-
-/// A logical sector size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum SectorSize {
-    /// 512 bytes.
-    S512,
-    /// 4096 bytes (4Kn disks).
-    S4096,
-}
-
-impl SectorSize {
-    /// The size in bytes.
-    #[must_use]
-    pub fn bytes(self) -> u32 {
-        match self {
-            Self::S512 => 512,
-            Self::S4096 => 4096,
-        }
-    }
-}
 
 /// A cluster number (data clusters start at 2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -62,7 +43,7 @@ impl Geometry {
     /// count may be anything, even too few for FAT32: see [`Geometry::is_fat32`].
     #[must_use]
     pub(crate) fn new(sector_size: SectorSize, total_sectors: u32, sectors_per_cluster: u32) -> Self {
-        let bps = u64::from(sector_size.bytes());
+        let bps = u64::from(u32::from(sector_size));
         let spc = u64::from(sectors_per_cluster);
         let total = u64::from(total_sectors);
         let entries_per_sector = bps / 4;
@@ -95,7 +76,7 @@ impl Geometry {
     /// Bytes per sector.
     #[must_use]
     pub fn sector_bytes(&self) -> u32 {
-        self.sector_size.bytes()
+        u32::from(self.sector_size)
     }
 
     /// Bytes per cluster.
@@ -173,7 +154,7 @@ fn first_size_allowing(cluster_bytes: u32) -> u64 {
 
 /// Cluster sizes in bytes a sector size allows, smallest first.
 fn cluster_sizes(sector: SectorSize) -> impl DoubleEndedIterator<Item = u32> {
-    (0..8).map(move |shift| sector.bytes() << shift).filter(|&c| c <= MAX_CLUSTER_BYTES)
+    (0..8).map(move |shift| u32::from(sector) << shift).filter(|&c| c <= MAX_CLUSTER_BYTES)
 }
 
 /// The geometry of a partition of `size_bytes`: the largest allowed cluster size giving a valid FAT32 with at
@@ -183,14 +164,14 @@ pub(crate) fn choose(
     sector: SectorSize,
     needed: &dyn Fn(u32) -> u64,
 ) -> Result<Option<Geometry>, Error> {
-    let bps = sector.bytes();
+    let bps = u32::from(sector);
     if !size_bytes.is_multiple_of(u64::from(bps)) {
-        return Err(Error::UnalignedSize { size: size_bytes, sector: bps });
+        return Err(Error::UnalignedSize { size: size_bytes, sector });
     }
     let maximum = max_size(sector);
     let total = u32::try_from(size_bytes / u64::from(bps)).ok().filter(|_| size_bytes <= maximum);
     let Some(total) = total else {
-        return Err(Error::TooLarge { given: size_bytes, maximum, sector: bps });
+        return Err(Error::TooLarge { given: size_bytes, maximum, sector });
     };
     let preferred = preferred_cluster_bytes(size_bytes);
     Ok(cluster_sizes(sector)
@@ -202,7 +183,7 @@ pub(crate) fn choose(
 
 /// The fewest sectors holding at least `clusters` clusters of `spc` sectors.
 fn sectors_for_clusters(sector: SectorSize, spc: u32, clusters: u64) -> u64 {
-    let bps = u64::from(sector.bytes());
+    let bps = u64::from(u32::from(sector));
     let fat = align_fat(((clusters + u64::from(FIRST_CLUSTER)) * 4).div_ceil(bps), u64::from(spc));
     u64::from(RESERVED_SECTORS) + u64::from(FATS) * fat + clusters * u64::from(spc)
 }
@@ -210,9 +191,9 @@ fn sectors_for_clusters(sector: SectorSize, spc: u32, clusters: u64) -> u64 {
 /// Largest partition FAT32 supports with this writer: 2^32 − 1 sectors, or fewer where even 32 KiB clusters
 /// would be too many.
 fn max_size(sector: SectorSize) -> u64 {
-    let spc = MAX_CLUSTER_BYTES / sector.bytes();
+    let spc = MAX_CLUSTER_BYTES / u32::from(sector);
     let by_clusters = sectors_for_clusters(sector, spc, u64::from(MAX_CLUSTERS) + 1) - 1;
-    by_clusters.min(u64::from(u32::MAX)) * u64::from(sector.bytes())
+    by_clusters.min(u64::from(u32::MAX)) * u64::from(u32::from(sector))
 }
 
 /// The smallest partition size in bytes (a whole number of sectors) that [`choose`] accepts, and every larger
@@ -222,7 +203,7 @@ fn max_size(sector: SectorSize) -> u64 {
 /// FATs by a sector and cost a cluster. So the answer asks for one cluster more than needed; every larger
 /// partition then still has enough.
 pub(crate) fn smallest(sector: SectorSize, needed: &dyn Fn(u32) -> u64) -> Result<u64, Error> {
-    let bps = sector.bytes();
+    let bps = u32::from(sector);
     let best = cluster_sizes(sector)
         .filter_map(|c| {
             let target = needed(c).max(u64::from(MIN_CLUSTERS)) + 1;
@@ -237,7 +218,7 @@ pub(crate) fn smallest(sector: SectorSize, needed: &dyn Fn(u32) -> u64) -> Resul
     let maximum = max_size(sector);
     match best {
         Some(bytes) if bytes <= maximum => Ok(bytes),
-        _ => Err(Error::ContentsTooLarge { maximum, sector: bps }),
+        _ => Err(Error::ContentsTooLarge { maximum, sector }),
     }
 }
 
@@ -290,7 +271,7 @@ mod tests {
     fn fats_hold_every_cluster_and_data_is_cluster_aligned() {
         for sector in [SectorSize::S512, SectorSize::S4096] {
             for total in [70_000u32, 131_072, 500_000, 1 << 21, (1 << 21) + 1, 4_000_037] {
-                for spc in [1, 2, 4, 8, 16, 32, 64].into_iter().filter(|s| s * sector.bytes() <= MAX_CLUSTER_BYTES) {
+                for spc in [1, 2, 4, 8, 16, 32, 64].into_iter().filter(|s| s * u32::from(sector) <= MAX_CLUSTER_BYTES) {
                     let g = Geometry::new(sector, total, spc);
                     let entries = u64::from(g.fat_sectors) * u64::from(g.sector_bytes()) / 4;
                     assert!(u64::from(g.clusters) + 2 <= entries, "{g:?}");
@@ -310,8 +291,8 @@ mod tests {
     fn smallest_partition_is_fat32_and_every_larger_one_too() {
         for sector in [SectorSize::S512, SectorSize::S4096] {
             let min = smallest_fat32(sector);
-            assert_eq!(min % u64::from(sector.bytes()), 0);
-            let step = u64::from(sector.bytes());
+            assert_eq!(min % u64::from(u32::from(sector)), 0);
+            let step = u64::from(u32::from(sector));
             for size in (min..min + 3000 * step).step_by(step as usize) {
                 assert!(choose(size, sector, &|_| 1).unwrap().is_some(), "{size}");
             }

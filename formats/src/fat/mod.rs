@@ -21,9 +21,9 @@ mod time;
 mod tree;
 mod write;
 
-use std::path::PathBuf;
+use crate::units::SectorSize;
 
-pub use geometry::{Cluster, Geometry, MAX_CLUSTER_BYTES, MAX_CLUSTERS, MIN_CLUSTERS, RESERVED_SECTORS, SectorSize};
+pub use geometry::{Cluster, Geometry, MAX_CLUSTER_BYTES, MAX_CLUSTERS, MIN_CLUSTERS, RESERVED_SECTORS};
 pub use plan::{FileExtent, Plan, min_size, plan};
 pub use tree::{MAX_NAME_UNITS, NodeId, Source, Tree};
 
@@ -148,7 +148,7 @@ pub enum Error {
         /// Size given.
         size: u64,
         /// Sector size.
-        sector: u32,
+        sector: SectorSize,
     },
     /// A partition too small to be FAT32 at all (fewer than 65,525 clusters even with one-sector clusters).
     #[error(
@@ -161,7 +161,7 @@ pub enum Error {
         /// Smallest FAT32 partition with this sector size.
         minimum: u64,
         /// Sector size.
-        sector: u32,
+        sector: SectorSize,
     },
     /// A partition too small for the tree.
     #[error("partition too small: the files need {needed} bytes, the partition has {given} bytes")]
@@ -179,7 +179,7 @@ pub enum Error {
         /// Largest size supported.
         maximum: u64,
         /// Sector size.
-        sector: u32,
+        sector: SectorSize,
     },
     /// A tree larger than any FAT32 volume with this sector size.
     #[error("the files need more than the {maximum} bytes FAT32 can hold with {sector}-byte sectors")]
@@ -187,30 +187,14 @@ pub enum Error {
         /// Largest volume supported.
         maximum: u64,
         /// Sector size.
-        sector: u32,
+        sector: SectorSize,
     },
-    /// A source file whose size changed between planning and writing.
-    #[error("{}: changed while the image was written: planned {expected} bytes, found {found}", .path.display())]
-    SourceChanged {
-        /// The file.
-        path: PathBuf,
-        /// Size planned.
-        expected: u64,
-        /// Size found.
-        found: u64,
-    },
-    /// Reading a source file failed.
-    #[error("reading {} at offset {offset}: {source}", .path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Where.
-        offset: u64,
-        /// Why.
-        source: std::io::Error,
-    },
+    /// Copying a file's bytes into the image failed: reading its source, a source whose size changed, or
+    /// writing the bytes.
+    #[error(transparent)]
+    Copy(#[from] crate::copy::Error),
     /// Writing the image failed.
-    #[error("writing {what} at image offset {offset}: {source}")]
+    #[error("writing {what} at image offset {offset}")]
     Write {
         /// Byte offset in the sink.
         offset: u64,

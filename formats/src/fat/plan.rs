@@ -6,11 +6,12 @@ use std::ops::Range;
 
 use super::boot::{BACKUP_BOOT_SECTOR, FSINFO_SECTOR, Identity, STRUCT_LEN};
 use super::dir::{self, ATTR_ARCHIVE, ATTR_DIRECTORY, Entry, Head};
-use super::geometry::{self, Cluster, FIRST_CLUSTER, Geometry, SectorSize, choose};
+use super::geometry::{self, Cluster, FIRST_CLUSTER, Geometry, choose};
 use super::name::{self, ENTRY, EntryName};
 use super::time::DosTime;
 use super::tree::{Kind, NodeId, Tree};
 use super::{Error, Options};
+use crate::units::SectorSize;
 
 /// Most entries of one directory (2 MiB of 32-byte entries).
 const MAX_DIR_ENTRIES: usize = 65_536;
@@ -199,7 +200,7 @@ pub fn plan(tree: &Tree, opts: &Options) -> Result<Plan, Error> {
         let minimum = geometry::smallest_fat32(opts.sector_size);
         let needed = geometry::smallest(opts.sector_size, &needed)?;
         return Err(if needed <= minimum {
-            Error::TooSmallForFat32 { given: opts.size_bytes, minimum, sector: opts.sector_size.bytes() }
+            Error::TooSmallForFat32 { given: opts.size_bytes, minimum, sector: opts.sector_size }
         } else {
             Error::TooSmall { needed, given: opts.size_bytes }
         });

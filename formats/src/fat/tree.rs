@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::Error;
+use crate::copy;
 
 /// Index of a node in a [`Tree`].
 pub type NodeId = u32;
@@ -206,7 +207,7 @@ impl Tree {
         let size = match &source {
             Source::Bytes(b) => b.len() as u64,
             Source::Host(p) => {
-                std::fs::metadata(p).map_err(|source| Error::Read { path: p.clone(), offset: 0, source })?.len()
+                std::fs::metadata(p).map_err(|source| copy::Error::Read { path: p.clone(), offset: 0, source })?.len()
             }
         };
         self.file(parent, name, size, source)

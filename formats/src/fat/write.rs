@@ -1,10 +1,6 @@
 //! Writing a plan: file data copied by rayon workers with positioned writes at planned offsets, the boot
 //! sectors, FSInfo, both FATs and the directories beside them. Nothing is decided here.
 
-use std::cell::RefCell;
-use std::fs::File;
-use std::ops::Range;
-
 use rayon::prelude::*;
 
 use super::Error;
@@ -12,17 +8,11 @@ use super::boot::{BACKUP_BOOT_SECTOR, FSINFO_SECTOR, MEDIA, boot_sector, fsinfo}
 use super::geometry::FATS;
 use super::plan::{FileExtent, Plan};
 use super::tree::{Kind, Source, Tree};
+use crate::copy::{self, CHUNK};
 use crate::sink::WriteAt;
-use crate::sparse::{DataRanges, read_full};
 
-/// Largest single read or write of file data.
-const CHUNK: usize = 1 << 20;
 /// End of a cluster chain.
 const END_OF_CHAIN: u32 = 0x0FFF_FFFF;
-
-thread_local! {
-    static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
 
 fn write(sink: &dyn WriteAt, buf: &[u8], offset: u64, what: &'static str) -> Result<(), Error> {
     sink.write_all_at(buf, offset).map_err(|source| Error::Write { offset, what, source })
@@ -82,61 +72,14 @@ impl Plan {
 
     /// Copies one file's bytes to its clusters, skipping holes in the source and all-zero chunks.
     fn copy_file(&self, tree: &Tree, f: &FileExtent, sink: &dyn WriteAt, base: u64) -> Result<(), Error> {
-        let start = base + self.geometry.cluster_offset(f.first);
         let size = u64::from(f.size);
-        let source = match tree.nodes.get(f.node as usize).map(|n| &n.kind) {
-            Some(Kind::File { size: s, source }) if *s == size => source,
+        let data = match tree.nodes.get(f.node as usize).map(|n| &n.kind) {
+            Some(Kind::File { size: s, source: Source::Bytes(bytes) }) if *s == size => copy::Data::Bytes(bytes),
+            Some(Kind::File { size: s, source: Source::Host(path) }) if *s == size => copy::Data::Host(path),
             _ => return Err(Error::TreeMismatch { node: f.node, path: tree.path(f.node) }),
         };
-        match source {
-            Source::Bytes(bytes) => {
-                for (i, chunk) in bytes.chunks(CHUNK).enumerate() {
-                    if chunk.iter().any(|&b| b != 0) {
-                        write(sink, chunk, start + (i * CHUNK) as u64, "file data")?;
-                    }
-                }
-                Ok(())
-            }
-            Source::Host(path) => {
-                let read_err = |offset: u64, source: std::io::Error| Error::Read { path: path.clone(), offset, source };
-                let changed = |found: u64| Error::SourceChanged { path: path.clone(), expected: size, found };
-                let file = File::open(path).map_err(|e| read_err(0, e))?;
-                let found = file.metadata().map_err(|e| read_err(0, e))?.len();
-                if found != size {
-                    return Err(changed(found));
-                }
-                let data: Vec<Range<u64>> = DataRanges::new(&file)
-                    .map_err(|e| read_err(0, e))?
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| read_err(0, e))?;
-                BUF.with_borrow_mut(|buf| -> Result<(), Error> {
-                    let mut pos = 0u64;
-                    while pos < size {
-                        let len = (size - pos).min(CHUNK as u64);
-                        let window = pos..pos + len;
-                        pos += len;
-                        if !data.iter().any(|d| d.start < window.end && window.start < d.end) {
-                            continue; // a hole in the source: zeros, already there
-                        }
-                        buf.resize(len as usize, 0);
-                        if !read_full(&file, &mut buf[..len as usize], window.start)
-                            .map_err(|e| read_err(window.start, e))?
-                        {
-                            return Err(changed(window.start));
-                        }
-                        if buf.iter().any(|&b| b != 0) {
-                            write(sink, &buf[..len as usize], start + window.start, "file data")?;
-                        }
-                    }
-                    Ok(())
-                })?;
-                let after = file.metadata().map_err(|e| read_err(0, e))?.len();
-                if after != size {
-                    return Err(changed(after));
-                }
-                Ok(())
-            }
-        }
+        let at = base + self.geometry.cluster_offset(f.first);
+        Ok(copy::copy_file(data, size, [copy::Piece { at, len: size }], sink)?)
     }
 }
 
@@ -144,10 +87,11 @@ impl Plan {
 mod tests {
     use std::sync::Arc;
 
-    use super::super::geometry::{Cluster, SectorSize};
+    use super::super::geometry::Cluster;
     use super::super::{Options, plan};
     use super::*;
     use crate::sink::MemSink;
+    use crate::units::SectorSize;
 
     const MIB: u64 = 1 << 20;
 
@@ -228,7 +172,7 @@ mod tests {
         std::fs::write(&path, b"short").unwrap();
         let sink = MemSink::new(plan.size_bytes() as usize);
         let err = plan.write(&t, &sink, 0).unwrap_err();
-        assert!(matches!(err, Error::SourceChanged { found: 5, .. }), "{err}");
+        assert!(matches!(err, Error::Copy(copy::Error::SourceChanged { found: 5, .. })), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

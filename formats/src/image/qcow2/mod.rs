@@ -215,7 +215,7 @@ pub enum Error {
         level: u32,
     },
     /// Reading the raw image failed.
-    #[error("reading the raw image at {offset}..{}: {source}", offset + len)]
+    #[error("reading the raw image at {offset}..{}", offset + len)]
     Read {
         /// Offset in the raw image.
         offset: u64,
@@ -225,7 +225,7 @@ pub enum Error {
         source: io::Error,
     },
     /// Writing the qcow2 file failed.
-    #[error("writing the qcow2 {what} at {offset}..{} of the output: {source}", offset + len)]
+    #[error("writing the qcow2 {what} at {offset}..{} of the output", offset + len)]
     Write {
         /// The structure written (`data`, `L2 table`, `L1 table`, `refcount block`, `refcount table`, `header`).
         what: &'static str,
@@ -237,7 +237,7 @@ pub enum Error {
         source: io::Error,
     },
     /// The compressor could not be set up.
-    #[error("setting up the {codec} compressor: {source}")]
+    #[error("setting up the {codec} compressor")]
     Compressor {
         /// `zstd`.
         codec: &'static str,

@@ -42,8 +42,9 @@ pub struct Vhdx {
 }
 
 impl Vhdx {
-    /// Hyper-V's default payload block size: 32 MiB.
-    pub const DEFAULT_BLOCK_SIZE: u32 = 32 << 20;
+    /// The payload block size kiln writes: 1 MiB, what Microsoft recommends for Linux guests (Linux filesystems
+    /// scatter small writes, each of which makes a whole block present), rather than Hyper-V's 32 MiB default.
+    pub const DEFAULT_BLOCK_SIZE: u32 = 1 << 20;
 
     /// A VHDX with these ids (derive them from a seed) and [`Vhdx::DEFAULT_BLOCK_SIZE`].
     #[must_use]

@@ -11,8 +11,8 @@ use kiln_formats::image::bmap;
 use kiln_formats::image::checksum::{Sha256Sums, sha256_path};
 use kiln_formats::image::zst::RawZst;
 
+use super::util::{convert, noise, run, same_bytes, sparse_file, try_run};
 use crate::common::tool;
-use crate::util::{convert, noise, run, same_bytes, sparse_file, try_run};
 
 fn generate(image: &Path, threads: usize) -> String {
     let f = File::open(image).unwrap();

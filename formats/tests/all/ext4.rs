@@ -5,13 +5,15 @@ use std::sync::Arc;
 
 use kiln_formats::ext4::{Meta, Options, Size, Source, Tree, plan};
 
+use crate::common::{run, tool};
+
 fn meta(perm: u16) -> Meta {
     Meta { perm, uid: 0, gid: 0, mtime: 1 }
 }
 
 fn e2fsck(path: &std::path::Path) -> (bool, String) {
-    let out = Command::new("e2fsck").arg("-fn").arg(path).output().expect("e2fsck from e2fsprogs must be installed");
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    let out = run(Command::new(tool("e2fsck", "e2fsprogs")).arg("-fn").arg(path));
+    (out.ok, out.text)
 }
 
 #[test]

@@ -3,7 +3,7 @@
 use kiln_formats::image::Container;
 use kiln_formats::image::raw::Raw;
 
-use crate::util::{allocated, convert, noise, same_bytes, sparse_file};
+use super::util::{allocated, convert, noise, same_bytes, sparse_file};
 
 #[test]
 fn copy_is_the_image_and_stays_sparse() {

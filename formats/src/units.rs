@@ -1,7 +1,11 @@
 //! Units of disk geometry: bytes, logical sectors and the 1 MiB partition alignment. Every conversion between
 //! them names the sector size, so a sector number never passes for a byte count.
+//!
+//! One [`SectorSize`] serves every writer and reader in the crate (partition tables, FAT, GRUB's embedding);
+//! [`disk`](crate::disk) re-exports these types beside the layouts that use them.
 
 use std::fmt;
+use std::str::FromStr;
 
 /// One mebibyte: what every partition start and end is aligned to.
 pub const MIB: Bytes = Bytes(1 << 20);
@@ -111,6 +115,60 @@ impl fmt::Display for SectorSize {
     }
 }
 
+/// The size in bytes, as on-disk fields (a FAT boot sector's bytes per sector) store it.
+impl From<SectorSize> for u32 {
+    fn from(sector: SectorSize) -> Self {
+        match sector {
+            SectorSize::S512 => 512,
+            SectorSize::S4096 => 4096,
+        }
+    }
+}
+
+/// 512 or 4096; any other number is refused.
+impl TryFrom<u32> for SectorSize {
+    type Error = SectorSizeError;
+
+    fn try_from(bytes: u32) -> Result<Self, Self::Error> {
+        match bytes {
+            512 => Ok(Self::S512),
+            4096 => Ok(Self::S4096),
+            _ => Err(SectorSizeError::Unsupported { bytes }),
+        }
+    }
+}
+
+/// `512`, or `4096` (also written `4K` or `4KiB`): what `--sector-size` and a profile's `sector-size` accept.
+impl FromStr for SectorSize {
+    type Err = SectorSizeError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "512" => Ok(Self::S512),
+            "4096" | "4K" | "4KiB" => Ok(Self::S4096),
+            _ => Err(SectorSizeError::Unrecognised { text: text.to_owned() }),
+        }
+    }
+}
+
+/// A sector size that is not one a disk here can have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SectorSizeError {
+    /// A number of bytes other than 512 and 4096.
+    #[error("{bytes}: the sector size is 512 or 4096")]
+    Unsupported {
+        /// The number given.
+        bytes: u32,
+    },
+    /// Text that names no sector size.
+    #[error("{text:?}: the sector size is 512 or 4096")]
+    Unrecognised {
+        /// The text given.
+        text: String,
+    },
+}
+
 /// A logical block address: the index of a sector of the disk's [`SectorSize`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Lba(pub u64);
@@ -135,7 +193,7 @@ impl Lba {
     ///
     /// # Panics
     ///
-    /// If the offset does not fit in 64 bits (no disk is that large; a [`DiskLayout`](super::DiskLayout) never
+    /// If the offset does not fit in 64 bits (no disk is that large; a [`DiskLayout`](crate::disk::DiskLayout) never
     /// holds such a sector).
     #[must_use]
     pub const fn offset(self, sector: SectorSize) -> Bytes {
@@ -303,5 +361,34 @@ mod tests {
         assert!(r.overlaps(LbaRange::new(Lba(4095), Lba(5000))));
         assert!(!r.overlaps(LbaRange::new(Lba(4096), Lba(5000))));
         assert!(LbaRange::new(Lba(3), Lba(3)).is_empty());
+    }
+
+    #[test]
+    fn sector_sizes_parse() {
+        struct Case {
+            text: &'static str,
+            want: Result<SectorSize, &'static str>,
+        }
+        let cases = [
+            Case { text: "512", want: Ok(SectorSize::S512) },
+            Case { text: "4096", want: Ok(SectorSize::S4096) },
+            Case { text: "4K", want: Ok(SectorSize::S4096) },
+            Case { text: "4KiB", want: Ok(SectorSize::S4096) },
+            Case { text: "1024", want: Err("\"1024\": the sector size is 512 or 4096") },
+            Case { text: " 512", want: Err("\" 512\": the sector size is 512 or 4096") },
+            Case { text: "", want: Err("\"\": the sector size is 512 or 4096") },
+        ];
+        for c in cases {
+            let got = c.text.parse::<SectorSize>().map_err(|e| e.to_string());
+            assert_eq!(got, c.want.map_err(str::to_owned), "{:?}", c.text);
+        }
+        for s in [SectorSize::S512, SectorSize::S4096] {
+            assert_eq!(SectorSize::try_from(u32::from(s)), Ok(s));
+            assert_eq!(s.to_string().parse::<SectorSize>(), Ok(s));
+            assert_eq!(u64::from(u32::from(s)), s.bytes().get());
+        }
+        let err = SectorSize::try_from(1024).unwrap_err();
+        assert_eq!(err, SectorSizeError::Unsupported { bytes: 1024 });
+        assert_eq!(err.to_string(), "1024: the sector size is 512 or 4096");
     }
 }

@@ -5,8 +5,8 @@ use std::process::Command;
 
 use kiln_formats::image::gce::Gce;
 
+use super::util::{allocated, convert, noise, run, same_bytes, sparse_file, tar_list, untar};
 use crate::common::tool;
-use crate::util::{allocated, convert, noise, run, same_bytes, sparse_file, tar_list, untar};
 
 /// Python's tarfile: prints the member's type, size and sparse data regions; with a raw image path, also
 /// checks that the member reads back as exactly that image.

@@ -2,9 +2,6 @@
 //! `fatlabel` (dosfstools), mtools (`mdir`, `mcopy`, `minfo`), the `fatfs` crate, and a parse of the boot
 //! sector here. Missing tools fail the tests with the Debian package to install.
 
-mod common;
-
-use common::tool;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -13,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use kiln_formats::fat::{self, Options, Plan, SectorSize, Source, Tree};
+use kiln_formats::fat::{self, Options, Plan, Source, Tree};
+use kiln_formats::units::SectorSize;
+
+use crate::common::{Output, tool};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -24,19 +24,10 @@ const STAMP: i64 = 1_700_000_000;
 // ---------------------------------------------------------------------------------------------------------------
 // Tools
 
-struct Output {
-    ok: bool,
-    stdout: Vec<u8>,
-    text: String,
-}
-
 fn run(cmd: &mut Command) -> Output {
     // mtools refuses volumes whose sector count is not a multiple of the customary 63 sectors per track (a
     // floppy-era check); the geometry fields mean nothing on an ESP.
-    cmd.env("MTOOLS_SKIP_CHECK", "1").env("LC_ALL", "C.UTF-8");
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    Output { ok: out.status.success(), stdout: out.stdout, text }
+    crate::common::run(cmd.env("MTOOLS_SKIP_CHECK", "1").env("LC_ALL", "C.UTF-8"))
 }
 
 /// `fsck.fat -n -v`, read-only, strict about short names with spaces (`-S`) and lower-case labels (`-U`).
@@ -118,7 +109,7 @@ fn minfo(img: &Path, offset: u64) -> String {
 
 /// Deterministic bytes that do not compress into patterns a reader could get right by accident.
 fn noise(len: usize, seed: u64) -> Vec<u8> {
-    common::xorshift_bytes(seed, len).collect()
+    crate::common::xorshift_bytes(seed, len).collect()
 }
 
 /// A tree and its expected contents.
@@ -393,7 +384,7 @@ fn check_boot_sector(img: &Path, offset: u64, opts: &Options) {
     let spc = le(&b, 13, 1);
     let reserved = le(&b, 14, 2);
     let fats = le(&b, 16, 1);
-    assert_eq!(bps, u64::from(opts.sector_size.bytes()));
+    assert_eq!(bps, opts.sector_size.bytes().get());
     assert_eq!((reserved, fats), (32, 2));
     assert_eq!(le(&b, 17, 2), 0, "root entries");
     assert_eq!(le(&b, 19, 2), 0, "16-bit total sectors");

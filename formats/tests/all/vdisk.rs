@@ -5,8 +5,6 @@
 //! the declared data ranges are garbage in the source file, so a read outside them shows up as a difference.
 //! A missing qemu-img fails the tests.
 
-mod common;
-
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
@@ -21,17 +19,14 @@ use kiln_formats::sparse::DataRanges;
 use proptest::prelude::*;
 use serde_json::Value;
 
+use crate::common::{run, tool};
+
 // ---------------------------------------------------------------------------------------------------------------
 // Tools
 
 fn qemu_img(args: &[&str]) -> (bool, String) {
-    let out = Command::new(common::tool("qemu-img", "qemu-utils"))
-        .args(args)
-        .env("LC_ALL", "C")
-        .output()
-        .unwrap_or_else(|e| panic!("running qemu-img {args:?}: {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
+    let out = run(Command::new(tool("qemu-img", "qemu-utils")).args(args));
+    (out.ok, out.text)
 }
 
 fn qemu_ok(args: &[&str]) -> String {
@@ -208,15 +203,7 @@ fn build(
 
 /// Bytes from a xorshift generator: no structure for deflate to find.
 fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    crate::common::xorshift_bytes(seed, len).collect()
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -395,7 +382,8 @@ fn piece() -> impl Strategy<Value = Piece> {
 /// The real image: `/var/tmp/kiln-bench/large.raw` (or `KILN_LARGE_RAW`) into each format, checked, and timed
 /// against `qemu-img convert` to the same format. Scratch files go to `KILN_SCRATCH` (default `/var/tmp`);
 /// `KILN_FORMATS` (e.g. `vmdk,vhdx`) picks formats, `KILN_VMDK_LEVEL` the deflate level, `KILN_NO_QEMU` skips
-/// timing qemu-img. Run with `cargo test -p kiln-formats --release --test vdisk -- --ignored --nocapture`.
+/// timing qemu-img. Run with
+/// `cargo test -p kiln-formats --release --test all vdisk::large_image_converts -- --ignored --nocapture`.
 #[test]
 #[ignore = "needs the 1.27 GB benchmark image and a few GB of scratch space"]
 fn large_image_converts() {

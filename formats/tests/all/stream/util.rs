@@ -38,19 +38,17 @@ pub fn convert(container: &dyn Container, image: &Path, out: &Path, threads: usi
         .unwrap_or_else(|e| panic!("{} of {}: {e}", container.name(), image.display()));
 }
 
-/// Runs `cmd` (LC_ALL=C) and returns its stdout; panics with its output if it fails.
+/// Runs `cmd` (LC_ALL=C) and returns its stdout then stderr; panics with them if it fails.
 pub fn run(cmd: &mut Command) -> String {
-    let out = try_run(cmd);
-    assert!(out.0, "{cmd:?} failed:\n{}", out.1);
-    out.1
+    let (ok, text) = try_run(cmd);
+    assert!(ok, "{cmd:?} failed:\n{text}");
+    text
 }
 
 /// Runs `cmd` (LC_ALL=C): whether it succeeded, and its stdout then stderr.
 pub fn try_run(cmd: &mut Command) -> (bool, String) {
-    cmd.env("LC_ALL", "C");
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
+    let out = crate::common::run(cmd);
+    (out.ok, out.text)
 }
 
 /// Asserts with `cmp` that two files have the same bytes.

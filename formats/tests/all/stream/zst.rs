@@ -5,8 +5,8 @@ use std::process::Command;
 
 use kiln_formats::image::zst::RawZst;
 
+use super::util::{convert, noise, run, same_bytes, sparse_file, unzstd};
 use crate::common::tool;
-use crate::util::{convert, noise, run, same_bytes, sparse_file, unzstd};
 
 #[test]
 fn zstd_gives_back_the_image() {

@@ -10,9 +10,6 @@
 //! `BLKGETSIZE64`/`BLKGETSIZE` with the file's size. Everything else passes through. Missing tools fail the tests
 //! with the Debian package to install.
 
-mod common;
-
-use common::tool;
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -26,22 +23,10 @@ use kiln_formats::disk::{
 use kiln_formats::sink::MemSink;
 use serde_json::Value;
 
+use crate::common::{run, tool};
+
 // ---------------------------------------------------------------------------------------------------------------
 // Tools
-
-struct Output {
-    ok: bool,
-    stdout: String,
-    text: String,
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.env("LC_ALL", "C");
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let text = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    Output { ok: out.status.success(), stdout, text }
-}
 
 const SHIM_C: &str = r#"
 #define _GNU_SOURCE
@@ -257,7 +242,7 @@ fn sfdisk_json(img: &Path, sector: SectorSize) -> Value {
     assert!(out.ok, "sfdisk --json {} failed:\n{}", img.display(), out.text);
     // sfdisk warns on stderr about anything odd it notices (e.g. "GPT PMBR size mismatch").
     assert_eq!(out.stdout.len(), out.text.len(), "sfdisk --json {} complained:\n{}", img.display(), out.text);
-    let v: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}:\n{}", out.stdout));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}:\n{}", out.text));
     v["partitiontable"].clone()
 }
 
@@ -377,7 +362,7 @@ fn shim_is_needed_for_4096() {
 fn sfdisk_json_plain(img: &Path) -> Value {
     let out = run(Command::new(tool("sfdisk", "fdisk")).arg("--json").arg(img));
     assert!(out.ok, "{}", out.text);
-    serde_json::from_str::<Value>(&out.stdout).unwrap()["partitiontable"].clone()
+    serde_json::from_slice::<Value>(&out.stdout).unwrap()["partitiontable"].clone()
 }
 
 #[test]

@@ -4,8 +4,6 @@
 //! sizes, on fixed images and on random sparse ones (proptest). Output is the same with 1 and 2 threads. Missing
 //! tools fail the tests with the Debian package to install.
 
-mod common;
-
 use std::fs::File;
 use std::io::Write;
 use std::ops::Range;
@@ -18,6 +16,8 @@ use kiln_formats::image::qcow2::{ClusterSize, Compression, Qcow2};
 use kiln_formats::image::{Container, Progress, RawImage};
 use proptest::prelude::*;
 use serde_json::Value;
+
+use crate::common::{run, tool};
 
 const MODES: [Compression; 3] = [Compression::None, Compression::zstd(), Compression::zlib()];
 
@@ -124,15 +124,10 @@ impl Spec {
 // ---------------------------------------------------------------------------------------------------------------
 // Converting and checking
 
-fn qemu_img() -> PathBuf {
-    common::tool("qemu-img", "qemu-utils")
-}
-
 /// Runs qemu-img; its stdout, or a failure with everything it printed.
 fn qemu(args: &[&str]) -> String {
-    let out = Command::new(qemu_img()).args(args).env("LC_ALL", "C").output().expect("running qemu-img");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "qemu-img {args:?} failed ({}):\n{text}", out.status);
+    let out = run(Command::new(tool("qemu-img", "qemu-utils")).args(args));
+    assert!(out.ok, "qemu-img {args:?} failed:\n{}", out.text);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

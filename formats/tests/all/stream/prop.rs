@@ -6,7 +6,7 @@ use kiln_formats::image::raw::Raw;
 use kiln_formats::image::zst::RawZst;
 use proptest::prelude::*;
 
-use crate::util::{convert, noise, same_bytes, sparse_file, untar, unzstd};
+use super::util::{convert, noise, same_bytes, sparse_file, untar, unzstd};
 
 /// What one write puts into the image.
 #[derive(Debug, Clone, Copy)]

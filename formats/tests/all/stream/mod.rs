@@ -2,9 +2,6 @@
 //! tools: `zstd -d`/`-t`/`-l`, `tar -t`/`-xS` (GNU tar) and Python's tarfile, `gzip -t`, `bmaptool copy`,
 //! `sha256sum -c` and `cmp`. Missing tools fail the tests with the Debian package to install.
 
-#[path = "../common/mod.rs"]
-mod common;
-
 mod bmap;
 mod gce;
 mod prop;
