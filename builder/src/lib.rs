@@ -4,6 +4,8 @@
 //! [`inventory`] lists their files; later stages plan the image and write it. [`dry_run`] runs the stages that
 //! exist and reports what they found; [`build`] plans the root filesystem ([`rootfs`]) and writes it
 //! atomically ([`output`]).
+//!
+//! [`inspect`] and [`verify`] read images back through [`readback`].
 
 pub mod boot;
 pub mod build;
@@ -20,6 +22,7 @@ pub mod nixdb;
 pub mod output;
 pub mod profile;
 pub mod progress;
+pub mod readback;
 pub mod render;
 pub mod rootfs;
 pub mod run;
