@@ -14,7 +14,7 @@
 //! sector pointing past the end (truncated) — is an error naming the image and the byte offset. What cannot be
 //! read inside a filesystem is a warning in the [`Report`], so one run still shows everything else.
 
-pub(crate) mod fs;
+mod fs;
 mod grub;
 mod nixos;
 mod partition;
@@ -37,7 +37,7 @@ pub use systemd_boot::{EfiBinary, LoaderEntry, SystemdBoot};
 pub use crate::readback::{PartitionType, Table};
 
 use crate::cli::InspectArgs;
-use crate::readback::{Container, Disk, Layout, Window, ser};
+use crate::readback::{Disk, Layout, Window, not_a_disk_image, ser};
 
 /// The `v` of `kiln inspect --json`; raised when a field changes meaning or goes away (not when one is added).
 pub const VERSION: u32 = 1;
@@ -158,15 +158,9 @@ fn inspect_disk(disk: &Disk, image: &Path) -> Result<Report> {
 /// truncated image (a table placing something past its end) are errors.
 fn read_layout(disk: &Disk) -> Result<Layout> {
     let name = disk.name();
-    let Some(layout) = Layout::read(disk)? else {
-        if let Some(container) = Container::sniff(disk)? {
-            bail!("{name}: {}", container.advice(name, "inspect"));
-        }
-        bail!(
-            "{name}: not a disk image: no GPT header at byte 512 or 4096, no filesystem kiln knows at byte 0, and no \
-             DOS partition table (55 AA) at byte 510"
-        )
-    };
+    let looked_for = "no GPT header at byte 512 or 4096, no filesystem kiln knows at byte 0, and no DOS partition table (55 AA) at \
+         byte 510";
+    let layout = Layout::read(disk)?.ok_or_else(|| not_a_disk_image(disk, "inspect", looked_for))?;
     if let Some(missing) = layout.past_end(disk.len()).first() {
         bail!("{name}: truncated: {missing}, past the end of the image ({} bytes)", disk.len());
     }

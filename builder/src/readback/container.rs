@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use anyhow::Result;
+use anyhow::{Error, Result, anyhow};
 use kiln_formats::disk::Bytes;
 
 use super::Disk;
@@ -94,6 +94,22 @@ impl Container {
     }
 }
 
+/// The error for an image [`Layout::read`](super::Layout::read) found nothing in: what it is when it is a
+/// container or stream (with what to convert it with, and to run `command` on then), else that it is shorter than
+/// a sector, else that it is not a disk image because `looked_for` (what the caller looked for) is not there.
+#[must_use]
+pub fn not_a_disk_image(disk: &Disk, command: &str, looked_for: &str) -> Error {
+    let name = disk.name();
+    match Container::sniff(disk) {
+        Err(e) => e,
+        Ok(Some(container)) => anyhow!("{name}: {}", container.advice(name, command)),
+        Ok(None) if disk.len().get() < 512 => {
+            anyhow!("{name}: not a disk image: {} bytes, less than one 512-byte sector", disk.len())
+        }
+        Ok(None) => anyhow!("{name}: not a disk image: {looked_for}"),
+    }
+}
+
 impl fmt::Display for Container {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -112,7 +128,24 @@ impl fmt::Display for Container {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+
+    fn mem(bytes: &[u8]) -> Disk {
+        Disk::new(Arc::new(bytes.to_vec()), Bytes(bytes.len() as u64), "mem.img".into())
+    }
+
+    /// A stream shorter than a sector is still named; a short file that is none is "less than one sector".
+    #[test]
+    fn short_files_are_named_too() {
+        let err = not_a_disk_image(&mem(&[0x28, 0xB5, 0x2F, 0xFD, 0, 0]), "verify", "nothing").to_string();
+        assert!(err.starts_with("mem.img: zstd-compressed, not a raw disk: decompress it first"), "{err}");
+        let err = not_a_disk_image(&mem(b"x"), "inspect", "nothing").to_string();
+        assert_eq!(err, "mem.img: not a disk image: 1 bytes, less than one 512-byte sector");
+        let err = not_a_disk_image(&mem(&[0; 4096]), "inspect", "no table").to_string();
+        assert_eq!(err, "mem.img: not a disk image: no table");
+    }
 
     #[test]
     fn names_containers_and_streams_by_their_magic() {

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use kiln_formats::disk::Bytes;
 
-use super::Window;
+use super::{Window, le16, le32};
 
 /// What a window's magic numbers say it holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,14 +57,6 @@ pub fn identify(window: &Window) -> Result<Magic> {
         }
     }
     Ok(Magic::Unknown)
-}
-
-fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
 
 /// The fields of an ext4 superblock (the 1024 bytes at byte 1024 of the filesystem) kiln's readers use, as they

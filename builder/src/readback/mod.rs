@@ -10,7 +10,8 @@
 //!   the backup header, the protective or hybrid MBR), a filesystem at byte 0, or a DOS table; partitions with
 //!   their byte ranges and types by name; what is odd ([`Issue`]) and what lies past the end of a truncated
 //!   image ([`PastEnd`]) as values, so inspect can warn and verify can collect problems.
-//! - [`container`]: what a file that is no raw disk is (qcow2, VHDX, VMDK, VHD, VDI, zstd, gzip, xz, tar).
+//! - [`container`]: what a file that is no raw disk is (qcow2, VHDX, VMDK, VHD, VDI, zstd, gzip, xz, tar), and
+//!   the error for a file that is no disk image ([`not_a_disk_image`]).
 //! - [`fs`]: filesystems by magic number, and the fields of the ext4 superblock and the FAT boot sector.
 //! - [`root`]: where the root filesystem is ([`RootFs`]); [`Layout::with_role`] finds the ESP and XBOOTLDR.
 //! - [`mount`]: the `ext4-view` and fatfs adapters: [`open_ext4`], [`open_fat`] (through [`FatIo`], whose
@@ -28,10 +29,25 @@ pub(crate) mod ser;
 pub mod table;
 pub mod window;
 
-pub use container::Container;
+pub use container::{Container, not_a_disk_image};
 pub use disk::{Disk, ReadAt};
 pub use fs::{Ext4Superblock, FatBootSector, Magic, identify};
 pub use mount::{FatIo, ext4_error, open_ext4, open_fat};
 pub use root::{Location, RootFs};
 pub use table::{Issue, Layout, Partition, PartitionType, PastEnd, Role, Table};
 pub use window::Window;
+
+/// The little-endian `u16` at `at` of `b`.
+fn le16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+/// The little-endian `u32` at `at` of `b`.
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// The little-endian `u64` at `at` of `b`.
+fn le64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}

@@ -43,7 +43,7 @@ use crate::cli::VerifyArgs;
 use crate::closure::NarInfo;
 use crate::dry_run::human_bytes;
 use crate::nar::hash_string;
-use crate::readback::{Container, Disk, Layout, Table, Window};
+use crate::readback::{Disk, Layout, Table, Window, not_a_disk_image};
 use crate::store::{StoreDir, StorePath};
 
 /// Where the database and its schema file are in the image.
@@ -261,17 +261,9 @@ pub fn verify(req: &Request) -> Result<Report> {
 /// How `disk` is laid out. A corrupt GPT is an error naming what is wrong; a file with no filesystem at byte 0
 /// and no table is an error saying what it is, when kiln knows.
 fn read_layout(disk: &Disk) -> Result<Layout> {
-    let name = disk.name();
-    if let Some(layout) = Layout::read(disk)? {
-        return Ok(layout);
-    }
-    if let Some(container) = Container::sniff(disk)? {
-        bail!("{name}: {}", container.advice(name, "verify"));
-    }
-    bail!(
-        "{name}: not a disk image: no ext4 superblock at byte 1024, no GPT header at byte 512 or 4096, and no MBR \
-         partition table (55 AA at byte 510)"
-    )
+    let looked_for = "no ext4 superblock at byte 1024, no GPT header at byte 512 or 4096, and no MBR partition table \
+                      (55 AA at byte 510)";
+    Layout::read(disk)?.ok_or_else(|| not_a_disk_image(disk, "verify", looked_for))
 }
 
 /// What was found of the image before its root filesystem is opened.

@@ -10,14 +10,14 @@ mod types;
 
 use std::fmt;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use kiln_formats::disk::{ByteRange, Bytes, GptAttributes, Guid, Lba, LbaRange, SectorSize};
 use serde::Serialize;
 
 pub use types::{PartitionType, Role};
 
 use super::fs::{Magic, identify};
-use super::{Disk, ser};
+use super::{Disk, le16, le32, le64, ser};
 
 /// The partition table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -221,16 +221,15 @@ pub struct Layout {
 
 impl Layout {
     /// Reads how `disk` is laid out: a GPT (512-byte sectors, then 4096), else a filesystem at byte 0 (a FAT boot
-    /// sector also ends in `55 AA`), else a DOS table. `Ok(None)` when it is none of these; then
-    /// [`Container::sniff`](super::Container::sniff) may say what it is.
+    /// sector also ends in `55 AA`), else a DOS table. `Ok(None)` when it is none of these, or shorter than a
+    /// sector; then [`not_a_disk_image`](super::not_a_disk_image) says what it is.
     ///
     /// # Errors
     ///
-    /// When the image is shorter than a sector, cannot be read, or holds a corrupt GPT (each error names the
-    /// image and the byte offset).
+    /// When the image cannot be read, or holds a corrupt GPT (each error names the image and the byte offset).
     pub fn read(disk: &Disk) -> Result<Option<Self>> {
         if disk.len().get() < 512 {
-            bail!("{}: not a disk image: {} bytes, less than one 512-byte sector", disk.name(), disk.len());
+            return Ok(None);
         }
         let mut issues = Vec::new();
         for sector in [SectorSize::S512, SectorSize::S4096] {
@@ -281,18 +280,6 @@ impl Layout {
         out.extend(self.partitions.iter().filter(|p| p.range.end > len).map(PastEnd::Partition));
         out
     }
-}
-
-fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
 fn guid_at(b: &[u8], at: usize) -> Guid {

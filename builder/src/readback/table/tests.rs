@@ -232,8 +232,7 @@ fn hybrid_and_missing_protective_mbrs() {
 #[test]
 fn bare_filesystems_and_nothing() {
     assert_eq!(Layout::read(&mem(vec![0u8; 1 << 20])).unwrap(), None);
-    let err = Layout::read(&mem(b"tiny".to_vec())).unwrap_err().to_string();
-    assert_eq!(err, "mem.img: not a disk image: 4 bytes, less than one 512-byte sector");
+    assert_eq!(Layout::read(&mem(b"tiny".to_vec())).unwrap(), None);
     let mut xfs = vec![0u8; 1 << 20];
     xfs[..4].copy_from_slice(b"XFSB");
     let layout = Layout::read(&mem(xfs)).unwrap().unwrap();
