@@ -1,11 +1,12 @@
 //! `kiln inspect`: what an image holds, read back read-only.
 //!
-//! 1. [`readback`] reads the layout: a GPT (512- or 4096-byte sectors, checksums checked), else — when byte 0
-//!    starts no filesystem — a DOS table; neither and no filesystem means it is not a disk image (a container
-//!    or stream is named). What is odd about the table is a warning; what lies past the end is an error.
-//! 2. `fs` reports each partition's filesystem (or the bare image's), as [`readback`] identifies it by magic
-//!    number: ext4 from its superblock, FAT from its boot sector (and `fatfs`, through a window whose writes
-//!    fail), a few others by name; `partition` reports each partition.
+//! 1. [`readback`](crate::readback) reads the layout: a GPT (512- or 4096-byte sectors, checksums checked),
+//!    else — when byte 0 starts no filesystem — a DOS table; neither and no filesystem means it is not a disk
+//!    image (a container or stream is named). What is odd about the table is a warning; what lies past the end
+//!    is an error.
+//! 2. `fs` reports each partition's filesystem (or the bare image's), as [`readback`](crate::readback)
+//!    identifies it by magic number: ext4 from its superblock, FAT from its boot sector (and `fatfs`, through a
+//!    window whose writes fail), a few others by name; `partition` reports each partition.
 //! 3. `systemd_boot` reads an ESP's systemd-boot binaries, `loader.conf` and entries; `grub` recognises GRUB's
 //!    boot.img in sector 0, follows it to core.img, and reads `grub.cfg` from ext4 (with `ext4-view`).
 //! 4. `nixos` follows the system profile to its toplevel and counts the Nix database's valid paths.
@@ -158,8 +159,8 @@ fn inspect_disk(disk: &Disk, image: &Path) -> Result<Report> {
 /// truncated image (a table placing something past its end) are errors.
 fn read_layout(disk: &Disk) -> Result<Layout> {
     let name = disk.name();
-    let looked_for = "no GPT header at byte 512 or 4096, no filesystem kiln knows at byte 0, and no DOS partition table (55 AA) at \
-         byte 510";
+    let looked_for = "no GPT header at byte 512 or 4096, no filesystem kiln knows at byte 0, and no DOS partition \
+                      table (55 AA) at byte 510";
     let layout = Layout::read(disk)?.ok_or_else(|| not_a_disk_image(disk, "inspect", looked_for))?;
     if let Some(missing) = layout.past_end(disk.len()).first() {
         bail!("{name}: truncated: {missing}, past the end of the image ({} bytes)", disk.len());

@@ -5,7 +5,7 @@
 //! [`Layout::past_end`]: super::Layout::past_end
 
 use anyhow::{Result, bail};
-use kiln_formats::disk::{ByteRange, Bytes, GptAttributes, Lba, LbaRange, SectorSize};
+use kiln_formats::disk::{ByteRange, Bytes, GptAttributes, Guid, Lba, LbaRange, SectorSize};
 
 use super::{Issue, Partition, PartitionType, Table, crc32, guid_at, le16, le32, le64};
 use crate::readback::Disk;
@@ -20,7 +20,7 @@ struct Header {
     backup: Lba,
     first_usable: Lba,
     last_usable: Lba,
-    disk_guid: kiln_formats::disk::Guid,
+    disk_guid: Guid,
     entries_at: Bytes,
     count: u32,
     entry_size: u32,

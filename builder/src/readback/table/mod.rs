@@ -1,6 +1,6 @@
-//! How an image is laid out, read back: a GPT ([`gpt`]: the primary header at LBA 1 with 512- or 4096-byte
+//! How an image is laid out, read back: a GPT (`gpt`: the primary header at LBA 1 with 512- or 4096-byte
 //! sectors, checksums checked, the backup header and the protective MBR looked at), else a filesystem at byte
-//! 0, else a DOS table in sector 0 ([`mbr`]). Every partition keeps its byte range, which may run past the end
+//! 0, else a DOS table in sector 0 (`mbr`). Every partition keeps its byte range, which may run past the end
 //! of a truncated image ([`Layout::past_end`] says what does); what is odd but readable is an [`Issue`]. Types
 //! get the names people know them by ([`PartitionType`]).
 
