@@ -21,7 +21,8 @@
 //!
 //! # Around it
 //!
-//! [`inspect`] and [`verify`] read images back (never writing them); [`profile`] holds the image profiles;
+//! [`inspect`] and [`verify`] read images back (never writing them) through [`readback`], the one reader of
+//! partition tables, filesystems and containers; [`profile`] holds the image profiles;
 //! [`cli`] is clap's definition of the command line and [`run`] carries it out; [`store`], [`seed`] and [`units`]
 //! are the small vocabulary everything shares.
 
@@ -37,6 +38,7 @@ pub mod output;
 pub mod plan;
 pub mod profile;
 pub mod progress;
+pub mod readback;
 pub mod render;
 pub mod report;
 pub mod resolve;

@@ -7,9 +7,8 @@ use kiln_formats::disk::{Bytes, Lba, SectorSize};
 use kiln_formats::grub::{BLOCKLIST_ENTRY, FIRST_BLOCKLIST, KERNEL_SECTOR, SECTOR};
 use serde::Serialize;
 
-use super::disk::Disk;
-use super::ser;
-use super::table::Partition;
+use super::Partition;
+use crate::readback::{Disk, ser};
 
 /// GRUB installed for BIOS booting.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

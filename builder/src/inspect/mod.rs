@@ -1,9 +1,12 @@
 //! `kiln inspect`: what an image holds, read back read-only.
 //!
-//! 1. `table` reads the partition table: a GPT (512- or 4096-byte sectors, checksums checked), else — when
-//!    byte 0 starts no filesystem — a DOS table; neither and no filesystem means it is not a disk image.
-//! 2. `fs` identifies each partition's filesystem (or the bare image's) by magic number: ext4 from its superblock,
-//!    FAT from its boot sector (and `fatfs`, through a window whose writes fail), a few others by name.
+//! 1. [`readback`](crate::readback) reads the layout: a GPT (512- or 4096-byte sectors, checksums checked),
+//!    else — when byte 0 starts no filesystem — a DOS table; neither and no filesystem means it is not a disk
+//!    image (a container or stream is named). What is odd about the table is a warning; what lies past the end
+//!    is an error.
+//! 2. `fs` reports each partition's filesystem (or the bare image's), as [`readback`](crate::readback)
+//!    identifies it by magic number: ext4 from its superblock, FAT from its boot sector (and `fatfs`, through a
+//!    window whose writes fail), a few others by name; `partition` reports each partition.
 //! 3. `systemd_boot` reads an ESP's systemd-boot binaries, `loader.conf` and entries; `grub` recognises GRUB's
 //!    boot.img in sector 0, follows it to core.img, and reads `grub.cfg` from ext4 (with `ext4-view`).
 //! 4. `nixos` follows the system profile to its toplevel and counts the Nix database's valid paths.
@@ -12,29 +15,30 @@
 //! sector pointing past the end (truncated) — is an error naming the image and the byte offset. What cannot be
 //! read inside a filesystem is a warning in the [`Report`], so one run still shows everything else.
 
-pub(crate) mod disk;
-pub(crate) mod fs;
+mod fs;
 mod grub;
 mod nixos;
+mod partition;
 mod systemd_boot;
-mod table;
 mod text;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use kiln_formats::disk::{ByteRange, Bytes, SectorSize};
+use kiln_formats::disk::{Bytes, SectorSize};
 use serde::Serialize;
 
 pub use fs::{Ext4, Fat, Filesystem};
 pub use grub::{GrubBios, GrubConfig, GrubEntry};
 pub use nixos::{Generation, NixOs};
+pub use partition::{Attributes, Partition};
 pub use systemd_boot::{EfiBinary, LoaderEntry, SystemdBoot};
-pub use table::{Attributes, Partition, PartitionType, Table};
+
+pub use crate::readback::{PartitionType, Table};
 
 use crate::cli::InspectArgs;
-use disk::{Disk, Window};
+use crate::readback::{Disk, Layout, Window, not_a_disk_image, ser};
 
 /// The `v` of `kiln inspect --json`; raised when a field changes meaning or goes away (not when one is added).
 pub const VERSION: u32 = 1;
@@ -102,26 +106,16 @@ pub fn inspect(image: &Path) -> Result<Report> {
 }
 
 fn inspect_disk(disk: &Disk, image: &Path) -> Result<Report> {
-    let mut warnings = Vec::new();
-    let (found, bare) = table_or_filesystem(disk, &mut warnings)?;
-    let whole = disk.window(ByteRange { start: Bytes(0), end: disk.len() });
+    let layout = read_layout(disk)?;
+    let mut warnings: Vec<String> = layout.issues.iter().map(|i| format!("{}: {i}", disk.name())).collect();
+    let whole = disk.whole();
+    let bare = layout.bare.as_ref().map(|magic| fs::report(&whole, magic, &mut warnings));
     let mut partitions = Vec::new();
     let mut windows = Vec::new();
-    if let Some(found) = &found {
-        for slot in &found.slots {
-            let Some(range) = slot.bytes(found.sector).filter(|r| r.end <= disk.len()) else {
-                bail!(
-                    "{}: truncated: partition {} ends at byte {}, past the end of the image ({} bytes)",
-                    disk.name(),
-                    slot.number,
-                    slot.extent.end.get().saturating_mul(found.sector.bytes().get()),
-                    disk.len()
-                );
-            };
-            let window = disk.window(range);
-            partitions.push(slot.clone().into_partition(found.sector, fs::probe(&window, &mut warnings)?));
-            windows.push(window);
-        }
+    for p in &layout.partitions {
+        let window = disk.window(p.range);
+        partitions.push(Partition::of(p, fs::probe(&window, &mut warnings)?));
+        windows.push(window);
     }
     let volumes: Vec<Volume<'_>> = match &bare {
         Some(fs) => vec![Volume { partition: None, window: whole, fs, esp: false }],
@@ -135,7 +129,7 @@ fn inspect_disk(disk: &Disk, image: &Path) -> Result<Report> {
     let ext4s: Vec<(Option<u32>, ext4_view::Ext4, String)> = volumes
         .iter()
         .filter(|v| matches!(v.fs, Filesystem::Ext4(_)))
-        .filter_map(|v| match fs::open_ext4(&v.window) {
+        .filter_map(|v| match crate::readback::open_ext4(&v.window) {
             Ok(fs) => Some((v.partition, fs, v.describe("ext4"))),
             Err(e) => {
                 warnings.push(format!("{e:#}"));
@@ -151,8 +145,8 @@ fn inspect_disk(disk: &Disk, image: &Path) -> Result<Report> {
     Ok(Report {
         image: image.to_path_buf(),
         size: disk.len(),
-        sector_size: found.as_ref().map(|f| f.sector),
-        table: found.map_or(Table::None, |f| f.table),
+        sector_size: layout.sector,
+        table: layout.table,
         partitions,
         filesystem: bare,
         bootloaders: Bootloaders { systemd_boot, grub_bios },
@@ -161,33 +155,17 @@ fn inspect_disk(disk: &Disk, image: &Path) -> Result<Report> {
     })
 }
 
-/// The partition table; or, without one, the filesystem the image is. A GPT is looked for first (a protective
-/// MBR is also a DOS table), then a filesystem at byte 0 (a FAT boot sector also ends in `55 AA`), then a DOS
-/// table; none of them is an error.
-fn table_or_filesystem(disk: &Disk, warnings: &mut Vec<String>) -> Result<(Option<table::Found>, Option<Filesystem>)> {
+/// The layout: a partition table, or the filesystem the image is. Not a disk image, a corrupt table and a
+/// truncated image (a table placing something past its end) are errors.
+fn read_layout(disk: &Disk) -> Result<Layout> {
     let name = disk.name();
-    if disk.len().get() < 512 {
-        bail!("{name}: not a disk image: {} bytes, less than one 512-byte sector", disk.len());
+    let looked_for = "no GPT header at byte 512 or 4096, no filesystem kiln knows at byte 0, and no DOS partition \
+                      table (55 AA) at byte 510";
+    let layout = Layout::read(disk)?.ok_or_else(|| not_a_disk_image(disk, "inspect", looked_for))?;
+    if let Some(missing) = layout.past_end(disk.len()).first() {
+        bail!("{name}: truncated: {missing}, past the end of the image ({} bytes)", disk.len());
     }
-    for sector in [SectorSize::S512, SectorSize::S4096] {
-        if let Some(found) = table::gpt(disk, sector, warnings)? {
-            return Ok((Some(found), None));
-        }
-    }
-    match fs::probe(&disk.window(ByteRange { start: Bytes(0), end: disk.len() }), warnings)? {
-        Filesystem::Unknown => {}
-        known => return Ok((None, Some(known))),
-    }
-    if let Some(found) = table::dos(disk, warnings)? {
-        return Ok((Some(found), None));
-    }
-    if let Some(format) = container(disk)? {
-        bail!("{name}: a {format} image, not a raw disk: convert it first (qemu-img convert -O raw {name} disk.img)");
-    }
-    bail!(
-        "{name}: not a disk image: no GPT header at byte 512 or 4096, no filesystem kiln knows at byte 0, and no DOS \
-         partition table (55 AA) at byte 510"
-    )
+    Ok(layout)
 }
 
 /// A filesystem in the image: a partition's, or the bare image's.
@@ -240,72 +218,6 @@ fn find_grub_config(
         }
     }
     None
-}
-
-/// Image containers kiln does not read through: their name, from the magic at byte 0.
-fn container(disk: &Disk) -> Result<Option<&'static str>> {
-    const MAGIC: &[(&str, &[u8])] =
-        &[("qcow2", b"QFI\xfb"), ("VHDX", b"vhdxfile"), ("VMDK", b"KDMV"), ("VDI", b"<<< ")];
-    let mut head = [0u8; 8];
-    disk.read("the image's first bytes", Bytes(0), &mut head)?;
-    Ok(MAGIC.iter().find(|(_, m)| head.starts_with(m)).map(|(name, _)| *name))
-}
-
-/// Serialisers for the report's typed units: bytes and sectors as numbers, GUIDs as text.
-mod ser {
-    use std::fmt::Display;
-    use std::path::Path;
-
-    use kiln_formats::disk::{Bytes, GptAttributes, Lba, SectorSize};
-    use serde::Serializer;
-
-    /// A path as text (lossy for names that are not UTF-8, which JSON strings cannot hold).
-    pub(super) fn path<S: Serializer>(v: &Path, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&v.display())
-    }
-
-    pub(super) fn bytes<S: Serializer>(v: &Bytes, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(v.get())
-    }
-
-    pub(super) fn opt_bytes<S: Serializer>(v: &Option<Bytes>, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(v) => s.serialize_u64(v.get()),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub(super) fn lba<S: Serializer>(v: &Lba, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(v.get())
-    }
-
-    pub(super) fn opt_sector<S: Serializer>(v: &Option<SectorSize>, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(v) => s.serialize_u64(v.bytes().get()),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub(super) fn display<T: Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(v)
-    }
-
-    pub(super) fn opt_display<T: Display, S: Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(v) => s.collect_str(v),
-            None => s.serialize_none(),
-        }
-    }
-
-    /// A DOS disk signature as `sfdisk --json` prints it: `0x` and eight hex digits.
-    pub(super) fn signature<S: Serializer>(v: &u32, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&format_args!("{v:#010x}"))
-    }
-
-    /// All 64 attribute bits as `0x` and 16 hex digits (a JSON number would lose the high bits).
-    pub(super) fn attributes<S: Serializer>(v: &GptAttributes, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&format_args!("{:#018x}", v.0))
-    }
 }
 
 #[cfg(test)]

@@ -8,9 +8,7 @@ use anyhow::{Context, Result};
 use kiln_formats::disk::Bytes;
 use serde::Serialize;
 
-use super::disk::{FatIo, Window};
-use super::fs::open_fat;
-use super::ser;
+use crate::readback::{FatIo, Window, open_fat, ser};
 
 /// systemd-boot, found on a FAT volume.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -18,21 +18,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 
 use anyhow::{Context as _, Result};
-use kiln_formats::disk::{ByteRange, Bytes};
+use kiln_formats::disk::ByteRange;
 
 use super::db::ValidPaths;
 use super::image::{Image, show};
-use super::locate::{Layout, Partition, Role, RootFs, SUPERBLOCK, Table};
 use super::{Problem, ProblemKind};
 use crate::boot::grub::{self, GrubConsole};
 use crate::boot::{self, Boots, Entry, MENU_TIMEOUT, systemd_boot};
-
-use crate::inspect::disk::{Disk, FatIo};
+use crate::readback::{Disk, Ext4Superblock, FatIo, Layout, Partition, Role, RootFs, Table, open_fat};
 use crate::store::StorePath;
 use crate::system::{BootEntry, System};
 
-/// `s_mkfs_time` in the ext4 superblock: kiln writes the build time there, as the entries' `version` says it.
-const MKFS_TIME: u64 = 0x108;
 /// Where GRUB's configuration is on the root filesystem.
 pub(crate) const GRUB_CFG: &str = "/boot/grub/grub.cfg";
 
@@ -42,7 +38,7 @@ pub(crate) fn boots(layout: &Layout) -> Boots {
     let has = |role| layout.with_role(role).next().is_some();
     Boots {
         uefi: has(Role::Esp),
-        bios: has(Role::BiosBoot) || layout.table == Table::Mbr,
+        bios: has(Role::BiosBoot) || matches!(layout.table, Table::Dos { .. }),
         xbootldr: has(Role::Esp) && has(Role::Xbootldr),
     }
 }
@@ -112,11 +108,14 @@ pub(crate) fn check(cx: &Context<'_>, toplevel: &StorePath, problems: &mut Vec<P
     Ok(checked)
 }
 
-/// The build time kiln wrote: the root filesystem's creation time.
+/// The build time kiln wrote, as the entries' `version` says it: the root filesystem's creation time
+/// (`s_mkfs_time`).
 fn build_time(cx: &Context<'_>) -> Result<i64> {
-    let mut t = [0u8; 4];
-    cx.disk.read("the ext4 superblock's creation time", Bytes(cx.root.offset + SUPERBLOCK + MKFS_TIME), &mut t)?;
-    Ok(i64::from(u32::from_le_bytes(t)))
+    let window = cx.disk.window(ByteRange { start: cx.root.offset, end: cx.root.end });
+    let sb = Ext4Superblock::read(&window)?.with_context(|| {
+        format!("{}: the root filesystem's superblock lies past the end of the image", cx.disk.name())
+    })?;
+    Ok(i64::from(sb.mkfs_time))
 }
 
 /// Whether `cmdline` boots `boot`'s init: its `init=` parameter names it.
@@ -138,8 +137,7 @@ struct Volume {
 impl Volume {
     fn open(cx: &Context<'_>, p: &Partition, problems: &mut Vec<Problem>) -> Self {
         let name = p.to_string();
-        let window = cx.disk.window(ByteRange { start: Bytes(p.start), end: Bytes(p.end) });
-        let listed = crate::inspect::fs::open_fat(&window).and_then(|fs| {
+        let listed = open_fat(&cx.disk.window(p.range)).and_then(|fs| {
             let entries = list(&fs).with_context(|| format!("{name}: listing its files"))?;
             Ok((fs, entries))
         });

@@ -3,19 +3,10 @@
 //! sectors (its boot sector's count). A truncated image (`truncate -s`, an interrupted copy) fails here, naming
 //! the partition and the byte range that is missing, even when nothing else verify reads lies in that range.
 
-use kiln_formats::disk::Bytes;
+use kiln_formats::disk::ByteRange;
 
-use super::locate::{Layout, Partition, Role, RootFs, SUPERBLOCK, Table};
 use super::{Problem, ProblemKind};
-use crate::inspect::disk::Disk;
-
-/// `s_blocks_count_lo`, `s_log_block_size`, `s_feature_incompat` and `s_blocks_count_hi` in the superblock.
-const BLOCKS_LO: usize = 0x04;
-const LOG_BLOCK_SIZE: usize = 0x18;
-const INCOMPAT: usize = 0x60;
-const BLOCKS_HI: usize = 0x150;
-/// `s_feature_incompat`'s 64-bit flag, which makes the block count 64 bits wide.
-const INCOMPAT_64BIT: u32 = 0x80;
+use crate::readback::{Disk, Ext4Superblock, FatBootSector, Layout, PastEnd, Role, RootFs};
 
 /// Records what of `layout` and the root filesystem lies past the end of the image (or past the end of its
 /// partition).
@@ -25,47 +16,47 @@ pub(crate) fn check(disk: &Disk, layout: &Layout, root: &RootFs, problems: &mut 
     let mut problem = |subject: String, detail: String| {
         problems.push(Problem { kind: ProblemKind::Truncated, subject, detail });
     };
-    if let Some(size) = ext4_size(disk, root.offset) {
-        let end = root.offset.saturating_add(size);
-        match layout.partitions.iter().find(|p| p.start == root.offset) {
-            Some(p) => fs_within(&p.to_string(), "ext4 filesystem", (root.offset, end), Some(p.end), len, &mut problem),
-            None => fs_within("the root filesystem", "ext4 filesystem", (root.offset, end), None, len, &mut problem),
+    let root_window = disk.window(ByteRange { start: root.offset, end: root.end });
+    if let Some(size) = Ext4Superblock::read(&root_window).ok().flatten().and_then(|sb| sb.size()) {
+        let (start, end) = (root.offset.get(), root.offset.get().saturating_add(size.get()));
+        match layout.partitions.iter().find(|p| p.range.start == root.offset) {
+            Some(p) => {
+                fs_within(&p.to_string(), "ext4 filesystem", (start, end), Some(p.range.end.get()), len, &mut problem)
+            }
+            None => fs_within("the root filesystem", "ext4 filesystem", (start, end), None, len, &mut problem),
         }
     }
-    for p in layout.partitions.iter().filter(|p| matches!(p.role, Role::Esp | Role::Xbootldr)) {
-        if let Some(size) = fat_size(disk, p) {
-            let end = p.start.saturating_add(size);
-            fs_within(&p.to_string(), "FAT filesystem", (p.start, end), Some(p.end), len, &mut problem);
+    for p in layout.partitions.iter().filter(|p| matches!(p.role(), Role::Esp | Role::Xbootldr)) {
+        // No FAT boot sector there: the boot check says so.
+        if let Some(boot) = FatBootSector::read(&disk.window(p.range)).ok().flatten() {
+            let (start, end) = (p.range.start.get(), p.range.start.get().saturating_add(boot.size().get()));
+            fs_within(&p.to_string(), "FAT filesystem", (start, end), Some(p.range.end.get()), len, &mut problem);
         }
     }
 }
 
 /// Records the partitions of `layout` that run past the end of the image, and a GPT backup header that does.
 pub(crate) fn check_partitions(disk: &Disk, layout: &Layout, problems: &mut Vec<Problem>) {
-    let len = disk.len().get();
+    let len = disk.len();
+    let past_end = layout.past_end(len);
     let mut problem = |subject: String, detail: String| {
         problems.push(Problem { kind: ProblemKind::Truncated, subject, detail });
     };
-    for p in &layout.partitions {
-        if p.end > len {
-            problem(
-                p.to_string(),
-                format!(
-                    "lies at bytes {}..{}, but the image ends at byte {len}: bytes {}..{} are missing (truncated)",
-                    p.start,
-                    p.end,
-                    p.start.max(len),
-                    p.end
-                ),
-            );
-        }
+    for p in past_end.iter().filter_map(|x| if let PastEnd::Partition(p) = x { Some(p) } else { None }) {
+        let ByteRange { start, end } = p.range;
+        problem(
+            p.to_string(),
+            format!(
+                "lies at bytes {start}..{end}, but the image ends at byte {len}: bytes {}..{end} are missing \
+                 (truncated)",
+                start.max(len)
+            ),
+        );
     }
-    if let Table::Gpt { sector, backup_header } = layout.table
-        && backup_header.saturating_add(sector.bytes()) > len
-    {
+    for at in past_end.iter().filter_map(|x| if let PastEnd::BackupHeader { at, .. } = x { Some(at) } else { None }) {
         problem(
             "the GPT's backup header".into(),
-            format!("belongs at byte {backup_header}, but the image ends at byte {len} (truncated)"),
+            format!("belongs at byte {at}, but the image ends at byte {len} (truncated)"),
         );
     }
 }
@@ -100,65 +91,37 @@ fn fs_within(
     }
 }
 
-/// The size in bytes the ext4 superblock at `fs_offset` gives its filesystem (block count × block size); `None`
-/// when the superblock cannot be read (then the filesystem is not opened either, and that is the error).
-fn ext4_size(disk: &Disk, fs_offset: u64) -> Option<u64> {
-    let mut sb = [0u8; 1024];
-    let at = Bytes(fs_offset.checked_add(SUPERBLOCK)?);
-    if !disk.contains(at, sb.len()) {
-        return None;
-    }
-    disk.read("the ext4 superblock", at, &mut sb).ok()?;
-    let le32 = |at: usize| u32::from_le_bytes(sb[at..at + 4].try_into().expect("4 bytes"));
-    let mut blocks = u64::from(le32(BLOCKS_LO));
-    if le32(INCOMPAT) & INCOMPAT_64BIT != 0 {
-        blocks |= u64::from(le32(BLOCKS_HI)) << 32;
-    }
-    // s_log_block_size is 0..=6 on any filesystem Linux mounts; ext4-view refuses others.
-    let log = le32(LOG_BLOCK_SIZE);
-    (log <= 6).then(|| blocks.saturating_mul(1024 << log))
-}
-
-/// The size in bytes a FAT boot sector at the start of `p` gives its volume (total sectors × sector size); `None`
-/// when there is no FAT boot sector there (the boot check says so).
-fn fat_size(disk: &Disk, p: &Partition) -> Option<u64> {
-    let mut boot = [0u8; 512];
-    if !disk.contains(Bytes(p.start), boot.len()) {
-        return None;
-    }
-    disk.read("the FAT boot sector", Bytes(p.start), &mut boot).ok()?;
-    let le16 = |at: usize| u64::from(u16::from_le_bytes([boot[at], boot[at + 1]]));
-    let sector = le16(0x0B);
-    if boot[510..] != [0x55, 0xAA] || !matches!(sector, 512 | 1024 | 2048 | 4096) {
-        return None;
-    }
-    let total = match le16(0x13) {
-        0 => u64::from(u32::from_le_bytes(boot[0x20..0x24].try_into().expect("4 bytes"))),
-        n => n,
-    };
-    Some(total * sector)
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
-    use super::super::locate::{Location, SectorSize};
+    use kiln_formats::disk::{Bytes, Guid, Lba, LbaRange, SectorSize, partition_type};
+
     use super::*;
+    use crate::readback::{Location, Partition, PartitionType, Table};
 
     const MIB: u64 = 1 << 20;
 
-    fn part(number: u32, kind: &str, role: Role, start: u64, end: u64) -> Partition {
-        Partition { number, kind: kind.to_owned(), role, start, end }
+    fn part(number: u32, kind: Guid, start: u64, end: u64) -> Partition {
+        Partition {
+            number,
+            name: None,
+            kind: PartitionType::Gpt(kind),
+            guid: None,
+            extent: LbaRange::new(Lba(start / 512), Lba(end / 512)),
+            range: ByteRange { start: Bytes(start), end: Bytes(end) },
+            attributes: None,
+            bootable: false,
+        }
     }
 
     /// An image of `len` bytes with an ext4 superblock saying `blocks` 4 KiB blocks at `root`, and a FAT boot
     /// sector saying `fat_sectors` 512-byte sectors at `esp`.
     fn image(len: u64, root: u64, blocks: u32, esp: u64, fat_sectors: u32) -> Disk {
         let mut b = vec![0u8; len as usize];
-        let sb = (root + SUPERBLOCK) as usize;
-        b[sb + BLOCKS_LO..sb + BLOCKS_LO + 4].copy_from_slice(&blocks.to_le_bytes());
-        b[sb + LOG_BLOCK_SIZE] = 2;
+        let sb = (root + Ext4Superblock::OFFSET.get()) as usize;
+        b[sb + 0x04..sb + 0x08].copy_from_slice(&blocks.to_le_bytes());
+        b[sb + 0x18] = 2;
         let e = esp as usize;
         b[e + 0x0B..e + 0x0D].copy_from_slice(&512u16.to_le_bytes());
         b[e + 0x20..e + 0x24].copy_from_slice(&fat_sectors.to_le_bytes());
@@ -170,9 +133,9 @@ mod tests {
     fn problems(disk: &Disk, layout: &Layout) -> Vec<String> {
         let root = layout.partitions.last().expect("a root partition");
         let fs = RootFs {
-            offset: root.start,
-            end: root.end,
-            location: Location::Gpt { number: root.number, kind: root.kind.clone(), sector: SectorSize::S512 },
+            offset: root.range.start,
+            end: root.range.end,
+            location: Location::Gpt { number: root.number, kind: root.kind.label(), sector: SectorSize::S512 },
         };
         let mut out = Vec::new();
         check(disk, layout, &fs, &mut out);
@@ -230,11 +193,21 @@ mod tests {
         for c in cases {
             let disk = image(c.len, 4 * MIB, c.blocks, MIB, c.fat_sectors);
             let layout = Layout {
-                table: Table::Gpt { sector: SectorSize::S512, backup_header: c.backup },
+                table: Table::Gpt {
+                    disk_guid: Guid::NIL,
+                    first_usable_lba: Lba(34),
+                    last_usable_lba: Lba(c.len / 512 - 34),
+                    backup_header_lba: Lba(c.backup / 512),
+                    entries: 128,
+                    entry_size: 128,
+                },
+                sector: Some(SectorSize::S512),
                 partitions: vec![
-                    part(1, "ESP", Role::Esp, MIB, 3 * MIB),
-                    part(2, "Linux root (x86-64)", Role::Other, 4 * MIB, c.root_end),
+                    part(1, partition_type::ESP, MIB, 3 * MIB),
+                    part(2, partition_type::ROOT_X86_64, 4 * MIB, c.root_end),
                 ],
+                bare: None,
+                issues: Vec::new(),
             };
             assert_eq!(problems(&disk, &layout), c.want, "{}", c.name);
         }

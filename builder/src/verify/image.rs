@@ -11,9 +11,9 @@ use anyhow::{Context, Result, anyhow};
 use ext4_view::{Ext4, Ext4Error, Metadata};
 
 use crate::closure::NarInfo;
-use crate::inspect::disk::Window;
 use crate::inventory::Kind;
 use crate::nar::NarHasher;
+use crate::readback::{Window, ext4_error as why, open_ext4};
 use crate::store::LOGICAL_STORE;
 
 /// Nix's canonical modification time.
@@ -49,20 +49,6 @@ pub(crate) fn ext4_path(path: &[u8]) -> Result<ext4_view::PathBuf> {
     ext4_view::PathBuf::try_from(path).map_err(|e| anyhow!("{}: not a valid path: {e}", show(path)))
 }
 
-/// What an `ext4-view` error says. A read error is the reader's own message, which names the image, the byte
-/// offset and what was being read; a path too long for `ext4-view` says what its limits are.
-pub(crate) fn why(e: &Ext4Error) -> String {
-    match e {
-        Ext4Error::Io(io) => io.to_string(),
-        Ext4Error::PathTooLong => format!(
-            "{e}: ext4-view resolves paths of at most {} bytes and {} components, and kiln build refuses deeper trees",
-            crate::inventory::MAX_PATH_BYTES,
-            crate::inventory::MAX_PATH_COMPONENTS
-        ),
-        _ => e.to_string(),
-    }
-}
-
 /// A path for messages (lossy UTF-8).
 pub(crate) fn show(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -72,15 +58,7 @@ impl Image {
     /// Opens the filesystem in `window` (its partition, or the whole image). Reads past the window's end, or the
     /// image's, fail naming the image, the byte offset and what was being read.
     pub(crate) fn open(window: &Window) -> Result<Self> {
-        let fs = Ext4::load(Box::new(window.clone())).map_err(|e| {
-            anyhow!(
-                "{}: cannot read the ext4 filesystem at byte {}: {}",
-                window.disk().name(),
-                window.range().start,
-                why(&e)
-            )
-        })?;
-        Ok(Self { fs })
+        Ok(Self { fs: open_ext4(window)? })
     }
 
     /// The whole contents of the regular file at absolute `path`, or `None` if nothing is there.

@@ -3,8 +3,9 @@
 //! from the closure; and that nothing else was added. README.md's "What `kiln verify` guarantees" says exactly
 //! what is checked and what is not.
 //!
-//! 1. `locate` reads the layout (a bare filesystem, a GPT or an MBR; a container or stream is named) and finds the
-//!    root filesystem; `extent` checks that every partition and filesystem lies inside the file (truncation).
+//! 1. [`readback`](crate::readback) reads the layout (a bare filesystem, a GPT or an MBR; a container or stream
+//!    is named) and finds the root filesystem; `extent` checks that every partition and filesystem lies inside
+//!    the file (truncation).
 //! 2. `db` reads `nix/var/nix/db/db.sqlite` (and the `schema` file, which must be exactly `10`).
 //! 3. `image` re-derives every valid path's NAR serialisation from the image's own files (in parallel, one
 //!    reader per worker) and compares narHash and narSize; references must be valid paths. Every entry under
@@ -19,15 +20,12 @@
 //! Problems are collected, not raised: one run lists everything wrong (see [`Report`]).
 
 mod boot;
-mod container;
 mod db;
 mod extent;
 mod foreign;
 mod host;
 mod image;
-mod locate;
 mod profile;
-mod table;
 
 use std::fmt::{self, Write as _};
 use std::path::PathBuf;
@@ -38,13 +36,13 @@ use anyhow::{Context, Result, bail};
 use kiln_formats::disk::{ByteRange, Bytes};
 use serde::Serialize;
 
+pub use crate::readback::{Location, RootFs};
 pub use host::HostCheck;
-pub use locate::{Location, RootFs, SectorSize};
 
 use crate::cli::VerifyArgs;
 use crate::closure::NarInfo;
-use crate::inspect::disk::{Disk, Window};
 use crate::nar::hash_string;
+use crate::readback::{Disk, Layout, Table, Window, not_a_disk_image};
 use crate::store::{StoreDir, StorePath};
 use crate::units::human_bytes;
 
@@ -212,9 +210,9 @@ pub fn verify(req: &Request) -> Result<Report> {
     let start = Instant::now();
     let name = req.image.display().to_string();
     let disk = Disk::open(&req.image)?;
-    let layout = locate::layout(&disk)?;
+    let layout = read_layout(&disk)?;
     let mut problems = Vec::new();
-    let root_fs = match locate::root_fs(&disk, &layout) {
+    let root_fs = match RootFs::find(&disk, &layout) {
         Ok(fs) => fs,
         Err(e) => {
             extent::check_partitions(&disk, &layout, &mut problems);
@@ -227,8 +225,8 @@ pub fn verify(req: &Request) -> Result<Report> {
     extent::check(&disk, &layout, &root_fs, &mut problems);
     let truncated = !problems.is_empty();
     // A bare filesystem's reads are bounded by the image alone, whose end a read past says is missing.
-    let end = if root_fs.location == Location::WholeImage { u64::MAX } else { root_fs.end };
-    let window = disk.window(ByteRange { start: Bytes(root_fs.offset), end: Bytes(end) });
+    let end = if root_fs.location == Location::WholeImage { Bytes(u64::MAX) } else { root_fs.end };
+    let window = disk.window(ByteRange { start: root_fs.offset, end });
     let store = req.store_dir.as_deref().map(StoreDir::new).transpose()?;
     let system = req.system.as_deref().map(|s| profile::resolve_system(s, store.as_ref())).transpose()?;
     let mut report = Report {
@@ -260,10 +258,18 @@ pub fn verify(req: &Request) -> Result<Report> {
     Ok(report)
 }
 
+/// How `disk` is laid out. A corrupt GPT is an error naming what is wrong; a file with no filesystem at byte 0
+/// and no table is an error saying what it is, when kiln knows.
+fn read_layout(disk: &Disk) -> Result<Layout> {
+    let looked_for = "no ext4 superblock at byte 1024, no GPT header at byte 512 or 4096, and no MBR partition table \
+                      (55 AA at byte 510)";
+    Layout::read(disk)?.ok_or_else(|| not_a_disk_image(disk, "verify", looked_for))
+}
+
 /// What was found of the image before its root filesystem is opened.
 struct Parts<'a> {
     disk: &'a Disk,
-    layout: &'a locate::Layout,
+    layout: &'a Layout,
     root: &'a RootFs,
     /// The root filesystem's partition (or the whole image).
     window: &'a Window,
@@ -349,7 +355,7 @@ fn check_root(
     if let Some(top) = &toplevel {
         let cx = boot::Context { disk: parts.disk, layout: parts.layout, root: parts.root, image: &img, valid: &valid };
         report.boot = boot::check(&cx, top, problems)?;
-        let disk = parts.layout.table != locate::Table::None;
+        let disk = parts.layout.table != Table::None;
         foreign::check(&img, top, boot::boots(parts.layout), disk, problems)?;
     }
     report.toplevel = toplevel;
@@ -468,4 +474,60 @@ fn hash_paths(window: &Window, jobs: &[&StorePath], threads: usize) -> Result<Ve
     })?;
     done.sort_unstable_by_key(|(i, _)| *i);
     Ok(done.into_iter().map(|(_, r)| r).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    const MIB: usize = 1 << 20;
+
+    fn find(img: Vec<u8>) -> Result<RootFs> {
+        let len = Bytes(img.len() as u64);
+        let disk = Disk::new(Arc::new(img), len, "test.img".into());
+        RootFs::find(&disk, &read_layout(&disk)?)
+    }
+
+    /// What a file is, when it is no disk image: the containers and streams kiln writes are named, with what to
+    /// convert them with; anything else is "not a disk image".
+    #[test]
+    fn says_what_a_file_that_is_no_disk_image_is() {
+        struct Case {
+            name: &'static str,
+            head: &'static [u8],
+            want: &'static str,
+        }
+        let cases = [
+            Case {
+                name: "qcow2",
+                head: b"QFI\xfb\0\0\0\x03",
+                want: "test.img: a qcow2 image, not a raw disk: convert it first (qemu-img convert -f qcow2 -O raw test.img disk.raw)",
+            },
+            Case { name: "vhdx", head: b"vhdxfile", want: "test.img: a VHDX image, not a raw disk" },
+            Case { name: "vmdk", head: b"KDMV\x01\0\0\0", want: "test.img: a VMDK image, not a raw disk" },
+            Case { name: "dynamic vhd", head: b"conectix", want: "test.img: a dynamic VHD image, not a raw disk" },
+            Case {
+                name: "zstd",
+                head: &[0x28, 0xB5, 0x2F, 0xFD],
+                want: "test.img: zstd-compressed, not a raw disk: decompress it first (zstd -d test.img -o disk.raw)",
+            },
+            Case { name: "gzip", head: &[0x1F, 0x8B, 0x08], want: "test.img: gzip-compressed, not a raw disk" },
+            Case {
+                name: "random",
+                head: &[0x5A, 0x13, 0xC7, 0x01, 0x99],
+                want: "test.img: not a disk image: no ext4 superblock at byte 1024, no GPT header at byte 512 or 4096, and no MBR partition table (55 AA at byte 510)",
+            },
+        ];
+        for case in cases {
+            let mut img: Vec<u8> = (0..MIB as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+            img[..case.head.len()].copy_from_slice(case.head);
+            img[510] = 0;
+            let err = format!("{:#}", find(img).unwrap_err());
+            assert!(err.starts_with(case.want), "{}: {err}", case.name);
+        }
+        let err = format!("{:#}", find(b"tiny".to_vec()).unwrap_err());
+        assert!(err.starts_with("test.img: not a disk image"), "{err}");
+    }
 }

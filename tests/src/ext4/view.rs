@@ -1,30 +1,16 @@
 //! The same comparison through `ext4-view`, a pure-Rust reader that shares no code with e2fsprogs.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use ext4_view::{Ext4, Ext4Read, FileType, Metadata};
+use ext4_view::{Ext4, FileType, Metadata};
+use kiln::readback::Disk;
+use kiln_formats::disk::{ByteRange, Bytes};
 
 use super::compare::{Diffs, ImageEntry, check_entries, content_pairs};
 use super::host::{self, Kind, join_rel};
 use super::{Expect, show};
-
-/// An image file read at a byte offset: the filesystem's byte 0 is the file's byte `offset`.
-struct OffsetReader {
-    file: File,
-    offset: u64,
-}
-
-impl Ext4Read for OffsetReader {
-    fn read(&mut self, start_byte: u64, dst: &mut [u8]) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let at = self.offset.checked_add(start_byte).ok_or("read offset overflows u64")?;
-        self.file.read_exact_at(dst, at)?;
-        Ok(())
-    }
-}
 
 /// An `ext4_view::File` as `io::Read`.
 struct ViewReader(ext4_view::File);
@@ -90,8 +76,11 @@ pub fn ext4_view_compare(
 ) -> Result<(), Vec<String>> {
     let mut diffs = Diffs::new(fs_prefix);
     let host = host::walk(source).map_err(|e| vec![e])?;
-    let file = File::open(image).map_err(|e| vec![format!("opening {}: {e}", image.display())])?;
-    let fs = Ext4::load(Box::new(OffsetReader { file, offset }))
+    // kiln's read-only reader: the filesystem's byte 0 is the image's byte `offset`; reads past the end name the
+    // image, the offset and what was read.
+    let disk = Disk::open(image).map_err(|e| vec![format!("{e:#}")])?;
+    let window = disk.window(ByteRange { start: Bytes(offset), end: disk.len() });
+    let fs = Ext4::load(Box::new(window))
         .map_err(|e| vec![format!("ext4-view cannot load {} at offset {offset}: {e}", image.display())])?;
 
     let root = ext4_view::PathBuf::try_from(fs_prefix)
