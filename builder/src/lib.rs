@@ -11,7 +11,7 @@
 //! 2. [`plan`]: every byte's place decided, as a [`plan::Plan`]: the partition table ([`plan::disk`]), the root
 //!    filesystem's tree ([`plan::rootfs`]: the store, the Nix database of [`nixdb`], the profile, `/boot`) and
 //!    its ext4 plan, the boot partitions' FAT plans, the boot files and entries ([`boot`]: systemd-boot, GRUB).
-//! 3. [`write`]: the plan written into a raw image: metadata and store data in parallel, store files hashed from
+//! 3. [`write`](mod@write): the plan written into a raw image: metadata and store data in parallel, store files hashed from
 //!    the same reads that copy them.
 //! 4. [`output`]: the raw image turned into the container asked for ([`output::emit`]: qcow2, VHD, …, block
 //!    maps, checksums, bundles), written beside the target and renamed when complete.
