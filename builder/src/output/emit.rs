@@ -235,21 +235,7 @@ pub fn write(
     };
     let vsize = container.virtual_size(size);
     let write_phase = |file: &File| -> Result<()> {
-        file.set_len(vsize).map_err(|e| {
-            let why = if e.raw_os_error() == Some(27) {
-                format!(
-                    "the filesystem holding {} cannot hold a file that large",
-                    crate::output::dir_of(target).display()
-                )
-            } else {
-                e.to_string()
-            };
-            anyhow::anyhow!(
-                "output {}: cannot make a {vsize}-byte ({}) image file: {why} ({e})",
-                target.display(),
-                crate::units::human_bytes(vsize)
-            )
-        })?;
+        size_image(file, vsize, target)?;
         progress::phase(progress, Phase::Write, || write_raw(file), |()| format!("{vsize} bytes of disk"))
     };
     // The raw image: the output itself for raw and fixed VHD, else a scratch file beside the output.
@@ -265,32 +251,9 @@ pub fn write(
     let raw_file = scratch.as_ref().map_or_else(|| out.file(), AtomicOutput::file);
     let raw = RawImage::from_file(raw_file).context("finding the image's data ranges")?;
     let allocated = raw.allocated_bytes();
-    let bmap = if req.bmap {
-        let meter = Meter::new(progress, Phase::Checksum, vsize);
-        let text = progress::phase(
-            progress,
-            Phase::Checksum,
-            || image::bmap::generate(&raw, &meter).context("computing the block map"),
-            |_| "block map".to_owned(),
-        )?;
-        Some(text)
-    } else {
-        None
-    };
+    let bmap = if req.bmap { Some(block_map(&raw, vsize, progress)?) } else { None };
     let shown = out.temp_path().display().to_string();
-    progress::phase(
-        progress,
-        Phase::Format,
-        || -> Result<()> {
-            if container.in_place() {
-                container.finish_in_place(out.file(), vsize).with_context(|| format!("finishing {shown}"))
-            } else {
-                let meter = Meter::new(progress, Phase::Format, vsize);
-                container.convert(&raw, out.file(), &meter).with_context(|| format!("writing {shown}"))
-            }
-        },
-        |()| format!("{} of {vsize} bytes", container.name()),
-    )?;
+    format_phase(container, &out, &raw, vsize, progress)?;
     drop(raw);
     drop(scratch);
     let file_bytes = out.file().metadata().with_context(|| format!("reading the size of {shown}"))?.len();
@@ -305,43 +268,8 @@ pub fn write(
         None
     };
     // Side files, each written atomically; the image is renamed last, so no file at its path is ever partial.
-    let mut sides = Vec::new();
-    let image_name = file_name(&image_target);
-    if let Some(text) = bmap {
-        sides.push((bmap_path(target), text.into_bytes()));
-    }
-    if bundle {
-        let file = absolute(&image_target)?;
-        let info = serde_json::json!({
-            "label": label,
-            "boot_mode": facts.boot_mode,
-            "system": facts.system,
-            "logical_bytes": vsize.to_string(),
-            "format": "vpc",
-            "file": file,
-            "disks": { "root": { "logical_bytes": vsize.to_string(), "file": file } },
-        });
-        let d = dir.as_ref().expect("bundle");
-        let support = d.path().join("nix-support");
-        std::fs::create_dir(&support).with_context(|| format!("creating {}", support.display()))?;
-        let products = format!("file vpc {}\n", file.display());
-        sides.push((support.join("image-info.json"), format!("{info:#}\n").into_bytes()));
-        sides.push((support.join("hydra-build-products"), products.into_bytes()));
-    }
-    if let Some(sum) = &sha256 {
-        let mut sums = image::checksum::Sha256Sums::new();
-        sums.push(&image_name, sum)?;
-        for (path, bytes) in &sides {
-            if !bundle || path.parent() == dir.as_ref().map(AtomicDir::path) {
-                sums.push(&file_name(path), &sha256_hex(bytes))?;
-            }
-        }
-        let path = match &dir {
-            Some(d) => d.path().join("SHA256SUMS"),
-            None => sums_path(target),
-        };
-        sides.push((path, sums.to_string().into_bytes()));
-    }
+    let meta = BundleMeta { label: &label, facts, vsize, image: &image_target };
+    let sides = side_files(target, dir.as_ref(), bmap, sha256.as_deref(), &meta)?;
     let mut files = vec![image_target.clone()];
     let bundle_temp = dir.as_ref().map(|d| d.path().to_path_buf());
     let mut committed = Vec::new();
@@ -350,26 +278,7 @@ pub fn write(
         std::io::Write::write_all(&mut side.file(), bytes).with_context(|| format!("writing {}", path.display()))?;
         committed.push(side);
     }
-    // Commit: side files first, then the image (or the whole bundle directory at once).
-    let mut done = Vec::new();
-    let result = (|| -> Result<()> {
-        for side in committed {
-            done.push(side.commit()?);
-        }
-        out.commit()?;
-        if let Some(d) = dir {
-            d.commit()?;
-        }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        if !bundle {
-            for p in &done {
-                let _ = std::fs::remove_file(p);
-            }
-        }
-        return Err(e);
-    }
+    let done = commit_all(committed, out, dir)?;
     match &bundle_temp {
         Some(temp) => files.extend(sides.iter().map(|(p, _)| target.join(p.strip_prefix(temp).unwrap_or(p)))),
         None => files.extend(done),
@@ -384,6 +293,136 @@ pub fn write(
         sha256,
         files,
     })
+}
+
+/// Makes the raw image file `vsize` bytes long (sparse), naming the output when its filesystem cannot.
+fn size_image(file: &File, vsize: u64, target: &Path) -> Result<()> {
+    file.set_len(vsize).map_err(|e| {
+        let why = if e.raw_os_error() == Some(27) {
+            format!("the filesystem holding {} cannot hold a file that large", super::dir_of(target).display())
+        } else {
+            e.to_string()
+        };
+        anyhow::anyhow!(
+            "output {}: cannot make a {vsize}-byte ({}) image file: {why} ({e})",
+            target.display(),
+            crate::units::human_bytes(vsize)
+        )
+    })
+}
+
+/// bmaptool's block map of the raw image.
+fn block_map(raw: &RawImage<'_>, vsize: u64, progress: &dyn Progress) -> Result<String> {
+    let meter = Meter::new(progress, Phase::Checksum, vsize);
+    progress::phase(
+        progress,
+        Phase::Checksum,
+        || image::bmap::generate(raw, &meter).context("computing the block map"),
+        |_| "block map".to_owned(),
+    )
+}
+
+/// The format phase: the container finished in place, or made from the raw image's data ranges.
+fn format_phase(
+    container: &dyn Container,
+    out: &AtomicOutput,
+    raw: &RawImage<'_>,
+    vsize: u64,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let shown = out.temp_path().display().to_string();
+    progress::phase(
+        progress,
+        Phase::Format,
+        || -> Result<()> {
+            if container.in_place() {
+                container.finish_in_place(out.file(), vsize).with_context(|| format!("finishing {shown}"))
+            } else {
+                let meter = Meter::new(progress, Phase::Format, vsize);
+                container.convert(raw, out.file(), &meter).with_context(|| format!("writing {shown}"))
+            }
+        },
+        |()| format!("{} of {vsize} bytes", container.name()),
+    )
+}
+
+/// What a bundle's metadata says.
+struct BundleMeta<'a> {
+    label: &'a str,
+    facts: &'a SystemFacts,
+    vsize: u64,
+    /// The image's final path.
+    image: &'a Path,
+}
+
+/// The side files and their bytes: the block map, a bundle's `nix-support/` metadata, the checksums.
+fn side_files(
+    target: &Path,
+    bundle: Option<&AtomicDir>,
+    bmap: Option<String>,
+    sha256: Option<&str>,
+    meta: &BundleMeta<'_>,
+) -> Result<Vec<(PathBuf, Vec<u8>)>> {
+    let mut sides = Vec::new();
+    if let Some(text) = bmap {
+        sides.push((bmap_path(target), text.into_bytes()));
+    }
+    if let Some(d) = bundle {
+        let file = absolute(meta.image)?;
+        let vsize = meta.vsize.to_string();
+        let info = serde_json::json!({
+            "label": meta.label,
+            "boot_mode": meta.facts.boot_mode,
+            "system": meta.facts.system,
+            "logical_bytes": vsize,
+            "format": "vpc",
+            "file": file,
+            "disks": { "root": { "logical_bytes": vsize, "file": file } },
+        });
+        let support = d.path().join("nix-support");
+        std::fs::create_dir(&support).with_context(|| format!("creating {}", support.display()))?;
+        let products = format!("file vpc {}\n", file.display());
+        sides.push((support.join("image-info.json"), format!("{info:#}\n").into_bytes()));
+        sides.push((support.join("hydra-build-products"), products.into_bytes()));
+    }
+    if let Some(sum) = sha256 {
+        let mut sums = image::checksum::Sha256Sums::new();
+        sums.push(&file_name(meta.image), sum)?;
+        for (path, bytes) in &sides {
+            if bundle.is_none_or(|d| path.parent() == Some(d.path())) {
+                sums.push(&file_name(path), &sha256_hex(bytes))?;
+            }
+        }
+        let path = bundle.map_or_else(|| sums_path(target), |d| d.path().join("SHA256SUMS"));
+        sides.push((path, sums.to_string().into_bytes()));
+    }
+    Ok(sides)
+}
+
+/// Renames the side files into place, then the image (or the whole bundle directory at once); on failure,
+/// removes the side files already renamed. Returns the paths renamed (for a single-file output).
+fn commit_all(sides: Vec<AtomicOutput>, image: AtomicOutput, bundle: Option<AtomicDir>) -> Result<Vec<PathBuf>> {
+    let is_bundle = bundle.is_some();
+    let mut done = Vec::new();
+    let result = (|| -> Result<()> {
+        for side in sides {
+            done.push(side.commit()?);
+        }
+        image.commit()?;
+        if let Some(d) = bundle {
+            d.commit()?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        if !is_bundle {
+            for p in &done {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        return Err(e);
+    }
+    Ok(done)
 }
 
 /// Where the block map goes: `disk.raw` → `disk.raw.bmap`, `disk.raw.zst` → `disk.raw.bmap` (where bmaptool

@@ -179,6 +179,45 @@ pub fn layout(
     Ok((layout, numbers))
 }
 
+/// The size partition `n` of a profile's list asks for: the root's what the root filesystem needs (or more), a
+/// boot partition at least its planned size, `fill` only with a disk size, swap at least what swap needs.
+fn spec_size(
+    n: usize,
+    spec: &PartitionSpec,
+    fixed: Option<u64>,
+    root: PartitionSize,
+    disk: DiskSize,
+) -> Result<PartitionSize> {
+    let size = match (spec.role, spec.size) {
+        (Role::Root, PartSize::Fill) => root,
+        (Role::Root, PartSize::Bytes(b)) => match root {
+            PartitionSize::AtLeast(Bytes(need)) if b.0 < need => bail!(
+                "partition {n} (root) is {} bytes, and the root filesystem needs {need} ({} MiB)",
+                b.0,
+                need.div_ceil(1 << 20)
+            ),
+            _ => PartitionSize::AtLeast(Bytes(b.0)),
+        },
+        (_, PartSize::Fill) => {
+            if matches!(disk, DiskSize::Fit) {
+                bail!(
+                    "partition {n} ({}) has size = \"fill\": that needs a disk size (--size), or give it a size",
+                    spec.role.name()
+                );
+            }
+            PartitionSize::Fill
+        }
+        (_, PartSize::Bytes(b)) => PartitionSize::AtLeast(Bytes(fixed.unwrap_or(b.0).max(b.0))),
+    };
+    if spec.role == Role::Swap
+        && let PartitionSize::AtLeast(Bytes(b)) = size
+        && b < kiln_formats::swap::MIN_BYTES
+    {
+        bail!("partition {n} (swap) is {b} bytes; swap needs at least {}", kiln_formats::swap::MIN_BYTES);
+    }
+    Ok(size)
+}
+
 /// The partition table a profile lists (`[[partitions]]`), GPT, in its order. `root` is how big the root
 /// partition must be when the profile says `fill` (or at least, for a given size); `disk` as for [`layout`].
 /// Roles take their Discoverable Partitions Spec types and default names unless the profile gives its own;
@@ -210,33 +249,7 @@ pub fn custom_layout(
         if *count > 1 && !matches!(spec.role, Role::Swap | Role::Linux | Role::Empty) {
             bail!("partition {n}: a second {} partition (the profile may list one)", spec.role.name());
         }
-        let size = match (spec.role, spec.size) {
-            (Role::Root, PartSize::Fill) => root,
-            (Role::Root, PartSize::Bytes(b)) => match root {
-                PartitionSize::AtLeast(Bytes(need)) if b.0 < need => bail!(
-                    "partition {n} (root) is {} bytes, and the root filesystem needs {need} ({} MiB)",
-                    b.0,
-                    need.div_ceil(1 << 20)
-                ),
-                _ => PartitionSize::AtLeast(Bytes(b.0)),
-            },
-            (_, PartSize::Fill) => {
-                if matches!(disk, DiskSize::Fit) {
-                    bail!(
-                        "partition {n} ({}) has size = \"fill\": that needs a disk size (--size), or give it a size",
-                        spec.role.name()
-                    );
-                }
-                PartitionSize::Fill
-            }
-            (_, PartSize::Bytes(b)) => PartitionSize::AtLeast(Bytes(fixed.unwrap_or(b.0).max(b.0))),
-        };
-        if spec.role == Role::Swap
-            && let PartitionSize::AtLeast(Bytes(b)) = size
-            && b < kiln_formats::swap::MIN_BYTES
-        {
-            bail!("partition {n} (swap) is {b} bytes; swap needs at least {}", kiln_formats::swap::MIN_BYTES);
-        }
+        let size = spec_size(n, spec, fixed, root, disk)?;
         let guid = Guid::v4_from_bytes(seed.bytes16(&format!("gpt-partition-{n}")));
         let attributes = GptAttributes::NONE;
         let name = spec.name.clone().unwrap_or_else(|| default_name.to_owned());

@@ -1,7 +1,7 @@
 //! Plan: the resolved system and options become a [`Plan`], a value holding every decision about the image
 //! before a byte is written: the partition table with every offset and GUID, the root filesystem's tree and
 //! ext4 plan (every inode and block), each FAT filesystem's plan, the swap signatures, GRUB's core.img and where it
-//! goes. [`crate::write`] consumes it, `--dry-run` prints it (it serialises to JSON: [`summary::ImageSummary`]),
+//! goes. The write stage consumes it, `--dry-run` prints it (it serialises to JSON: [`summary::ImageSummary`]),
 //! and tests compare it.
 
 pub mod disk;

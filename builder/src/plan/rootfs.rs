@@ -32,7 +32,7 @@ pub type StoreTree = (Tree, Vec<Vec<NodeId>>);
 
 /// Builds the tree: `/`, `/nix`, `/nix/store` and every store path of the inventory under it. Directories
 /// the image adds itself get `timestamp` as their time. Store files are [`Source::Caller`]: the data pass
-/// copies them (see [`crate::write::copy`]), so the tree holds no path per file.
+/// copies them (the write stage's data pass), so the tree holds no path per file.
 pub fn store_tree(store: &StoreDir, inv: &Inventory, timestamp: i64) -> Result<StoreTree> {
     let (mut tree, store_node) = skeleton(timestamp)?;
     let mut linked: HashMap<u32, NodeId> = HashMap::new();

@@ -23,7 +23,7 @@ pub struct Applied {
 
 impl Profile {
     /// What a build takes from this profile besides the flags it fills in (`name` is how `--profile` named it;
-    /// [`crate::resolve::options`] merges the flags, the command line winning). When the user gives
+    /// the resolve stage merges the flags, the command line winning). When the user gives
     /// `--layout`, the profile's partition list is dropped.
     ///
     /// # Errors

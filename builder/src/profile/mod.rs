@@ -1,7 +1,7 @@
 //! Image profiles: declarative TOML files whose keys mirror `kiln build`'s flags (`layout`, `format`,
 //! `esp-size`, `[kernel-params]`, …), built in (`images/*.toml`, embedded) or the user's own. A profile may
 //! `extends` another; the chain is merged field by field, checked as a whole, and then fills in every flag the
-//! command line left out ([`crate::resolve::options`]).
+//! command line left out (the resolve stage merges them).
 //!
 //! Every error names the file, and where it can the line and column of the value at fault.
 

@@ -1,6 +1,6 @@
 //! Resolve: a build request (the system, the store, the closure source, the kernel parameter changes) becomes a
 //! resolved system: its bootspec, its closure with every narHash, and the inventory of every file to copy.
-//! Nothing here knows about disks; [`crate::plan`] takes it from here.
+//! Nothing here knows about disks; the plan stage takes it from here.
 
 pub mod options;
 
