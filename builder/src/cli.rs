@@ -110,7 +110,7 @@ pub struct BuildArgs {
     /// Logical sector size of the disk: 512, or 4096 for 4Kn disks (UEFI layouts only; GRUB's BIOS boot
     /// needs 512).
     #[arg(long, value_name = "BYTES", value_parser = parse_sector_size)]
-    pub sector_size: Option<u32>,
+    pub sector_size: Option<kiln_formats::disk::SectorSize>,
 
     /// Compression inside the container: qcow2 takes none, zstd (default) or zlib.
     #[arg(long, value_enum, value_name = "C")]
@@ -295,12 +295,8 @@ pub fn value_name<T: ValueEnum>(v: T) -> String {
     v.to_possible_value().map(|p| p.get_name().to_owned()).unwrap_or_default()
 }
 
-fn parse_sector_size(s: &str) -> Result<u32, String> {
-    match s {
-        "512" => Ok(512),
-        "4096" | "4K" | "4KiB" => Ok(4096),
-        _ => Err(format!("{s:?}: the sector size is 512 or 4096")),
-    }
+fn parse_sector_size(s: &str) -> Result<kiln_formats::disk::SectorSize, String> {
+    s.parse().map_err(|e: kiln_formats::units::SectorSizeError| e.to_string())
 }
 
 fn parse_size_spec(s: &str) -> Result<SizeSpec, String> {

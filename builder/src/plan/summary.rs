@@ -30,6 +30,8 @@ pub struct ImageSummary {
     pub root_fs: FsSummary,
     /// The FAT32 filesystems of the boot partitions.
     pub boot_filesystems: Vec<BootFsSummary>,
+    /// Swap signatures: partition, label, UUID.
+    pub swaps: Vec<SwapSummary>,
     /// GRUB's core.img and where it goes, for BIOS boots.
     pub grub: Option<GrubSummary>,
     /// Each boot entry: its id, title and full kernel command line (the default one is `default_entry`).
@@ -103,6 +105,17 @@ pub struct BootFsSummary {
     pub files: usize,
 }
 
+/// A swap partition's signature.
+#[derive(Debug, Clone, Serialize)]
+pub struct SwapSummary {
+    /// Its partition.
+    pub partition: usize,
+    /// Its label.
+    pub label: String,
+    /// Its UUID.
+    pub uuid: String,
+}
+
 /// GRUB for BIOS.
 #[derive(Debug, Clone, Serialize)]
 pub struct GrubSummary {
@@ -165,6 +178,12 @@ impl Plan {
                 .collect(),
             root_fs: self.root_summary(),
             boot_filesystems,
+            swaps: self.disk.as_ref().map_or_else(Vec::new, |d| {
+                d.swaps
+                    .iter()
+                    .map(|w| SwapSummary { partition: w.number, label: w.label.clone(), uuid: format_uuid(&w.uuid) })
+                    .collect()
+            }),
             grub,
             entries: self
                 .entries

@@ -142,8 +142,13 @@ fn sector_size(args: &BuildArgs, p: Option<&Profile>, layout: Option<Layout>) ->
              lay out in sectors (its 4 KiB blocks suit disks of either sector size)"
         );
     }
-    Ok(match args.sector_size.or(p.and_then(|p| p.sector_size)) {
-        Some(4096) if layout != Some(Layout::None) => SectorSize::S4096,
+    let profile = match p.and_then(|p| p.sector_size) {
+        // The profile checked its value when it was loaded.
+        Some(bytes) => Some(SectorSize::try_from(bytes).context("the profile's sector-size")?),
+        None => None,
+    };
+    Ok(match args.sector_size.or(profile) {
+        Some(sector) if layout != Some(Layout::None) => sector,
         _ => SectorSize::S512,
     })
 }

@@ -10,6 +10,7 @@ mod ext4_checkers;
 mod ext4_property;
 mod failures;
 mod formats;
+mod golden;
 mod harness;
 mod inspect;
 mod interrupt;

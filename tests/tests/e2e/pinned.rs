@@ -13,14 +13,14 @@ use kiln_tests::fixtures;
 
 use crate::util::{kiln, sha256, store_of};
 
-const TOP: &str = "0123456789abcdfghijklmnpqrsvwxyz-nixos-system-pinned-24.11";
+pub const TOP: &str = "0123456789abcdfghijklmnpqrsvwxyz-nixos-system-pinned-24.11";
 const KERNEL: &str = "1123456789abcdfghijklmnpqrsvwxyz-linux-6.1";
 const SYSTEMD: &str = "2123456789abcdfghijklmnpqrsvwxyz-systemd-256";
 const DEBUG: &str = "3123456789abcdfghijklmnpqrsvwxyz-nixos-system-pinned-24.11-debug";
 
 /// A small NixOS-shaped system with a specialisation, its kernel, initrd and systemd-boot stand-ins written by
 /// this test (same bytes everywhere).
-fn pinned_system(root: &Path) -> PathBuf {
+pub fn pinned_system(root: &Path) -> PathBuf {
     let store = root.join("nix/store");
     let write = |rel: &str, bytes: &[u8]| {
         let p = store.join(rel);
