@@ -45,6 +45,23 @@ impl Boots {
 }
 
 impl Boots {
+    /// Whether `bootloader` is the one these boots install (`none`: no bootloader at all).
+    #[must_use]
+    pub fn installs(self, bootloader: crate::cli::Bootloader) -> bool {
+        match bootloader {
+            crate::cli::Bootloader::SystemdBoot => self.uefi,
+            crate::cli::Bootloader::Grub => self.bios,
+            crate::cli::Bootloader::None => !self.uefi && !self.bios,
+        }
+    }
+
+    /// Whether a disk of `sector`-byte sectors can boot this way: GRUB's BIOS boot code reads 512-byte sectors,
+    /// so 4Kn disks boot by UEFI only. The one place this rule lives.
+    #[must_use]
+    pub fn fit_sector_size(self, sector: kiln_formats::disk::SectorSize) -> bool {
+        !self.bios || sector == kiln_formats::disk::SectorSize::S512
+    }
+
     /// The bootloaders a profile's own partition list installs: systemd-boot with an ESP, GRUB with a BIOS boot
     /// partition, the entries on XBOOTLDR when there is one.
     #[must_use]

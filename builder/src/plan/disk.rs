@@ -48,7 +48,7 @@ pub fn parts(r: &Resolved, opts: &Options, boots: Boots, entries: &[Entry]) -> R
     let (store, closure, system, sector) = (&r.store, &r.closure, &r.system, opts.sector_size);
     let (esp_size, xbootldr_size) = custom_sizes(opts.custom_partitions(), opts.esp_size);
     let (default_specialisation, build_time) = (opts.default_specialisation.as_deref(), i64::from(opts.timestamp));
-    if boots.bios && sector != SectorSize::S512 {
+    if !boots.fit_sector_size(sector) {
         bail!(
             "--sector-size {}: GRUB's BIOS boot code reads 512-byte sectors; 4Kn disks boot by UEFI (--layout efi)",
             sector.bytes().get()

@@ -2,30 +2,16 @@
 //! together. Each error names where the values were set.
 
 use anyhow::{Result, bail};
+use kiln_formats::disk::SectorSize;
 
 use super::{Loc, Profile, Role};
+use crate::boot::Boots;
 use crate::cli::{Bootloader, Layout, value_name as name};
-
-/// Which ways a layout boots: (UEFI, BIOS).
-#[must_use]
-pub(super) fn boots(layout: Layout) -> (bool, bool) {
-    match layout {
-        Layout::Efi | Layout::Efixbootldr => (true, false),
-        Layout::Legacy | Layout::LegacyGpt => (false, true),
-        Layout::Hybrid => (true, true),
-        Layout::None | Layout::Custom => (false, false),
-    }
-}
 
 /// Whether `bootloader` is one the layout installs.
 #[must_use]
 pub(crate) fn fits(bootloader: Bootloader, layout: Layout) -> bool {
-    let (uefi, bios) = boots(layout);
-    match bootloader {
-        Bootloader::SystemdBoot => uefi,
-        Bootloader::Grub => bios,
-        Bootloader::None => !uefi && !bios,
-    }
+    Boots::of(layout).map_or(bootloader == Bootloader::None, |b| b.installs(bootloader))
 }
 
 /// Runs every check over the merged profile.
@@ -69,16 +55,29 @@ pub(super) fn check(p: &Profile) -> Result<()> {
             );
         }
     }
-    if p.sector_size == Some(4096) {
+    let sector = p
+        .sector_size
+        .map(SectorSize::try_from)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", at("sector-size")))?;
+    if let Some(sector) = sector {
+        let bios_boot = Boots { uefi: false, bios: true, xbootldr: false };
+        let needs_bios = |boots: Boots| !boots.fit_sector_size(sector);
         let bios = match (p.layout, p.bootloader) {
-            (Some(l), _) if boots(l).1 => Some(format!("layout {} ({})", name(l), at("layout"))),
-            _ if has(Role::BiosBoot) => Some(format!("a bios-boot partition ({})", at("partitions"))),
-            (_, Some(Bootloader::Grub)) => Some(format!("bootloader grub ({})", at("bootloader"))),
+            (Some(l), _) if Boots::of(l).is_ok_and(needs_bios) => {
+                Some(format!("layout {} ({})", name(l), at("layout")))
+            }
+            _ if has(Role::BiosBoot) && needs_bios(bios_boot) => {
+                Some(format!("a bios-boot partition ({})", at("partitions")))
+            }
+            (_, Some(Bootloader::Grub)) if needs_bios(bios_boot) => {
+                Some(format!("bootloader grub ({})", at("bootloader")))
+            }
             _ => None,
         };
         if let Some(bios) = bios {
             bail!(
-                "{}: sector-size 4096 cannot boot by BIOS, as {bios} does: GRUB's BIOS boot needs 512",
+                "{}: sector-size {sector} cannot boot by BIOS, as {bios} does: GRUB's BIOS boot needs 512",
                 at("sector-size")
             );
         }
