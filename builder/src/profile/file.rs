@@ -162,9 +162,9 @@ pub(super) fn layer(src: Source<'_>) -> Result<Layer> {
     let layout = o.take("layout", raw.layout);
     let sector_size = o.take("sector-size", raw.sector_size);
     if let Some((n, loc)) = &sector_size
-        && !matches!(n, 512 | 4096)
+        && let Err(e) = kiln_formats::disk::SectorSize::try_from(*n)
     {
-        bail!("{loc}: sector-size {n}: the sector size is 512 or 4096");
+        bail!("{loc}: sector-size {e}");
     }
     let size = o.take("size", raw.size);
     let extra_space = o.take("extra-space", raw.extra_space);
