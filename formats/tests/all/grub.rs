@@ -5,9 +5,7 @@
 //! under SeaBIOS in QEMU that print a marker from a config built into core.img. Missing tools fail the tests with
 //! the Debian package to install.
 
-mod common;
-
-use common::tool;
+use crate::common::tool;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
