@@ -39,6 +39,30 @@ mod tests {
                 "qcow2 as io",
                 Box::new(io::Error::from(crate::image::qcow2::Error::Compressor { codec: "zstd", source: os() })),
             ),
+            (
+                "grub read file",
+                Box::new(crate::grub::Error::ReadFile {
+                    name: "ext2.mod".into(),
+                    location: "/grub/i386-pc/ext2.mod".into(),
+                    source: os(),
+                }),
+            ),
+            (
+                "grub write",
+                Box::new(crate::grub::Error::Write {
+                    what: "GRUB core.img",
+                    offset: crate::units::Bytes(7),
+                    source: os(),
+                }),
+            ),
+            (
+                "grub read",
+                Box::new(crate::grub::Error::Read {
+                    what: "GRUB boot sector",
+                    offset: crate::units::Bytes(7),
+                    source: os(),
+                }),
+            ),
         ];
         let text = os().to_string();
         for (name, err) in cases {

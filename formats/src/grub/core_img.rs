@@ -362,7 +362,15 @@ mod tests {
     #[test]
     fn refusals_name_the_file() {
         let build = |files: &BTreeMap<String, Vec<u8>>, modules: &[&str]| {
-            CoreImage::new("/boot/grub").modules(modules.iter().copied()).build(files).unwrap_err().to_string()
+            let err = CoreImage::new("/boot/grub").modules(modules.iter().copied()).build(files).unwrap_err();
+            // The message and its sources, as anyhow's `{:#}` prints them.
+            let mut text = err.to_string();
+            let mut at: &dyn std::error::Error = &err;
+            while let Some(source) = at.source() {
+                text = format!("{text}: {source}");
+                at = source;
+            }
+            text
         };
         let files = grub_files();
         let err = build(&files, &["nope"]);

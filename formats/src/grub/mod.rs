@@ -94,7 +94,7 @@ pub enum Error {
     #[error("core.img has no terminator in its blocklist (is it a GRUB i386-pc core image?)")]
     NoTerminator,
     /// A file of GRUB's i386-pc directory could not be read.
-    #[error("cannot read GRUB's {location}: {source}")]
+    #[error("cannot read GRUB's {location}")]
     ReadFile {
         /// The file's name in the directory (`ext2.mod`).
         name: String,
@@ -166,7 +166,7 @@ pub enum Error {
         why: String,
     },
     /// Writing the image failed.
-    #[error("writing the {what} at image offset {offset}: {source}")]
+    #[error("writing the {what} at image offset {offset}")]
     Write {
         /// What was being written.
         what: &'static str,
@@ -176,7 +176,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Reading the image back failed.
-    #[error("reading the {what} at image offset {offset}: {source}")]
+    #[error("reading the {what} at image offset {offset}")]
     Read {
         /// What was being read.
         what: &'static str,

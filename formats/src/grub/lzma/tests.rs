@@ -37,7 +37,7 @@ fn round_trips() {
 
 /// Development check against streams of GRUB's own encoder: `KILN_LZMA_ORACLE=DIR` with `NAME.payload` and
 /// `NAME.stream` pairs (`cargo test -p kiln-formats --lib matches_oracle -- --ignored`). The suite's own oracle
-/// is grub-mkimage, in `formats/tests/grub.rs`.
+/// is grub-mkimage, in `formats/tests/all/grub.rs`.
 #[test]
 #[ignore = "needs KILN_LZMA_ORACLE=DIR with streams of GRUB's encoder"]
 fn matches_oracle_streams_in_dir() {
@@ -82,7 +82,7 @@ fn small_inputs_give_grubs_streams() {
 }
 
 /// GRUB's encoder's streams for [`sample`]s (matches at all distances up to the dictionary's, long runs),
-/// pinned by SHA-256. grub-mkimage's own streams are compared in `formats/tests/grub.rs`.
+/// pinned by SHA-256. grub-mkimage's own streams are compared in `formats/tests/all/grub.rs`.
 #[test]
 fn samples_give_grubs_streams() {
     use sha2::{Digest, Sha256};

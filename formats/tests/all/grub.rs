@@ -5,9 +5,7 @@
 //! under SeaBIOS in QEMU that print a marker from a config built into core.img. Missing tools fail the tests with
 //! the Debian package to install.
 
-mod common;
-
-use common::tool;
+use crate::common::tool;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
@@ -404,7 +402,9 @@ fn core_img_failures_are_clear() {
         .unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, grub::Error::ReadFile { .. }), "{text}");
-    assert!(text.contains(&format!("{GRUB_DIR}/no_such_module.mod")) && text.contains("No such file"), "{text}");
+    assert!(text.contains(&format!("{GRUB_DIR}/no_such_module.mod")) && !text.contains("os error"), "{text}");
+    let source = std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default();
+    assert!(source.contains("No such file"), "{text}: {source}");
 
     let err = CoreImage::new("(hd0,gpt2)/boot/grub").modules(["biosdisk"]).build(&ModuleDir::new("/nonexistent/grub"));
     let text = err.unwrap_err().to_string();

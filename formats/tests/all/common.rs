@@ -14,7 +14,6 @@ pub fn tool(name: &str, package: &str) -> PathBuf {
 }
 
 /// What a command printed, and whether it succeeded.
-#[allow(dead_code)] // Not every test binary that includes this module uses it.
 pub struct Output {
     /// Whether it exited 0.
     pub ok: bool,
@@ -26,7 +25,6 @@ pub struct Output {
 
 /// Runs `cmd` in the C locale (unless it sets `LC_ALL` itself) and collects what it printed; a command that
 /// cannot be started fails the test.
-#[allow(dead_code)] // Not every test binary that includes this module uses it.
 pub fn run(cmd: &mut Command) -> Output {
     if !cmd.get_envs().any(|(k, _)| k == "LC_ALL") {
         cmd.env("LC_ALL", "C");
@@ -38,7 +36,6 @@ pub fn run(cmd: &mut Command) -> Output {
 
 /// Deterministic pseudo-random bytes from `seed` (xorshift64), `len` of them: test data no reader gets right
 /// by accident.
-#[allow(dead_code)] // Not every test binary that includes this module uses it.
 pub fn xorshift_bytes(seed: u64, len: usize) -> impl Iterator<Item = u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len).map(move |_| {
