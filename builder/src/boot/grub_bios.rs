@@ -83,30 +83,12 @@ impl grub::GrubFiles for GrubPackage {
     }
 }
 
-/// The modules kiln builds into core.img: disks and partition tables, the root filesystem and finding it by UUID,
-/// the menu, Linux, and the serial console.
-pub const GRUB_MODULES: [&str; 13] = [
-    "biosdisk",
-    "part_gpt",
-    "part_msdos",
-    "ext2",
-    "search",
-    "search_fs_uuid",
-    "normal",
-    "linux",
-    "configfile",
-    "serial",
-    "terminal",
-    "echo",
-    "test",
-];
-
 /// GRUB's core.img from `grub`'s files, assembled natively (nothing from the package runs, and no file is
 /// written): it finds the root filesystem by its UUID, then reads `/boot/grub/grub.cfg`.
 pub fn core_img(grub: &GrubPackage, layout: &DiskLayout, root: usize, fs_uuid: &str) -> Result<Vec<u8>> {
     let early = format!("search --no-floppy --fs-uuid --set=root {fs_uuid}\nset prefix=($root)/boot/grub\n");
     let core = grub::CoreImage::new(grub::prefix(layout, root, "/boot/grub"))
-        .modules(GRUB_MODULES)
+        .modules(grub::LINUX_EXT_MODULES)
         .config(early)
         .build(grub)
         .context("building GRUB's core.img")?;

@@ -39,6 +39,25 @@ use super::moddep::ModDeps;
 use super::{Error, SECTOR};
 use crate::disk::{DiskLayout, PartitionTable};
 
+/// The modules that boot Linux from an ext2/3/4 filesystem found by UUID on a GPT or MBR disk, with a menu and a
+/// serial console: disks and partition tables, the filesystem and the search for it, `normal` (the menu and
+/// grub.cfg), `linux`, `configfile`, `serial`/`terminal`, and the script commands grub.cfg uses.
+pub const LINUX_EXT_MODULES: [&str; 13] = [
+    "biosdisk",
+    "part_gpt",
+    "part_msdos",
+    "ext2",
+    "search",
+    "search_fs_uuid",
+    "normal",
+    "linux",
+    "configfile",
+    "serial",
+    "terminal",
+    "echo",
+    "test",
+];
+
 /// LZMA dictionary size grub-mkimage uses.
 pub const LZMA_DICT_SIZE: u32 = lzma::DICT_SIZE;
 /// LZMA literal context bits (GRUB's decompressor has them built in).

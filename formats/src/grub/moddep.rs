@@ -165,21 +165,7 @@ vbe: video_fb video
             Case {
                 name: "kiln's modules with Debian's moddep.lst (grub-mkimage -v lists them in this order)",
                 text: DEBIAN,
-                wanted: &[
-                    "biosdisk",
-                    "part_gpt",
-                    "part_msdos",
-                    "ext2",
-                    "search",
-                    "search_fs_uuid",
-                    "normal",
-                    "linux",
-                    "configfile",
-                    "serial",
-                    "terminal",
-                    "echo",
-                    "test",
-                ],
+                wanted: &crate::grub::LINUX_EXT_MODULES,
                 want: "biosdisk part_gpt part_msdos fshelp ext2 search_label search_fs_file search_fs_uuid extcmd \
                        search terminal gettext bufio boot datetime priority_queue net crypto verifiers normal video \
                        video_fb vbe mmap relocator linux configfile terminfo serial echo test",

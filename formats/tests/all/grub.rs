@@ -19,7 +19,7 @@ use kiln_formats::disk::{
     Bytes, DiskLayout, DiskSize, GptAttributes, Guid, Lba, LbaRange, MIB, PartitionRequest, PartitionSize,
     PartitionTable, SectorSize, partition_type,
 };
-use kiln_formats::grub::{self, CoreImage, EmbedTarget, Embedding, ModuleDir};
+use kiln_formats::grub::{self, CoreImage, EmbedTarget, Embedding, LINUX_EXT_MODULES, ModuleDir};
 use serde_json::Value;
 
 const GRUB_DIR: &str = "/usr/lib/grub/i386-pc";
@@ -42,23 +42,6 @@ fn require_file(path: &str, package: &str) -> PathBuf {
 fn boot_img() -> Vec<u8> {
     std::fs::read(require_file(&format!("{GRUB_DIR}/boot.img"), "grub-pc-bin")).unwrap()
 }
-
-/// The modules kiln builds into core.img (`builder/src/disk.rs`).
-const KILN_MODULES: [&str; 13] = [
-    "biosdisk",
-    "part_gpt",
-    "part_msdos",
-    "ext2",
-    "search",
-    "search_fs_uuid",
-    "normal",
-    "linux",
-    "configfile",
-    "serial",
-    "terminal",
-    "echo",
-    "test",
-];
 
 /// core.img assembled natively from Debian's modules with the given prefix, modules and embedded config.
 fn native_core(prefix: &str, modules: &[&str], config: Option<&str>) -> grub::Core {
@@ -295,8 +278,8 @@ fn core_img_matches_grub_mkimage_for_kilns_modules() {
         ("(hd0,msdos1)/boot/grub", None),
     ] {
         let name = format!("prefix {prefix}, {}", if config.is_some() { "with config" } else { "no config" });
-        let native = native_core(prefix, &KILN_MODULES, config);
-        assert_matches_grub_mkimage(&name, &native, &grub_mkimage(prefix, &KILN_MODULES, config));
+        let native = native_core(prefix, &LINUX_EXT_MODULES, config);
+        assert_matches_grub_mkimage(&name, &native, &grub_mkimage(prefix, &LINUX_EXT_MODULES, config));
     }
 }
 
