@@ -91,7 +91,7 @@ fn check_outputs(opts: &Options, target: &Path) -> Result<()> {
     if let Some(f) = &opts.profile_file {
         inputs.file(f, "profile");
     }
-    for (path, kind) in opts.emit.paths(target) {
+    for (path, kind) in emit::paths(&opts.emit, target) {
         check_target(&path, opts.force, kind, &inputs)?;
     }
     Ok(())

@@ -32,23 +32,6 @@ impl Default for GrubConsole {
     }
 }
 
-impl GrubConsole {
-    /// The default, with what a profile's `[grub]` table sets.
-    #[must_use]
-    pub fn from_profile(grub: Option<&crate::profile::Grub>) -> Self {
-        let mut c = Self::default();
-        if let Some(g) = grub {
-            if let Some(t) = &g.terminal {
-                c.terminals = t.iter().map(|t| t.name()).collect();
-            }
-            if let Some(serial) = &g.serial {
-                c.serial.clone_from(serial);
-            }
-        }
-        c
-    }
-}
-
 /// `/boot/grub/grub.cfg` for the root filesystem: one menu entry per boot entry, on the given terminals.
 ///
 /// # Errors
@@ -222,7 +205,7 @@ mod tests {
 
     #[test]
     fn terminals_follow_the_profile() {
-        let cfg = |grub: Option<&Grub>| config(&[], 0, 1, &GrubConsole::from_profile(grub)).unwrap();
+        let cfg = |grub: Option<&Grub>| config(&[], 0, 1, &Grub::console(grub)).unwrap();
         let default = cfg(None);
         assert!(default.contains("\nserial '--unit=0' '--speed=115200'\nterminal_input serial console\n"), "{default}");
         let screen = Grub { terminal: Some(vec![GrubTerminal::Console]), serial: None };

@@ -38,7 +38,7 @@ impl Boots {
             crate::cli::Layout::Efixbootldr => Self { uefi: true, bios: false, xbootldr: true },
             crate::cli::Layout::None => Self { uefi: false, bios: false, xbootldr: false },
             crate::cli::Layout::Custom => {
-                anyhow::bail!("a custom layout's bootloaders come from its partitions (Boots::of_partitions)")
+                anyhow::bail!("a custom layout's bootloaders come from its partitions (profile::boots_of)")
             }
         })
     }
@@ -60,18 +60,6 @@ impl Boots {
     #[must_use]
     pub fn fit_sector_size(self, sector: kiln_formats::disk::SectorSize) -> bool {
         !self.bios || sector == kiln_formats::disk::SectorSize::S512
-    }
-
-    /// The bootloaders a profile's own partition list installs: systemd-boot with an ESP, GRUB with a BIOS boot
-    /// partition, the entries on XBOOTLDR when there is one.
-    #[must_use]
-    pub fn of_partitions(specs: &[crate::profile::PartitionSpec]) -> Self {
-        let has = |role: crate::profile::Role| specs.iter().any(|p| p.role == role);
-        Self {
-            uefi: has(crate::profile::Role::Esp),
-            bios: has(crate::profile::Role::BiosBoot),
-            xbootldr: has(crate::profile::Role::Esp) && has(crate::profile::Role::Xbootldr),
-        }
     }
 }
 

@@ -6,95 +6,31 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use kiln_formats::image::{self, Container, RawImage};
 
 use super::{AtomicDir, AtomicOutput};
 use crate::cli::{Compression, Format};
 use crate::progress::{self, Meter, Phase, Progress};
+pub use crate::resolve::output::Request;
 use crate::seed::Seed;
 
-/// The format an output path's extension asks for, if it names one.
+/// Every path `req` writes at the top level for an output at `target`, the output first, each with its kind:
+/// the image file (or bundle directory), its block map, its checksums.
 #[must_use]
-pub fn format_of(output: &Path) -> Option<Format> {
-    let name = output.file_name()?.to_str()?.to_ascii_lowercase();
-    [
-        (".raw.tar.gz", Format::Gce),
-        (".raw.zst", Format::RawZst),
-        (".img.zst", Format::RawZst),
-        (".zst", Format::RawZst),
-        (".qcow2", Format::Qcow2),
-        (".vhdx", Format::Vhdx),
-        (".vhd", Format::Vhd),
-        (".vmdk", Format::Vmdk),
-        (".raw", Format::Raw),
-        (".img", Format::Raw),
-    ]
-    .into_iter()
-    .find(|(ext, _)| name.ends_with(ext))
-    .map(|(_, f)| f)
-}
-
-/// What the user asked to have written.
-#[derive(Debug, Clone)]
-pub struct Request {
-    /// The format.
-    pub format: Format,
-    /// `--compress`, for qcow2.
-    pub compress: Option<Compression>,
-    /// `--bmap`, for raw and raw.zst.
-    pub bmap: bool,
-    /// Whether to write checksums (`--checksum`/`--no-checksum`; `None`: the format's default).
-    pub checksum: Option<bool>,
-    /// The image label for bundles (`image-info.json`), else derived from the toplevel's name.
-    pub label: Option<String>,
-}
-
-impl Request {
-    /// Refuses combinations that make no sense, before any work.
-    ///
-    /// # Errors
-    /// `--compress` with a format other than qcow2; `--bmap` with a format other than raw or raw.zst.
-    pub fn check(&self) -> Result<()> {
-        let name = crate::cli::value_name(self.format);
-        if let Some(c) = self.compress
-            && self.format != Format::Qcow2
-            && c != Compression::None
-        {
-            bail!(
-                "--compress applies to --format qcow2, not {name} (vmdk and gce always compress with deflate, \
-                 raw.zst with zstd)"
-            );
-        }
-        if self.bmap && !matches!(self.format, Format::Raw | Format::RawZst) {
-            bail!("--bmap goes with --format raw or raw.zst (what bmaptool flashes), not {name}");
-        }
-        Ok(())
+pub fn paths(req: &Request, target: &Path) -> Vec<(PathBuf, super::OutputKind)> {
+    use super::OutputKind;
+    if req.format == Format::Ami {
+        return vec![(target.to_path_buf(), OutputKind::Dir)];
     }
-
-    /// Every path written at the top level for an output at `target`, the output first, each with its kind:
-    /// the image file (or bundle directory), its block map, its checksums.
-    #[must_use]
-    pub fn paths(&self, target: &Path) -> Vec<(PathBuf, crate::output::OutputKind)> {
-        use crate::output::OutputKind;
-        if self.format == Format::Ami {
-            return vec![(target.to_path_buf(), OutputKind::Dir)];
-        }
-        let mut paths = vec![(target.to_path_buf(), OutputKind::File)];
-        if self.bmap {
-            paths.push((bmap_path(target), OutputKind::File));
-        }
-        if self.writes_checksum() {
-            paths.push((sums_path(target), OutputKind::File));
-        }
-        paths
+    let mut paths = vec![(target.to_path_buf(), OutputKind::File)];
+    if req.bmap {
+        paths.push((bmap_path(target), OutputKind::File));
     }
-
-    /// Whether checksums are written: as asked, else on for bundles (ami, gce).
-    #[must_use]
-    pub fn writes_checksum(&self) -> bool {
-        self.checksum.unwrap_or(matches!(self.format, Format::Ami | Format::Gce))
+    if req.writes_checksum() {
+        paths.push((sums_path(target), OutputKind::File));
     }
+    paths
 }
 
 /// The facts a bundle's metadata needs about the system.
@@ -481,23 +417,6 @@ pub fn boot_mode(uefi: bool, bios: bool) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn formats_from_extensions() {
-        for (name, want) in [
-            ("a.qcow2", Some(Format::Qcow2)),
-            ("a.raw.zst", Some(Format::RawZst)),
-            ("nixos.raw.tar.gz", Some(Format::Gce)),
-            ("A.VHD", Some(Format::Vhd)),
-            ("a.vhdx", Some(Format::Vhdx)),
-            ("a.vmdk", Some(Format::Vmdk)),
-            ("disk.img", Some(Format::Raw)),
-            ("disk", None),
-            ("disk.tar.gz", None),
-        ] {
-            assert_eq!(format_of(Path::new(name)), want, "{name}");
-        }
-    }
 
     #[test]
     fn labels_and_side_paths() {

@@ -111,7 +111,7 @@ pub fn plan(
 ) -> Result<Plan> {
     let layout = opts.layout.context("planning an image needs a layout")?;
     let boots = match opts.custom_partitions() {
-        Some(specs) => Boots::of_partitions(specs),
+        Some(specs) => crate::profile::boots_of(specs),
         None => Boots::of(layout)?,
     };
     let entries = boot::entries(&r.system, &opts.kernel_params.iter().collect::<Vec<_>>())?;
@@ -216,7 +216,7 @@ fn root_tree(r: &Resolved, opts: &Options, p: &Planning<'_>) -> Result<rootfs::S
     };
     rootfs::add_nix_state(&mut tree, state, timestamp)?;
     if p.boots.uefi || p.boots.bios {
-        let console = grub::GrubConsole::from_profile(opts.base.profile.as_ref().map(|p| &p.grub));
+        let console = crate::profile::Grub::console(opts.base.profile.as_ref().map(|p| &p.grub));
         let cfg = if p.boots.bios {
             Some(grub::config(p.entries, p.default_entry, boot::MENU_TIMEOUT, &console)?)
         } else {

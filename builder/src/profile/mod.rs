@@ -125,6 +125,21 @@ pub struct Grub {
 }
 
 impl Grub {
+    /// GRUB's terminals: the default, with what a profile's `[grub]` table (if any) sets.
+    #[must_use]
+    pub fn console(grub: Option<&Self>) -> crate::boot::grub::GrubConsole {
+        let mut c = crate::boot::grub::GrubConsole::default();
+        if let Some(g) = grub {
+            if let Some(t) = &g.terminal {
+                c.terminals = t.iter().map(|t| t.name()).collect();
+            }
+            if let Some(serial) = &g.serial {
+                c.serial.clone_from(serial);
+            }
+        }
+        c
+    }
+
     /// Whether nothing is set.
     #[must_use]
     pub fn is_empty(&self) -> bool {
@@ -166,6 +181,18 @@ fn reference(text: &str, relative_to: Option<&Path>) -> Result<Ref> {
             builtin::names()
         )
     })
+}
+
+/// The bootloaders a profile's own partition list installs: systemd-boot with an ESP, GRUB with a BIOS boot
+/// partition, the entries on XBOOTLDR when there is one.
+#[must_use]
+pub fn boots_of(specs: &[PartitionSpec]) -> crate::boot::Boots {
+    let has = |role: Role| specs.iter().any(|p| p.role == role);
+    crate::boot::Boots {
+        uefi: has(Role::Esp),
+        bios: has(Role::BiosBoot),
+        xbootldr: has(Role::Esp) && has(Role::Xbootldr),
+    }
 }
 
 impl Profile {

@@ -3,6 +3,7 @@
 //! Nothing here knows about disks; the plan stage takes it from here.
 
 pub mod options;
+pub mod output;
 
 use std::path::PathBuf;
 

@@ -11,11 +11,11 @@ use kiln_formats::disk::SectorSize;
 
 use crate::boot::Boots;
 use crate::cli::{Bootloader, BuildArgs, Format, Layout, SizeSpec, value_name};
-use crate::output::emit;
 use crate::profile::validate::fits;
 use crate::profile::{Applied, Profile};
 
 use super::Request;
+use super::output::{Request as OutputRequest, format_of};
 
 /// Everything a build (or a dry run) is asked to do, resolved.
 #[derive(Debug, Clone)]
@@ -52,7 +52,7 @@ pub struct Options {
     /// The disk's logical sector size.
     pub sector_size: SectorSize,
     /// The output format and what goes beside it.
-    pub emit: emit::Request,
+    pub emit: OutputRequest,
     /// Worker threads (0: one per core).
     pub threads: usize,
     /// The profile file `--profile` named, if it named a file (an input no output may replace).
@@ -154,10 +154,10 @@ fn sector_size(args: &BuildArgs, p: Option<&Profile>, layout: Option<Layout>) ->
 }
 
 /// What to write: the format from `--format`, else the output's extension, else the profile's, else raw.
-fn emit_request(args: &BuildArgs, p: Option<&Profile>, applied: Option<&Applied>) -> Result<emit::Request> {
+fn emit_request(args: &BuildArgs, p: Option<&Profile>, applied: Option<&Applied>) -> Result<OutputRequest> {
     let format = args
         .format
-        .or_else(|| args.output.as_deref().and_then(emit::format_of))
+        .or_else(|| args.output.as_deref().and_then(format_of))
         .or(p.and_then(|p| p.format))
         .unwrap_or(Format::Raw);
     let checksum = match (args.checksum, args.no_checksum) {
@@ -165,7 +165,7 @@ fn emit_request(args: &BuildArgs, p: Option<&Profile>, applied: Option<&Applied>
         (_, true) => Some(false),
         _ => p.and_then(|p| p.checksum),
     };
-    let emit = emit::Request {
+    let emit = OutputRequest {
         format,
         compress: args.compress.or(p.and_then(|p| p.compress)),
         bmap: args.bmap || p.and_then(|p| p.bmap) == Some(true),
