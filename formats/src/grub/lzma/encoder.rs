@@ -40,6 +40,16 @@ const DIST_SLOTS: u32 = 32;
 const DIST_REFRESH: u32 = 1 << 7;
 const ALIGN_REFRESH: u32 = 1 << ALIGN_BITS;
 
+/// How far the bytes at `at` and at `from` agree, counting on from `start` (already known to agree) up to at
+/// most `limit`.
+fn common_len(d: &[u8], at: usize, from: usize, start: u32, limit: u32) -> u32 {
+    let mut l = start;
+    while l < limit && d[at + l as usize] == d[from + l as usize] {
+        l += 1;
+    }
+    l
+}
+
 fn dist_slot(dist: u32) -> u32 {
     if dist < 4 {
         dist
@@ -371,11 +381,7 @@ impl<'a> Encoder<'a> {
                 let d = self.mf.data;
                 let at = self.mf.at - 1;
                 let from = at - self.matches[n - 1] as usize - 1;
-                let mut l = longest as usize;
-                while l < avail && d[at + l] == d[from + l] {
-                    l += 1;
-                }
-                longest = l as u32;
+                longest = common_len(d, at, from, longest, avail as u32);
             }
         }
         self.ahead += 1;
@@ -461,10 +467,7 @@ impl<'a> Encoder<'a> {
             if d[at] != d[from] || d[at + 1] != d[from + 1] {
                 continue;
             }
-            let mut l = 2u32;
-            while l < avail && d[at + l as usize] == d[from + l as usize] {
-                l += 1;
-            }
+            let l = common_len(d, at, from, 2, avail);
             rep_lens[i] = l;
             if l > rep_lens[rep_max] {
                 rep_max = i;
@@ -643,11 +646,7 @@ impl<'a> Encoder<'a> {
                 // A literal, then rep0.
                 let from = at - reps[0] as usize - 1;
                 let limit = (NICE_LEN + 1).min(avail_full);
-                let mut t = 1u32;
-                while t < limit && d[at + t as usize] == d[from + t as usize] {
-                    t += 1;
-                }
-                let l2 = t - 1;
+                let l2 = common_len(d, at, from, 1, limit) - 1;
                 if l2 >= 2 {
                     let state2 = AFTER_LIT[state];
                     let ps2 = ((position + 1) & POS_MASK) as usize;
@@ -670,10 +669,7 @@ impl<'a> Encoder<'a> {
                 if d[at] != d[from] || d[at + 1] != d[from + 1] {
                     continue;
                 }
-                let mut lt = 2u32;
-                while lt < avail && d[at + lt as usize] == d[from + lt as usize] {
-                    lt += 1;
-                }
+                let lt = common_len(d, at, from, 2, avail);
                 self.reach(&mut len_end, cur + lt);
                 let price = rep_match_price + self.pure_rep_price(rep, state, ps);
                 for l in (2..=lt).rev() {
@@ -687,12 +683,8 @@ impl<'a> Encoder<'a> {
                     start_len = lt + 1;
                 }
                 // The rep, a literal, then rep0.
-                let mut l2 = lt + 1;
-                let limit = (l2 + NICE_LEN).min(avail_full);
-                while l2 < limit && d[at + l2 as usize] == d[from + l2 as usize] {
-                    l2 += 1;
-                }
-                l2 -= lt + 1;
+                let limit = (lt + 1 + NICE_LEN).min(avail_full);
+                let l2 = common_len(d, at, from, lt + 1, limit) - (lt + 1);
                 if l2 >= 2 {
                     let mut state2 = AFTER_REP[state];
                     let mut ps2 = ((position + lt) & POS_MASK) as usize;
@@ -745,12 +737,8 @@ impl<'a> Encoder<'a> {
                     if lt == self.matches[offs] {
                         // The match, a literal, then rep0.
                         let from = at - back as usize - 1;
-                        let mut l2 = lt + 1;
-                        let limit = (l2 + NICE_LEN).min(avail_full);
-                        while l2 < limit && d[at + l2 as usize] == d[from + l2 as usize] {
-                            l2 += 1;
-                        }
-                        l2 -= lt + 1;
+                        let limit = (lt + 1 + NICE_LEN).min(avail_full);
+                        let l2 = common_len(d, at, from, lt + 1, limit) - (lt + 1);
                         if l2 >= 2 {
                             let mut state2 = AFTER_MATCH[state];
                             let mut ps2 = ((position + lt) & POS_MASK) as usize;
