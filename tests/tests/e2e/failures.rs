@@ -10,16 +10,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use kiln::inventory::PathInventory;
-use kiln::nar;
-use kiln::store::{StoreDir, StorePath};
 use kiln_tests::disk::{fsck_fat_clean, sfdisk_json, sgdisk_verify};
 use kiln_tests::ext4::{InodeInfo, e2fsck_clean, extract, inode_info};
 use kiln_tests::{fixtures, tools};
 
-use crate::util::{Run, kiln, kiln_cmd, run, store_of};
-
-const TOP: &str = "0123456789abcdfghijklmnpqrsvwxyz-nixos-system-mini";
+use crate::util::{MINI_TOP as TOP, MiniStore, Run, kiln, kiln_cmd, run, store_of};
 
 /// `kiln build` of the demo closure (with its closureInfo) with `layout` into `out`, plus `extra`.
 fn demo_args(store: &Path, closure_info: &Path, layout: &str, out: &Path, extra: &[&str]) -> Vec<OsString> {
@@ -41,61 +36,6 @@ fn demo(layout: &str, out: &Path, extra: &[&str]) -> Vec<OsString> {
 fn assert_empty(dir: &Path, what: &str) {
     let left: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "{what}: {} holds {left:?}", dir.display());
-}
-
-/// A store holding one minimal system (kernel and init inside its toplevel), world-readable.
-struct MiniStore {
-    dir: tempfile::TempDir,
-}
-
-impl MiniStore {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let m = Self { dir };
-        std::fs::create_dir_all(m.top()).unwrap();
-        std::fs::write(m.top().join("bzImage"), "kernel").unwrap();
-        std::fs::write(m.top().join("init"), "#!/bin/sh\n").unwrap();
-        let doc = format!(
-            r#"{{"org.nixos.bootspec.v1": {{"init": "/nix/store/{TOP}/init", "kernel": "/nix/store/{TOP}/bzImage",
-            "kernelParams": [], "label": "mini", "system": "x86_64-linux", "toplevel": "/nix/store/{TOP}"}}}}"#
-        );
-        std::fs::write(m.top().join("boot.json"), doc).unwrap();
-        m
-    }
-
-    fn store(&self) -> PathBuf {
-        store_of(self.dir.path())
-    }
-
-    fn top(&self) -> PathBuf {
-        self.store().join(TOP)
-    }
-
-    /// A closureInfo directory registering the toplevel as it is now (no references).
-    fn closure_info(&self) -> PathBuf {
-        let store = StoreDir::new(&self.store()).unwrap();
-        let inv = PathInventory::walk(&store, &StorePath::from_base_name(TOP).unwrap()).unwrap();
-        let info = nar::nar_info(&store, &inv).unwrap();
-        let ci = self.dir.path().join("closure-info");
-        std::fs::create_dir_all(&ci).unwrap();
-        std::fs::write(ci.join("store-paths"), format!("/nix/store/{TOP}\n")).unwrap();
-        let record = format!("/nix/store/{TOP}\n{}\n{}\n\n0\n", nar::hash_string(&info.hash), info.size);
-        std::fs::write(ci.join("registration"), record).unwrap();
-        ci
-    }
-
-    /// A bare root filesystem (`--layout none`) into `out`, plus `extra`.
-    fn build(&self, out: &Path, extra: &[&OsStr]) -> Run {
-        let mut args: Vec<&OsStr> =
-            ["build", "--progress", "none", "--layout", "none", "--system"].map(OsStr::new).to_vec();
-        let store = self.store();
-        let top = format!("/nix/store/{TOP}");
-        args.extend([OsStr::new(&top), OsStr::new("--store-dir"), store.as_os_str(), OsStr::new("--output")]);
-        args.push(out.as_os_str());
-        args.extend_from_slice(extra);
-        kiln(args)
-    }
 }
 
 #[test]

@@ -6,57 +6,35 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use kiln::inventory::PathInventory;
-use kiln::nar;
-use kiln::store::{StoreDir, StorePath};
-
-use crate::util::{Run, kiln};
-
-const TOP: &str = "0123456789abcdfghijklmnpqrsvwxyz-nixos-system-mini";
+use crate::util::{MINI_TOP as TOP, MiniStore, Run, kiln};
 
 /// A store with one minimal system and a closure-info directory for it, in a temporary directory.
 struct Mini {
-    dir: tempfile::TempDir,
+    m: MiniStore,
+    ci: PathBuf,
 }
 
 impl Mini {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let m = Self { dir };
-        std::fs::create_dir_all(m.top()).unwrap();
-        std::fs::write(m.top().join("bzImage"), "kernel").unwrap();
-        std::fs::write(m.top().join("init"), "#!/bin/sh\n").unwrap();
-        let doc = format!(
-            r#"{{"org.nixos.bootspec.v1": {{"init": "/nix/store/{TOP}/init", "kernel": "/nix/store/{TOP}/bzImage",
-            "kernelParams": [], "label": "mini", "system": "x86_64-linux", "toplevel": "/nix/store/{TOP}"}}}}"#
-        );
-        std::fs::write(m.top().join("boot.json"), doc).unwrap();
-        // The closure-info directory registering the toplevel as it is.
+        let m = MiniStore::new();
         let ci = m.closure_info();
-        std::fs::create_dir_all(&ci).unwrap();
-        let store = StoreDir::new(&m.store()).unwrap();
-        let inv = PathInventory::walk(&store, &StorePath::from_base_name(TOP).unwrap()).unwrap();
-        let info = nar::nar_info(&store, &inv).unwrap();
-        std::fs::write(ci.join("store-paths"), format!("/nix/store/{TOP}\n")).unwrap();
-        let record = format!("/nix/store/{TOP}\n{}\n{}\n\n0\n", nar::hash_string(&info.hash), info.size);
-        std::fs::write(ci.join("registration"), record).unwrap();
-        m
+        Self { m, ci }
     }
 
     fn root(&self) -> &Path {
-        self.dir.path()
+        self.m.root()
     }
 
     fn store(&self) -> PathBuf {
-        self.root().join("nix/store")
+        self.m.store()
     }
 
     fn top(&self) -> PathBuf {
-        self.store().join(TOP)
+        self.m.top()
     }
 
     fn closure_info(&self) -> PathBuf {
-        self.root().join("closure-info")
+        self.ci.clone()
     }
 
     /// `kiln build` of the system with `extra`, writing `out` when given.

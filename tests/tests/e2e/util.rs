@@ -1,9 +1,13 @@
 //! Running the real `kiln` binary and checking what it says.
 
 use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 
+use kiln::inventory::PathInventory;
+use kiln::nar;
+use kiln::store::{StoreDir, StorePath};
 use kiln_tests::fixtures;
 
 /// What one `kiln` run did.
@@ -104,4 +108,66 @@ pub fn build_demo_disk_with(flags: &[&str]) -> (tempfile::TempDir, PathBuf) {
     args.extend(flags.iter().map(OsStr::new));
     kiln(args).ok();
     (tmp, img)
+}
+
+/// The toplevel of [`MiniStore`]'s system.
+pub const MINI_TOP: &str = "0123456789abcdfghijklmnpqrsvwxyz-nixos-system-mini";
+
+/// A store holding one minimal system (kernel and init inside its toplevel), world-readable.
+pub struct MiniStore {
+    pub dir: tempfile::TempDir,
+}
+
+impl MiniStore {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let m = Self { dir };
+        std::fs::create_dir_all(m.top()).unwrap();
+        std::fs::write(m.top().join("bzImage"), "kernel").unwrap();
+        std::fs::write(m.top().join("init"), "#!/bin/sh\n").unwrap();
+        let doc = format!(
+            r#"{{"org.nixos.bootspec.v1": {{"init": "/nix/store/{MINI_TOP}/init", "kernel": "/nix/store/{MINI_TOP}/bzImage",
+            "kernelParams": [], "label": "mini", "system": "x86_64-linux", "toplevel": "/nix/store/{MINI_TOP}"}}}}"#
+        );
+        std::fs::write(m.top().join("boot.json"), doc).unwrap();
+        m
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn store(&self) -> PathBuf {
+        store_of(self.dir.path())
+    }
+
+    pub fn top(&self) -> PathBuf {
+        self.store().join(MINI_TOP)
+    }
+
+    /// A closureInfo directory registering the toplevel as it is now (no references).
+    pub fn closure_info(&self) -> PathBuf {
+        let store = StoreDir::new(&self.store()).unwrap();
+        let inv = PathInventory::walk(&store, &StorePath::from_base_name(MINI_TOP).unwrap()).unwrap();
+        let info = nar::nar_info(&store, &inv).unwrap();
+        let ci = self.dir.path().join("closure-info");
+        std::fs::create_dir_all(&ci).unwrap();
+        std::fs::write(ci.join("store-paths"), format!("/nix/store/{MINI_TOP}\n")).unwrap();
+        let record = format!("/nix/store/{MINI_TOP}\n{}\n{}\n\n0\n", nar::hash_string(&info.hash), info.size);
+        std::fs::write(ci.join("registration"), record).unwrap();
+        ci
+    }
+
+    /// A bare root filesystem (`--layout none`) into `out`, plus `extra`.
+    pub fn build(&self, out: &Path, extra: &[&OsStr]) -> Run {
+        let mut args: Vec<&OsStr> =
+            ["build", "--progress", "none", "--layout", "none", "--system"].map(OsStr::new).to_vec();
+        let store = self.store();
+        let top = format!("/nix/store/{MINI_TOP}");
+        args.extend([OsStr::new(&top), OsStr::new("--store-dir"), store.as_os_str(), OsStr::new("--output")]);
+        args.push(out.as_os_str());
+        args.extend_from_slice(extra);
+        kiln(args)
+    }
 }
