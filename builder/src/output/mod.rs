@@ -178,6 +178,20 @@ pub enum OutputKind {
     Dir,
 }
 
+/// Creates a file in `dir` and removes it again: an unnamed one (`O_TMPFILE`), so that nothing is left even
+/// when the process is killed in between; on a filesystem without that, a named one.
+fn probe(dir: &Path) -> std::io::Result<()> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC;
+    match rustix::fs::open(dir, flags, Mode::from_raw_mode(0o600)) {
+        Ok(_) => Ok(()),
+        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::ISDIR => {
+            tempfile::Builder::new().prefix(".kiln-probe-").tempfile_in(dir).map(drop)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// `path` made absolute without following a last component that is a symlink (which an output replaces):
 /// the canonical directory it is in, joined with its name.
 fn resolved(path: &Path) -> Option<PathBuf> {
@@ -205,10 +219,7 @@ pub fn check_target(target: &Path, force: bool, kind: OutputKind, inputs: &Input
         bail!("output {shown} is a directory; kiln writes a file there (remove it, or give a file name)");
     }
     // Whether the directory takes new files (permissions, a read-only or full filesystem), tried for real.
-    tempfile::Builder::new()
-        .prefix(".kiln-probe-")
-        .tempfile_in(&dir)
-        .with_context(|| format!("output {shown}: cannot create files in {}", dir.display()))?;
+    probe(&dir).with_context(|| format!("output {shown}: cannot create files in {}", dir.display()))?;
     let Some(out) = resolved(target) else { return Ok(()) };
     for (input, what) in &inputs.dirs {
         let Ok(input) = std::fs::canonicalize(input) else { continue };
