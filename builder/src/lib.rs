@@ -30,6 +30,7 @@ pub mod boot;
 pub mod build;
 pub mod cli;
 pub mod closure;
+pub mod flash;
 pub mod inspect;
 pub mod inventory;
 pub mod nar;
