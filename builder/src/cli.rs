@@ -25,6 +25,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// List the built-in image profiles, or show one resolved.
     Profiles(ProfilesArgs),
+    /// Write an image to a disk (or a file): only its data, verified, partition tables last.
+    Flash(FlashArgs),
 }
 
 /// `kiln build`.
@@ -171,6 +173,68 @@ pub struct VerifyArgs {
     /// The store directory holding the system (see `kiln build --store-dir`).
     #[arg(long, value_name = "DIR")]
     pub store_dir: Option<PathBuf>,
+}
+
+/// `kiln flash`.
+#[derive(Debug, Args)]
+pub struct FlashArgs {
+    /// The image: a kiln output (raw, raw.zst, qcow2, fixed VHD, stream-optimized VMDK, GCE `*.raw.tar.gz`) or
+    /// an `http://`/`https://` URL of one. A `.bmap` and a `.sha256` beside it are used when present.
+    #[arg(value_name = "SOURCE")]
+    pub source: String,
+
+    /// The disk to write: a whole block device (`/dev/sdX`, `/dev/disk/by-id/…`), or a regular file.
+    #[arg(value_name = "TARGET")]
+    pub target: PathBuf,
+
+    /// The sha256 of the source file (instead of a `.sha256` beside it).
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+
+    /// The block map to use (instead of looking for one beside the source).
+    #[arg(long, value_name = "PATH|URL", conflicts_with = "no_bmap")]
+    pub bmap: Option<String>,
+
+    /// Use no block map: write every non-zero block of the image.
+    #[arg(long)]
+    pub no_bmap: bool,
+
+    /// Write the target even though it holds a partition table or a filesystem.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Allow the target to be a partition rather than a whole disk.
+    #[arg(long)]
+    pub allow_partition: bool,
+
+    /// Write zeros over the image's holes instead of discarding them (or leaving them, where the device cannot
+    /// discard).
+    #[arg(long)]
+    pub zero_holes: bool,
+
+    /// Do not read the written data back to compare it.
+    #[arg(long)]
+    pub no_verify: bool,
+
+    /// On an error, keep what was written (the partition tables are wiped otherwise).
+    #[arg(long)]
+    pub preserve_on_error: bool,
+
+    /// Extend the root partition to the end of the target (the root filesystem grows at first boot).
+    #[arg(long)]
+    pub grow_root: bool,
+
+    /// Flush written data to the device every SIZE bytes, so a slow stick never stalls at the end (default 64M).
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    pub sync_every: Option<u64>,
+
+    /// Say what would be written where and which checks would be made; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// How to report progress: bars on a terminal, plain lines, JSON lines on stdout, or nothing.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
 }
 
 /// `kiln profiles`.

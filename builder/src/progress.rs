@@ -21,6 +21,10 @@ pub enum Phase {
     Format,
     /// Checksums and block maps of the outputs.
     Checksum,
+    /// Reading written data back and comparing it (`kiln flash`).
+    Verify,
+    /// Writing the partition tables, last (`kiln flash`).
+    Tables,
 }
 
 impl Phase {
@@ -35,6 +39,8 @@ impl Phase {
             Self::Write => "write",
             Self::Format => "format",
             Self::Checksum => "checksum",
+            Self::Verify => "verify",
+            Self::Tables => "tables",
         }
     }
 }

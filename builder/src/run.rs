@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Write};
 use anyhow::{Context, Result};
 
 use crate::build;
-use crate::cli::{BuildArgs, Cli, Command, ProgressMode, value_name};
+use crate::cli::{BuildArgs, Cli, Command, FlashArgs, ProgressMode, value_name};
 use crate::output::emit::Written;
 use crate::progress::{Progress, Silent};
 use crate::render::{Bars, JsonLines, Plain, Timed};
@@ -30,7 +30,52 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Inspect(args) => crate::inspect::command(args),
         Command::Verify(args) => crate::verify::command(args),
         Command::Profiles(args) => crate::profile::command(args),
+        Command::Flash(args) => flash(&args),
     }
+}
+
+/// `kiln flash`: the request from the command line, the plan or the summary on stdout.
+fn flash(args: &FlashArgs) -> Result<()> {
+    use crate::flash::{self, Request, SYNC_EVERY, report, source};
+    let req = Request {
+        source: source::Request {
+            source: args.source.clone(),
+            sha256: args.sha256.clone(),
+            bmap: args.bmap.clone(),
+            no_bmap: args.no_bmap,
+        },
+        target: args.target.clone(),
+        force: args.force,
+        allow_partition: args.allow_partition,
+        zero_holes: args.zero_holes,
+        verify: !args.no_verify,
+        preserve_on_error: args.preserve_on_error,
+        grow_root: args.grow_root,
+        sync_every: args.sync_every.unwrap_or(SYNC_EVERY),
+        dry_run: args.dry_run,
+    };
+    let json = args.progress == ProgressMode::Json;
+    let sink = progress_sink(args.progress);
+    let done = flash::flash(&req, &sink);
+    let mut out = std::io::stdout().lock();
+    match done {
+        Err(e) => {
+            if json {
+                let line = serde_json::json!({ "v": REPORT_VERSION, "type": "error", "message": format!("{e:#}") });
+                let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+            }
+            return Err(e);
+        }
+        Ok(f) if json => {
+            let kind = if args.dry_run { "flash-plan" } else { "flashed" };
+            writeln!(out, "{}", serde_json::json!({ "v": REPORT_VERSION, "type": kind, "flash": f }))?;
+        }
+        Ok(f) if args.dry_run => {
+            write!(out, "kiln flash: dry run, nothing written\n{}", report::plan_text(&f))?;
+        }
+        Ok(f) => write!(out, "{}", report::summary_text(&f))?,
+    }
+    out.flush().context("writing to stdout")
 }
 
 /// The progress sink for a mode, timing each phase for the summary.
