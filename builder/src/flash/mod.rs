@@ -330,6 +330,7 @@ fn write(
     out.write_secs = started.elapsed().as_secs_f64();
     out.hole_bytes = hole_bytes;
     out.written_bytes = written.bytes();
+    test_hook_flip(target)?;
     if req.verify {
         let t = Instant::now();
         let reader = Uncached::open(&target.path, &target.file)?;
@@ -365,6 +366,23 @@ fn write(
         |()| format!("{} table, sector 0 last", fit.table),
     )?;
     out.written_bytes += fit.head.len() as u64 + fit.tail.iter().map(|r| r.bytes.len() as u64).sum::<u64>();
+    Ok(())
+}
+
+/// Environment variable naming a byte offset of the target that kiln flips after writing the data and before
+/// reading it back: a fault the test suite injects to prove the read-back finds it. Never set it otherwise.
+pub const TEST_FLIP_ENV: &str = "KILN_TEST_FLIP_BYTE_BEFORE_VERIFY";
+
+/// Flips the byte [`TEST_FLIP_ENV`] names, through a descriptor of its own, flushed.
+fn test_hook_flip(target: &Target) -> Result<()> {
+    let Some(at) = std::env::var_os(TEST_FLIP_ENV) else { return Ok(()) };
+    let at: u64 = at.to_str().and_then(|s| s.parse().ok()).context("KILN_TEST_FLIP_BYTE_BEFORE_VERIFY: not a number")?;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&target.path)?;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at)?;
+    b[0] ^= 0xFF;
+    f.write_all_at(&b, at)?;
+    f.sync_data()?;
     Ok(())
 }
 

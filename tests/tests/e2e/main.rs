@@ -9,6 +9,7 @@ mod ext4_build;
 mod ext4_checkers;
 mod ext4_property;
 mod failures;
+mod flash;
 mod formats;
 mod golden;
 mod harness;

@@ -1,0 +1,160 @@
+//! Every refusal, each with a clear error and nothing written: a mounted device, a device used as swap, a device
+//! held open exclusively, a target too small, a BIOS image onto a 4Kn device, an existing partition table
+//! without `--force`, the source itself as the target; and a read-back mismatch (a byte flipped on the device
+//! between write and verify, through kiln's test hook) reported with its offset, the tables wiped.
+
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use kiln_tests::tools;
+
+use super::{Images, Loop, blank, flash, has_partition_table};
+
+/// The first `n` bytes of `dev` are all `byte`.
+fn starts_with_only(dev: &Path, n: usize, byte: u8) -> bool {
+    let mut b = vec![0u8; n];
+    std::fs::File::open(dev).unwrap().read_exact_at(&mut b, 0).unwrap();
+    b.iter().all(|&x| x == byte)
+}
+
+/// A device whose first MiB is a marker pattern, so "nothing written" can be checked.
+fn marked(dir: &Path, size: u64, sector: u32) -> Loop {
+    let backing = blank(dir, "disk", size);
+    std::fs::OpenOptions::new().write(true).open(&backing).unwrap().write_all_at(&vec![0x5Au8; 1 << 20], 0).unwrap();
+    Loop::new(&backing, sector)
+}
+
+#[test]
+fn a_mounted_device_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backing = blank(tmp.path(), "fs", 64 << 20);
+    tools::run_ok(Command::new(tools::require("mkfs.ext4", "e2fsprogs")).args(["-q", "-F"]).arg(&backing));
+    let dev = Loop::new(&backing, 512);
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    tools::run_ok(Command::new("mount").arg(&dev.dev).arg(&mnt));
+    struct Umount<'a>(&'a Path);
+    impl Drop for Umount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _u = Umount(&mnt);
+    let raw = Images::get().raw("efi");
+    flash(&[raw.as_os_str(), dev.dev.as_os_str(), "--force".as_ref()]).fails_with(&["is mounted", &mnt.display().to_string()]);
+}
+
+#[test]
+fn a_device_used_as_swap_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backing = blank(tmp.path(), "swap", 64 << 20);
+    let dev = Loop::new(&backing, 512);
+    tools::run_ok(Command::new(tools::require("mkswap", "util-linux")).arg(&dev.dev));
+    tools::run_ok(Command::new(tools::require("swapon", "mount")).arg(&dev.dev));
+    struct Swapoff<'a>(&'a Path);
+    impl Drop for Swapoff<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("swapoff").arg(self.0).status();
+        }
+    }
+    let _s = Swapoff(&dev.dev);
+    let raw = Images::get().raw("efi");
+    flash(&[raw.as_os_str(), dev.dev.as_os_str(), "--force".as_ref()]).fails_with(&["swap"]);
+}
+
+#[test]
+fn a_device_held_open_exclusively_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = marked(tmp.path(), 1 << 30, 512);
+    // O_EXCL on a block device is the kernel's exclusive claim, as a mounted filesystem holds it.
+    let _held = std::fs::OpenOptions::new().read(true).custom_flags(libc_o_excl()).open(&dev.dev).unwrap();
+    let raw = Images::get().raw("efi");
+    flash(&[raw.as_os_str(), dev.dev.as_os_str(), "--force".as_ref()]).fails_with(&["in use", "exclusively"]);
+    assert!(starts_with_only(&dev.dev, 1 << 20, 0x5A), "something was written");
+}
+
+fn libc_o_excl() -> i32 {
+    0o200
+}
+
+#[test]
+fn a_target_too_small_is_refused_with_both_sizes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = marked(tmp.path(), 256 << 20, 512);
+    let raw = Images::get().raw("efi");
+    flash(&[raw.as_os_str(), dev.dev.as_os_str()]).fails_with(&["too small", "268435456"]);
+    assert!(starts_with_only(&dev.dev, 1 << 20, 0x5A), "something was written");
+}
+
+#[test]
+fn a_bios_image_onto_a_4kn_device_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = marked(tmp.path(), 1 << 30, 4096);
+    let raw = Images::get().raw("hybrid");
+    flash(&[raw.as_os_str(), dev.dev.as_os_str()]).fails_with(&["BIOS", "512-byte sectors", "4096"]);
+    assert!(starts_with_only(&dev.dev, 1 << 20, 0x5A), "something was written");
+}
+
+#[test]
+fn an_existing_partition_table_needs_force_and_is_listed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backing = blank(tmp.path(), "disk", 1 << 30);
+    let dev = Loop::new(&backing, 512);
+    let images = Images::get();
+    flash(&[images.raw("hybrid").as_os_str(), dev.dev.as_os_str()]).ok();
+    let ends = |f: &Path| {
+        let file = std::fs::File::open(f).unwrap();
+        let mut b = vec![0u8; 2 << 20];
+        file.read_exact_at(&mut b[..1 << 20], 0).unwrap();
+        file.read_exact_at(&mut b[1 << 20..], (1 << 30) - (1 << 20)).unwrap();
+        b
+    };
+    let before = ends(&backing);
+    flash(&[images.raw("efi").as_os_str(), dev.dev.as_os_str()]).fails_with(&[
+        "already holds a GPT with 3 partition(s)",
+        "\"ESP\" (ESP, vfat)",
+        "\"nixos\" (Linux root (x86-64), ext4)",
+        "--force",
+    ]);
+    assert!(ends(&backing) == before, "the refused flash wrote something");
+    flash(&[images.raw("efi").as_os_str(), dev.dev.as_os_str(), "--force".as_ref()]).ok();
+}
+
+#[test]
+fn the_source_itself_is_refused_as_target() {
+    let images = Images::get();
+    let raw = images.raw("efi");
+    let before = super::data_ranges(&raw);
+    flash(&[raw.as_os_str(), raw.as_os_str(), "--force".as_ref()]).fails_with(&["is the source image itself"]);
+    assert_eq!(super::data_ranges(&raw), before);
+}
+
+#[test]
+fn a_read_back_mismatch_names_the_offset_and_wipes_the_tables() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backing = blank(tmp.path(), "disk", 1 << 30);
+    let dev = Loop::new(&backing, 512);
+    let raw = Images::get().raw("efi");
+    // The first non-zero byte past the first MiB (written data, never a hole), flipped on the device after the
+    // write and before the read-back.
+    let file = std::fs::File::open(&raw).unwrap();
+    let mut block = vec![0u8; 4096];
+    let at = super::data_ranges(&raw)
+        .into_iter()
+        .flat_map(|r| (r.start.max(1 << 20)..r.end).step_by(4096))
+        .find_map(|b| {
+            file.read_exact_at(&mut block, b).unwrap();
+            block.iter().position(|&x| x != 0).map(|i| b + i as u64)
+        })
+        .unwrap();
+    let run = crate::util::run(
+        crate::util::kiln_cmd()
+            .args(["flash", "--progress", "none"])
+            .arg(&raw)
+            .arg(&dev.dev)
+            .env(kiln::flash::TEST_FLIP_ENV, at.to_string()),
+    );
+    run.fails_with(&["read-back mismatch", &format!("at offset {at} differ")]);
+    assert!(!has_partition_table(&dev.dev), "a device that failed its read-back keeps a partition table");
+}
