@@ -44,20 +44,20 @@ impl Progress for Timed {
     }
 }
 
-/// Plain progress lines on stderr, for logs (CI, journald): phase starts and ends, and byte counts at most
-/// once a second.
+/// Plain progress lines on stderr, for logs (CI, journald): phase starts and ends, and byte counts with the
+/// rate and the time left at most once a second.
 #[derive(Debug)]
 pub struct Plain {
     start: Instant,
-    /// stderr, and when the last byte count was printed.
-    state: Mutex<Option<Instant>>,
+    /// When the last byte count was printed, and when the current phase started.
+    state: Mutex<(Option<Instant>, Instant)>,
 }
 
 impl Plain {
     /// Starts the clock.
     #[must_use]
     pub fn new() -> Self {
-        Self { start: Instant::now(), state: Mutex::new(None) }
+        Self { start: Instant::now(), state: Mutex::new((None, Instant::now())) }
     }
 }
 
@@ -69,12 +69,16 @@ impl Default for Plain {
 
 impl Progress for Plain {
     fn event(&self, event: &Event) {
-        let Ok(mut last) = self.state.lock() else { return };
+        let Ok(mut state) = self.state.lock() else { return };
+        let (last, phase_start) = &mut *state;
         let t = self.start.elapsed().as_secs_f64();
         let mut err = std::io::stderr().lock();
         // Progress is best effort: a closed stderr must not fail the build.
         let _ = match event {
-            Event::Started { phase } => writeln!(err, "[{t:7.2}s] {}: started", phase.name()),
+            Event::Started { phase } => {
+                *phase_start = Instant::now();
+                writeln!(err, "[{t:7.2}s] {}: started", phase.name())
+            }
             Event::Finished { phase, elapsed, summary } => {
                 *last = None;
                 writeln!(err, "[{t:7.2}s] {}: done in {:.2}s: {summary}", phase.name(), elapsed.as_secs_f64())
@@ -86,12 +90,20 @@ impl Progress for Plain {
                 }
                 *last = Some(now);
                 let pct = if *total == 0 { 100.0 } else { *done as f64 * 100.0 / *total as f64 };
+                let secs = now.duration_since(*phase_start).as_secs_f64();
+                let rate = if secs > 0.0 { *done as f64 / secs } else { 0.0 };
+                let left = if rate > 0.0 && done < total {
+                    format!(", {:.0}s left", (*total - *done) as f64 / rate)
+                } else {
+                    String::new()
+                };
                 writeln!(
                     err,
-                    "[{t:7.2}s] {}: {} of {} ({pct:.0}%)",
+                    "[{t:7.2}s] {}: {} of {} ({pct:.0}%), {}/s{left}",
                     phase.name(),
                     human_bytes(*done),
-                    human_bytes(*total)
+                    human_bytes(*total),
+                    human_bytes(rate as u64)
                 )
             }
         };

@@ -253,7 +253,8 @@ impl Boot {
                 elapsed: Duration::ZERO,
             })
         };
-        let is_disk = |m: std::fs::Metadata| m.is_file() || std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type());
+        let is_disk =
+            |m: std::fs::Metadata| m.is_file() || std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type());
         if !std::fs::metadata(&self.image).is_ok_and(is_disk) {
             return Err(fail_setup(format!("image {} does not exist", self.image.display()), String::new()));
         }

@@ -64,7 +64,7 @@ pub enum Table2 {
 }
 
 /// What will be written where, decided before writing.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Fit {
     /// The raw image's size.
     pub image_size: u64,
@@ -88,6 +88,22 @@ pub struct Fit {
     pub grown: Option<Grown>,
     /// Bytes of the target the image needs.
     pub needed: u64,
+}
+
+impl std::fmt::Debug for Fit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fit")
+            .field("image_size", &self.image_size)
+            .field("sector", &self.sector)
+            .field("table", &self.table)
+            .field("how", &self.how)
+            .field("tail", &self.tail.iter().map(|r| (r.what, r.offset.get())).collect::<Vec<_>>())
+            .field("skip", &self.skip)
+            .field("remake", &self.remake)
+            .field("grown", &self.grown)
+            .field("needed", &self.needed)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The image's first MiB as a disk of `len` bytes: zeros beyond it.
@@ -406,4 +422,131 @@ fn to_part(p: &Partition, table: PartitionTable, extent: LbaRange) -> Result<Par
         }
         _ => bail!("{p}: its type does not belong in this table"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_formats::disk::Guid;
+
+    const MIB: u64 = HEAD;
+
+    fn part(name: &str, type_guid: Guid, n: u8, sector: SectorSize, mib: Range<u64>) -> Part {
+        let ss = sector.bytes().get();
+        Part {
+            name: name.to_owned(),
+            type_guid,
+            guid: Guid::from_bytes([n; 16]),
+            attributes: GptAttributes(0),
+            extent: LbaRange::new(Lba(mib.start * MIB / ss), Lba(mib.end * MIB / ss)),
+        }
+    }
+
+    /// A 64 MiB image's first MiB: (BIOS boot 1–2 MiB when `bios`), ESP to 33 MiB, root to 63 MiB.
+    fn image(sector: SectorSize, bios: bool) -> Vec<u8> {
+        let mut parts = Vec::new();
+        if bios {
+            parts.push(part("BIOS boot", partition_type::BIOS_BOOT, 3, sector, 1..2));
+        }
+        parts.push(part("ESP", partition_type::ESP, 1, sector, if bios { 2..33 } else { 1..33 }));
+        parts.push(part("nixos", partition_type::ROOT_X86_64, 2, sector, 33..63));
+        let table = PartitionTable::Gpt { disk_guid: Guid::from_bytes([9; 16]) };
+        let layout = DiskLayout::new(sector, Bytes(64 * MIB), table, parts).unwrap();
+        let mut head = vec![0u8; HEAD as usize];
+        for r in layout.regions() {
+            let at = r.offset.get() as usize;
+            if at < HEAD as usize {
+                head[at..at + r.bytes.len()].copy_from_slice(&r.bytes);
+            }
+        }
+        // Boot code in sector 0 that the fitting must keep.
+        head[..4].copy_from_slice(b"BOOT");
+        head
+    }
+
+    fn target(mib: u64, sector: SectorSize) -> TargetFacts {
+        TargetFacts { size: mib * MIB, sector: Some(sector) }
+    }
+
+    fn header_u64(head: &[u8], ss: usize, at: usize) -> u64 {
+        u64::from_le_bytes(head[ss + at..ss + at + 8].try_into().unwrap())
+    }
+
+    #[test]
+    fn the_backup_gpt_moves_to_the_end_of_a_larger_disk() {
+        let fit = fit("img", image(SectorSize::S512, false), None, None, target(128, SectorSize::S512), false).unwrap();
+        assert_eq!(fit.how, Table2::Refit);
+        assert_eq!(fit.image_size, 64 * MIB, "the size the GPT header says");
+        assert_eq!(fit.skip, Some(64 * MIB - 33 * 512..64 * MIB), "the image's own backup GPT is not written");
+        assert_eq!(header_u64(&fit.head, 512, 32), 128 * MIB / 512 - 1, "the primary header points at the new backup");
+        let backup = fit.tail.iter().find(|r| r.what == "backup GPT header").unwrap();
+        assert_eq!(backup.offset.get(), 128 * MIB - 512);
+        assert_eq!(&fit.head[..4], b"BOOT", "boot code in sector 0 is kept");
+        assert_eq!(&fit.head[510..512], &[0x55, 0xAA]);
+        assert!(fit.remake.is_empty() && fit.grown.is_none());
+    }
+
+    #[test]
+    fn grow_root_extends_the_last_partition_to_the_last_mib_before_the_backup_gpt() {
+        let fit = fit("img", image(SectorSize::S512, false), None, None, target(128, SectorSize::S512), true).unwrap();
+        assert_eq!(fit.grown, Some(Grown { number: 2, from: 63 * MIB, to: 127 * MIB }));
+        let entry = 2 * 512 + 128; // the second entry of the primary array
+        let last = u64::from_le_bytes(fit.head[entry + 40..entry + 48].try_into().unwrap());
+        assert_eq!(last, 127 * MIB / 512 - 1);
+    }
+
+    #[test]
+    fn a_512_image_onto_a_4kn_disk_is_rewritten_in_4096_byte_lbas_and_the_esp_remade() {
+        let fit =
+            fit("img", image(SectorSize::S512, false), None, None, target(128, SectorSize::S4096), false).unwrap();
+        assert_eq!(&fit.head[4096..4104], b"EFI PART", "the header at LBA 1 of 4096 bytes");
+        assert!(fit.head[512..4096].iter().all(|&b| b == 0), "the 512-byte table is cleared");
+        assert_eq!(fit.remake, vec![Remake { number: 1, range: MIB..33 * MIB, start_lba: 256 }]);
+        assert_eq!(fit.sector, Some(SectorSize::S4096));
+        let backup = fit.tail.iter().find(|r| r.what == "backup GPT header").unwrap();
+        assert_eq!(backup.offset.get(), 128 * MIB - 4096);
+    }
+
+    #[test]
+    fn a_4kn_image_onto_a_512_disk_is_rewritten_too() {
+        let fit = fit("img", image(SectorSize::S4096, false), None, None, target(64, SectorSize::S512), false).unwrap();
+        assert_eq!(&fit.head[512..520], b"EFI PART");
+        assert!(fit.head[4096..4104].iter().all(|&b| b == 0), "the 4096-byte header is cleared");
+        assert_eq!(fit.remake.len(), 1);
+    }
+
+    #[test]
+    fn refusals_name_what_is_wrong() {
+        let err = |r: Result<Fit>| format!("{:#}", r.unwrap_err());
+        let e = err(fit("img", image(SectorSize::S512, false), None, None, target(32, SectorSize::S512), false));
+        assert!(e.contains("too small") && e.contains("33554432"), "{e}");
+        let e = err(fit("img", image(SectorSize::S512, true), None, None, target(128, SectorSize::S4096), false));
+        assert!(e.contains("BIOS") && e.contains("512-byte sectors"), "{e}");
+        let e = err(fit("img", vec![0; HEAD as usize], None, None, target(128, SectorSize::S512), false));
+        assert!(e.contains("cannot tell the image's size"), "{e}");
+        // Data past the partitions that the device cannot hold.
+        let small = TargetFacts { size: 63 * MIB + MIB / 2, sector: Some(SectorSize::S512) };
+        let e = err(fit("img", image(SectorSize::S512, false), None, Some(64 * MIB - 33 * 512), small, false));
+        assert!(e.contains("too small"), "{e}");
+    }
+
+    #[test]
+    fn a_table_kiln_would_not_write_is_kept_as_it_is_or_refused() {
+        let mut head = image(SectorSize::S512, false);
+        // A partition name kiln's writer would not reproduce from what it reads back: a non-zero byte after the
+        // name's terminating zero, with the checksums redone.
+        let entry = 2 * 512;
+        head[entry + 126] = 0x41;
+        let entries_crc = kiln_formats::disk::crc32(&head[1024..1024 + 128 * 128]);
+        head[512 + 88..512 + 92].copy_from_slice(&entries_crc.to_le_bytes());
+        head[512 + 16..512 + 20].fill(0);
+        let crc = kiln_formats::disk::crc32(&head[512..512 + 92]);
+        head[512 + 16..512 + 20].copy_from_slice(&crc.to_le_bytes());
+        let kept = fit("img", head.clone(), None, None, target(128, SectorSize::S512), false).unwrap();
+        assert_eq!(kept.how, Table2::AsIs);
+        assert_eq!(kept.head, head);
+        assert!(kept.tail.is_empty() && kept.skip.is_none());
+        let e = fit("img", head, None, None, target(128, SectorSize::S512), true).unwrap_err();
+        assert!(format!("{e:#}").contains("cannot be rewritten"), "{e:#}");
+    }
 }

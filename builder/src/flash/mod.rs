@@ -376,7 +376,8 @@ pub const TEST_FLIP_ENV: &str = "KILN_TEST_FLIP_BYTE_BEFORE_VERIFY";
 /// Flips the byte [`TEST_FLIP_ENV`] names, through a descriptor of its own, flushed.
 fn test_hook_flip(target: &Target) -> Result<()> {
     let Some(at) = std::env::var_os(TEST_FLIP_ENV) else { return Ok(()) };
-    let at: u64 = at.to_str().and_then(|s| s.parse().ok()).context("KILN_TEST_FLIP_BYTE_BEFORE_VERIFY: not a number")?;
+    let at: u64 =
+        at.to_str().and_then(|s| s.parse().ok()).context("KILN_TEST_FLIP_BYTE_BEFORE_VERIFY: not a number")?;
     let f = std::fs::OpenOptions::new().read(true).write(true).open(&target.path)?;
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, at)?;

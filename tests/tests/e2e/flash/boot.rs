@@ -26,7 +26,11 @@ fn boots(dev: &Path, firmware: Firmware, sector: u32) -> String {
         .timeout(TIMEOUT)
         .run()
         .unwrap_or_else(|e| panic!("{} did not boot with {firmware:?}: {e}", dev.display()));
-    eprintln!("{} booted ({firmware:?}, {sector}-byte sectors) in {:.1} s", dev.display(), outcome.elapsed.as_secs_f64());
+    eprintln!(
+        "{} booted ({firmware:?}, {sector}-byte sectors) in {:.1} s",
+        dev.display(),
+        outcome.elapsed.as_secs_f64()
+    );
     outcome.serial
 }
 

@@ -33,7 +33,10 @@ impl Loop {
 
     /// A read-only loop device over `len` bytes at `offset` of `dev` (a partition of a flashed device).
     pub fn part(dev: &Path, offset: u64, len: u64, sector: u32) -> Self {
-        Self::with_args(dev, &["-r", "-b", &sector.to_string(), "-o", &offset.to_string(), "--sizelimit", &len.to_string()])
+        Self::with_args(
+            dev,
+            &["-r", "-b", &sector.to_string(), "-o", &offset.to_string(), "--sizelimit", &len.to_string()],
+        )
     }
 
     /// A writable loop device over `len` bytes at `offset` of `dev`.
@@ -183,7 +186,13 @@ pub fn partitions(dev: &Path) -> Vec<(u64, u64, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| (p["start"].as_u64().unwrap() * ss, p["size"].as_u64().unwrap() * ss, p["type"].as_str().unwrap().to_owned()))
+        .map(|p| {
+            (
+                p["start"].as_u64().unwrap() * ss,
+                p["size"].as_u64().unwrap() * ss,
+                p["type"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect()
 }
 
@@ -211,7 +220,9 @@ pub fn assert_filesystems_clean(dev: &Path, sector: u32) {
         let part = Loop::part(dev, start, len, sector);
         match kind.as_str() {
             "C12A7328-F81F-11D2-BA4B-00A0C93EC93B" => {
-                let out = tools::run(Command::new(tools::require("fsck.fat", "dosfstools")).args(["-n", "-v"]).arg(&part.dev));
+                let out = tools::run(
+                    Command::new(tools::require("fsck.fat", "dosfstools")).args(["-n", "-v"]).arg(&part.dev),
+                );
                 let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
                 let bad = text.lines().any(|l| {
                     let l = l.to_ascii_lowercase();

@@ -42,7 +42,8 @@ fn a_mounted_device_is_refused() {
     }
     let _u = Umount(&mnt);
     let raw = Images::get().raw("efi");
-    flash(&[raw.as_os_str(), dev.dev.as_os_str(), "--force".as_ref()]).fails_with(&["is mounted", &mnt.display().to_string()]);
+    flash(&[raw.as_os_str(), dev.dev.as_os_str(), "--force".as_ref()])
+        .fails_with(&["is mounted", &mnt.display().to_string()]);
 }
 
 #[test]

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use kiln_tests::tools;
 
-use super::{Images, Loop, assert_filesystems_clean, assert_holds, assert_table_fits, blank, flash, has_partition_table};
+use super::{
+    Images, Loop, assert_filesystems_clean, assert_holds, assert_table_fits, blank, flash, has_partition_table,
+};
 
 /// An HTTP server on 127.0.0.1 serving `dir`, stopped when dropped.
 struct Server {

@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# Benchmarks `kiln flash` against bmaptool and dd, writing the usb-hybrid image of the large corpus onto a loop
+# device backed by a file on the same disk. In one run:
+#
+#   kiln-raw   kiln flash IMAGE.raw (its .bmap beside it)          vs  bmaptool copy --bmap IMAGE.raw.bmap
+#                                                                   and dd if=IMAGE.raw bs=4M conv=fsync
+#   kiln-zst   kiln flash IMAGE.raw.zst (the same .bmap)           vs  zstd -dc IMAGE.raw.zst | dd bs=4M oflag=direct
+#
+# kiln's time includes its read-back of everything it wrote (O_DIRECT) and the source checksums; the others
+# verify nothing beyond what they do by default (bmaptool checks the bmap's checksums while writing). Every
+# flashed device is checked afterwards (sgdisk -v; the data compared with the raw image) outside the timings.
+# Prints median wall times and ratios; never asserts timings.
+#
+# Usage: bench/flash.sh [RUNS]                                    (default 3)
+#
+# Environment (all optional):
+#   BENCH_DIR    corpus cache and work directory (default /var/tmp/kiln-bench); the loop device's backing file
+#                goes here too
+#   MAKE_STORE   the corpus builder (default /work/shared/bench/make-store.sh)
+#   KILN         a built kiln binary to use instead of building one
+#   BENCH_KEEP   if 1, keep the work directory
+set -euo pipefail
+export LC_ALL=C
+export PATH=$PATH:/usr/sbin:/sbin
+
+msg() { printf 'bench: %s\n' "$*" >&2; }
+die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
+
+runs=${1:-3}
+[[ $runs =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer, not '$runs'"
+[ "$(id -u)" = 0 ] || die "run as root (it makes a loop device)"
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/.." && pwd)
+bench_dir=${BENCH_DIR:-/var/tmp/kiln-bench}
+corpus=$bench_dir/large
+store=$corpus/nix/store
+need() { command -v "$1" >/dev/null 2>&1 || die "'$1' not found: install the Debian package '$2' (scripts/install-deps)"; }
+need bmaptool bmap-tools
+need zstd zstd
+need losetup mount
+need sgdisk gdisk
+need python3 python3
+need cmp diffutils
+
+# --- kiln ---------------------------------------------------------------------------------------------------------
+if [ -n "${KILN:-}" ]; then
+  kiln=$KILN
+else
+  msg "building: cargo build --release -p kiln --locked"
+  (cd "$repo" && cargo build --release -p kiln --locked >&2) || die "cargo build failed"
+  kiln=${CARGO_TARGET_DIR:-$repo/target}/release/kiln
+fi
+[ -x "$kiln" ] || die "kiln '$kiln' is missing"
+
+# --- The large corpus and a bootable usb-hybrid system over it ----------------------------------------------------
+nixhash() { # 32 characters of Nix's base32 alphabet, derived from the name
+  python3 - "$1" <<'PY'
+import hashlib, sys
+a = "0123456789abcdfghijklmnpqrsvwxyz"
+h = int.from_bytes(hashlib.sha256(sys.argv[1].encode()).digest()[:20], "big")
+print("".join(a[(h >> (5 * i)) & 31] for i in range(32)))
+PY
+}
+if [ ! -d "$store" ]; then
+  make_store=${MAKE_STORE:-/work/shared/bench/make-store.sh}
+  [ -f "$make_store" ] || die "no corpus at $corpus and no make-store.sh at $make_store (set MAKE_STORE)"
+  msg "building the large corpus in $corpus (downloads Debian packages once)"
+  mkdir -p "$bench_dir"
+  tmp=$bench_dir/.large.tmp.$$
+  rm -rf "$tmp"
+  bash "$make_store" "$tmp" large >&2 || die "make-store.sh failed"
+  mv "$tmp" "$corpus"
+fi
+# The boot pieces come from this machine's Debian packages, as store paths of their own: systemd-boot's EFI
+# binary (systemd-boot-efi) and GRUB's i386-pc modules (grub-pc-bin).
+[ -f /usr/lib/systemd/boot/efi/systemd-bootx64.efi ] || die "install the Debian package 'systemd-boot-efi'"
+[ -f /usr/lib/grub/i386-pc/kernel.img ] || die "install the Debian package 'grub-pc-bin'"
+sdb_name="$(nixhash systemd-boot-flashbench)-systemd-flashbench"
+grub_name="$(nixhash grub-flashbench)-grub-2.06-flashbench"
+top_name="$(nixhash nixos-system-flashbench)-nixos-system-flashbench"
+chmod u+w "$store"
+if [ ! -d "$store/$sdb_name" ]; then
+  mkdir -p "$store/$sdb_name/lib/systemd/boot/efi"
+  cp /usr/lib/systemd/boot/efi/systemd-bootx64.efi "$store/$sdb_name/lib/systemd/boot/efi/"
+  chmod -R a-w "$store/$sdb_name"
+fi
+if [ ! -d "$store/$grub_name" ]; then
+  mkdir -p "$store/$grub_name/lib/grub"
+  cp -r /usr/lib/grub/i386-pc "$store/$grub_name/lib/grub/"
+  chmod -R a-w "$store/$grub_name"
+fi
+if [ ! -f "$store/$top_name/boot.json" ]; then
+  kernel=$(cd "$store" && find . -mindepth 3 -path './*/boot/vmlinuz-*' -type f | sort | sed -n '1s|^\./||p')
+  [ -n "$kernel" ] || die "the corpus has no kernel (boot/vmlinuz-*)"
+  t=$store/.$top_name.tmp
+  rm -rf "$t"
+  mkdir -p "$t/refs"
+  for p in $(cd "$store" && find . -mindepth 1 -maxdepth 1 ! -name '.*' ! -name "$top_name" -printf '%f\n' | sort); do
+    ln -s "/nix/store/$p" "$t/refs/$p"
+  done
+  ln -s "/nix/store/$sdb_name" "$t/systemd"
+  ln -s "/nix/store/$kernel" "$t/kernel"
+  printf '#!/bin/sh\nexit 0\n' >"$t/init"
+  chmod 0555 "$t/init"
+  printf 'x86_64-linux' >"$t/system"
+  cat >"$t/boot.json" <<JSON
+{
+  "org.nixos.bootspec.v1": {
+    "init": "/nix/store/$top_name/init",
+    "kernel": "/nix/store/$kernel",
+    "kernelParams": [],
+    "label": "flashbench",
+    "system": "x86_64-linux",
+    "toplevel": "/nix/store/$top_name"
+  }
+}
+JSON
+  find "$t" ! -type l -exec chmod a-w {} +
+  mv "$t" "$store/$top_name"
+fi
+chmod a-w "$store"
+
+work=$(mktemp -d "$bench_dir/flash-bench.XXXXXX")
+dev=
+cleanup() {
+  [ -n "$dev" ] && losetup -d "$dev" 2>/dev/null || true
+  if [ "${BENCH_KEEP:-0}" = 1 ]; then msg "kept $work"; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+
+msg "building the usb-hybrid image of the large corpus (raw + bmap, and raw.zst)"
+build() {
+  "$kiln" build --profile usb-hybrid --system "/nix/store/$top_name" --store-dir "$store" --progress none \
+    --force --output "$@" >&2 || die "kiln build failed"
+}
+build "$work/usb.raw" --checksum
+build "$work/usb.raw.zst" --format raw.zst --bmap --checksum
+raw=$work/usb.raw
+zst=$work/usb.raw.zst
+bmap=$work/usb.raw.bmap
+[ -f "$bmap" ] || die "no block map $bmap"
+size=$(stat -c %s "$raw")
+data=$(du -B1 "$raw" | cut -f1)
+
+backing=$work/disk
+truncate -s $((size + (64 << 20))) "$backing"
+dev=$(losetup -f --show "$backing")
+
+# --- Timed runs ---------------------------------------------------------------------------------------------------
+timed() { # name; appends wall seconds to $work/times.<name>
+  local start end
+  cat "$raw" "$zst" "$bmap" >/dev/null # the sources warm, as a freshly built image is
+  sync
+  start=$EPOCHREALTIME
+  case $1 in
+    kiln-raw) "$kiln" flash --progress none --force "$raw" "$dev" >"$work/log.$1" 2>&1 ;;
+    kiln-zst) "$kiln" flash --progress none --force "$zst" "$dev" >"$work/log.$1" 2>&1 ;;
+    bmaptool) bmaptool copy --bmap "$bmap" "$raw" "$dev" >"$work/log.$1" 2>&1 ;;
+    dd-raw) dd if="$raw" of="$dev" bs=4M conv=fsync status=none >"$work/log.$1" 2>&1 ;;
+    zstd-dd) { zstd -dc "$zst" | dd of="$dev" bs=4M iflag=fullblock oflag=direct status=none; } >"$work/log.$1" 2>&1 ;;
+  esac || { cat "$work/log.$1" >&2; die "$1 failed"; }
+  end=$EPOCHREALTIME
+  awk -v s="$start" -v e="$end" 'BEGIN { printf "%.3f\n", e - s }' >>"$work/times.$1"
+  check "$1"
+}
+
+check() { # the device holds the image: its table fits the device (kiln) or is the image's own (the others)
+  local out
+  out=$(sgdisk -v "$dev" 2>&1) || die "$1: sgdisk -v failed: $out"
+  case $1 in
+    kiln-*) grep -q "No problems found" <<<"$out" || die "$1: sgdisk -v: $out" ;;
+  esac
+  # Compare the data past the first MiB up to the image's backup GPT (kiln moves that to the device's end).
+  cmp -n $((size - (1 << 20) - 33 * 512)) -i $((1 << 20)) "$raw" "$dev" >/dev/null ||
+    die "$1: the device does not hold the image"
+}
+
+tools=(kiln-raw bmaptool dd-raw kiln-zst zstd-dd)
+for ((i = 1; i <= runs; i++)); do
+  msg "round $i of $runs"
+  # Rotate the order, so no tool always runs right after another's write-back.
+  for ((j = 0; j < ${#tools[@]}; j++)); do timed "${tools[(i + j) % ${#tools[@]}]}"; done
+done
+
+# --- Report -------------------------------------------------------------------------------------------------------
+median() { sort -n | awk '{ a[NR] = $1 } END { printf "%.3f", NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
+verdict() { awk -v x="$1" -v t="$2" 'BEGIN { print (x >= t ? "met" : "MISSED") }'; }
+for t in "${tools[@]}"; do eval "m_${t//-/_}=$(median <"$work/times.$t")"; done
+
+cat <<EOF
+
+== kiln flash vs bmaptool and dd: the usb-hybrid image of the large corpus, $runs runs each ==
+machine   $(nproc) CPUs, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -r)
+image     $raw: $size bytes, $data bytes of data; raw.zst $(stat -c %s "$zst") bytes
+target    $dev over $backing ($(df --output=fstype "$backing" | tail -n 1)), $(stat -c %s "$backing") bytes
+kiln      $kiln (git $(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown)); verify included
+bmaptool  $(bmaptool --version 2>&1 | head -n 1)
+
+median wall seconds
+  kiln flash raw      $m_kiln_raw
+  bmaptool copy       $m_bmaptool
+  dd conv=fsync       $m_dd_raw
+  kiln flash raw.zst  $m_kiln_zst
+  zstd -dc | dd       $m_zstd_dd
+
+all runs
+$(for t in "${tools[@]}"; do printf '  %-9s %s\n' "$t" "$(tr '\n' ' ' <"$work/times.$t")"; done)
+
+targets
+  bmaptool / kiln (raw)      $(ratio "$m_bmaptool" "$m_kiln_raw")x   >= 1.5x   $(verdict "$(ratio "$m_bmaptool" "$m_kiln_raw")" 1.5)
+  dd / kiln (raw)            $(ratio "$m_dd_raw" "$m_kiln_raw")x   >= 3x     $(verdict "$(ratio "$m_dd_raw" "$m_kiln_raw")" 3)
+  zstd|dd / kiln (raw.zst)   $(ratio "$m_zstd_dd" "$m_kiln_zst")x   (informational)
+EOF
