@@ -159,3 +159,18 @@ fn a_read_back_mismatch_names_the_offset_and_wipes_the_tables() {
     run.fails_with(&["read-back mismatch", &format!("at offset {at} differ")]);
     assert!(!has_partition_table(&dev.dev), "a device that failed its read-back keeps a partition table");
 }
+
+#[test]
+fn the_disk_of_the_running_root_is_refused() {
+    use std::os::unix::fs::MetadataExt;
+    // The block device "/" is mounted from (this machine's own disk): only ever a dry run, so a bug here
+    // cannot cost the machine its root.
+    let dev = std::fs::metadata("/").unwrap().dev();
+    let sys = std::fs::canonicalize(format!("/sys/dev/block/{}:{}", dev >> 8 & 0xfff, (dev & 0xff) | (dev >> 12 & 0xfff00)))
+        .unwrap_or_else(|e| panic!("the root filesystem is on no block device this test can name: {e}"));
+    let name = sys.file_name().unwrap().to_string_lossy().into_owned();
+    let disk = Path::new("/dev").join(&name);
+    let raw = Images::get().raw("efi");
+    flash(&[raw.as_os_str(), disk.as_os_str(), "--force".as_ref(), "--dry-run".as_ref()])
+        .fails_with(&["holds the running system's root filesystem"]);
+}
