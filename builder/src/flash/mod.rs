@@ -12,6 +12,7 @@
 //!    the partition tables, sector 0 last, flushed and read back. Cut off anywhere before that, the disk holds
 //!    no partition table; on an error the tables are wiped again (`--preserve-on-error` keeps them).
 
+mod behind;
 pub mod fit;
 pub mod remake;
 pub mod report;
@@ -28,6 +29,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+use self::behind::{Behind, ReadBack};
 use self::fit::{Fit, HEAD, TargetFacts};
 use self::remake::Held;
 use self::source::{Chunk, Opened};
@@ -135,7 +137,7 @@ pub fn flash(req: &Request, progress: &dyn Progress) -> Result<Flashed> {
         allow_partition: req.allow_partition,
         create_size: image_size.unwrap_or(0),
     };
-    let mut target = Target::open(&req.target, &guard, !req.dry_run)?;
+    let target = Target::open(&req.target, &guard, !req.dry_run)?;
     let facts = TargetFacts { size: target.size, sector: target.sector };
     let last_data = src.map.as_ref().and_then(|m| m.last().map(|r| r.end));
     let fit = match fit::fit(&name, head, image_size, last_data, facts, req.grow_root) {
@@ -157,7 +159,7 @@ pub fn flash(req: &Request, progress: &dyn Progress) -> Result<Flashed> {
     if req.dry_run {
         return Ok(out);
     }
-    let result = write(req, &mut src, (head_bytes, pending), &mut target, &fit, &mut out, progress);
+    let result = write(req, &mut src, (head_bytes, pending), &target, &fit, &mut out, progress);
     if let Err(e) = result {
         if !req.preserve_on_error {
             wipe_after_error(&target, &fit);
@@ -290,7 +292,7 @@ fn write(
     req: &Request,
     src: &mut Opened,
     (head_bytes, pending): (u64, Option<Chunk>),
-    target: &mut Target,
+    target: &Target,
     fit: &Fit,
     out: &mut Flashed,
     progress: &dyn Progress,
@@ -298,67 +300,65 @@ fn write(
     let started = Instant::now();
     wipe(target).context("wiping the old signatures")?;
     let total = out.data_bytes.unwrap_or(fit.image_size);
-    let mut pass = Pass::new(target, fit, out.holes, req.sync_every);
-    progress::phase(
-        progress,
-        Phase::Write,
-        || {
-            let meter = Meter::new(progress, Phase::Write, total);
-            meter.add(head_bytes);
-            let mut next = pending;
-            while let Some(chunk) = next {
-                let len = chunk.data.len() as u64;
-                pass.put(chunk)?;
-                meter.add(len);
-                next = src.stream.next()?;
-            }
-            // Only now, with every checksum matched, does anything depend on the source being right.
-            pass.finish()?;
-            Ok::<_, anyhow::Error>(pass.written.bytes())
-        },
-        |n| format!("{} of data written", human_bytes(*n)),
-    )?;
-    let Pass { mut written, held, hole_bytes, .. } = pass;
-    for r in &fit.remake {
-        let sector = fit.sector.unwrap_or(kiln_formats::disk::SectorSize::S512);
-        let rec = Recorder::new(&target.file);
-        let zero = |at: u64, len: u64| target.zero(Holes::Write, at, len);
-        remake::remake(&out.source, Arc::clone(&held), fit.image_size, r, sector, &rec, &zero)?;
-        written.extend(rec.into_written());
-    }
-    target.sync()?;
+    let flip = test_flip_offset()?;
+    let holes = out.holes;
+    let source = out.source.clone();
+    let ((data, hole_bytes), read) = std::thread::scope(|s| -> Result<_> {
+        let behind = Behind::start(s, target, req.verify, flip);
+        let mut pass = Pass::new(target, fit, holes, req.sync_every);
+        let written = progress::phase(
+            progress,
+            Phase::Write,
+            || {
+                let meter = Meter::new(progress, Phase::Write, total);
+                meter.add(head_bytes);
+                let mut next = pending;
+                while let Some(chunk) = next {
+                    let len = chunk.data.len() as u64;
+                    pass.put(chunk)?;
+                    if pass.window.bytes() >= pass.sync_every {
+                        behind.window(pass.take_window())?;
+                    }
+                    meter.add(len);
+                    next = src.stream.next()?;
+                }
+                // Only now, with every checksum matched, does anything depend on the source being right.
+                pass.finish()?;
+                for r in &fit.remake {
+                    let sector = fit.sector.unwrap_or(kiln_formats::disk::SectorSize::S512);
+                    let rec = Recorder::new(&target.file);
+                    let zero = |at: u64, len: u64| target.zero(Holes::Write, at, len);
+                    remake::remake(&source, Arc::clone(&pass.held), fit.image_size, r, sector, &rec, &zero)?;
+                    pass.window.extend(rec.into_written());
+                }
+                Ok::<_, anyhow::Error>(pass.total + pass.window.bytes())
+            },
+            |n| format!("{} of data written", human_bytes(*n)),
+        )?;
+        let last = pass.take_window();
+        let summary = |r: &ReadBack| {
+            if req.verify { format!("{} read back and compared", human_bytes(r.bytes)) } else { "flushed".to_owned() }
+        };
+        let read = progress::phase(progress, Phase::Verify, || behind.finish(last), summary)?;
+        Ok(((written, pass.hole_bytes), read))
+    })?;
     out.write_secs = started.elapsed().as_secs_f64();
     out.hole_bytes = hole_bytes;
-    out.written_bytes = written.bytes();
-    test_hook_flip(target)?;
-    if req.verify {
-        let t = Instant::now();
+    out.written_bytes = data;
+    if let Some(m) = read.mismatch {
         let reader = Uncached::open(&target.path, &target.file)?;
-        let spans = written.sorted();
-        let bytes: u64 = spans.iter().map(|s| u64::from(s.len)).sum();
-        let found = progress::phase(
-            progress,
-            Phase::Verify,
-            || {
-                let meter = Meter::new(progress, Phase::Verify, bytes);
-                reader.compare(&spans, &meter)
-            },
-            |_| format!("{bytes} bytes compared"),
-        )?;
-        if let Some(m) = found {
-            let at = first_bad_byte(req, &reader, m).unwrap_or(m.offset);
-            bail!(
-                "read-back mismatch on {}: the bytes at offset {at} differ from what was written (in the {} bytes \
-                 from offset {}); the device does not hold what was written to it",
-                target.shown(),
-                m.len,
-                m.offset
-            );
-        }
-        out.verified_bytes = bytes;
-        out.verified_direct = reader.is_direct();
-        out.verify_secs = t.elapsed().as_secs_f64();
+        let at = first_bad_byte(req, &reader, m).unwrap_or(m.offset);
+        bail!(
+            "read-back mismatch on {}: the bytes at offset {at} differ from what was written (in the {} bytes from \
+             offset {}); the device does not hold what was written to it",
+            target.shown(),
+            m.len,
+            m.offset
+        );
     }
+    out.verified_bytes = read.bytes;
+    out.verified_direct = read.direct;
+    out.verify_secs = read.busy.as_secs_f64();
     progress::phase(
         progress,
         Phase::Tables,
@@ -373,11 +373,15 @@ fn write(
 /// reading it back: a fault the test suite injects to prove the read-back finds it. Never set it otherwise.
 pub const TEST_FLIP_ENV: &str = "KILN_TEST_FLIP_BYTE_BEFORE_VERIFY";
 
-/// Flips the byte [`TEST_FLIP_ENV`] names, through a descriptor of its own, flushed.
-fn test_hook_flip(target: &Target) -> Result<()> {
-    let Some(at) = std::env::var_os(TEST_FLIP_ENV) else { return Ok(()) };
-    let at: u64 =
-        at.to_str().and_then(|s| s.parse().ok()).context("KILN_TEST_FLIP_BYTE_BEFORE_VERIFY: not a number")?;
+/// The offset [`TEST_FLIP_ENV`] names, if set.
+fn test_flip_offset() -> Result<Option<u64>> {
+    let Some(at) = std::env::var_os(TEST_FLIP_ENV) else { return Ok(None) };
+    let at = at.to_str().and_then(|s| s.parse().ok()).with_context(|| format!("{TEST_FLIP_ENV}: not a number"))?;
+    Ok(Some(at))
+}
+
+/// Flips the byte at `at`, through a descriptor of its own, flushed.
+fn test_hook_flip(target: &Target, at: u64) -> Result<()> {
     let f = std::fs::OpenOptions::new().read(true).write(true).open(&target.path)?;
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, at)?;
@@ -484,8 +488,10 @@ struct Pass<'a> {
     sync_every: u64,
     /// Holes are handled up to here.
     cursor: u64,
-    since_sync: u64,
-    written: Written,
+    /// Written since the last window was handed over.
+    window: Written,
+    /// Bytes of the windows handed over.
+    total: u64,
     held: Arc<Held>,
     hole_bytes: u64,
 }
@@ -501,8 +507,8 @@ impl<'a> Pass<'a> {
             holes,
             sync_every: sync_every.max(1 << 20),
             cursor: HEAD,
-            since_sync: 0,
-            written: Written::default(),
+            window: Written::default(),
+            total: 0,
             held: Arc::new(Held::default()),
             hole_bytes: 0,
         }
@@ -533,13 +539,8 @@ impl<'a> Pass<'a> {
                 self.target.file.write_all_at(data, start).with_context(|| {
                     format!("writing {} bytes at byte {start} of {}", data.len(), self.target.shown())
                 })?;
-                self.written.record(start, data);
+                self.window.record(start, data);
                 self.cursor = stop;
-                self.since_sync += data.len() as u64;
-                if self.since_sync >= self.sync_every {
-                    self.target.sync()?;
-                    self.since_sync = 0;
-                }
             }
             start = stop;
         }
@@ -579,9 +580,15 @@ impl<'a> Pass<'a> {
         Ok(())
     }
 
-    /// The holes after the last chunk, and a flush.
+    /// The holes after the last chunk.
     fn finish(&mut self) -> Result<()> {
-        self.hole_to(self.end)?;
-        self.target.sync()
+        self.hole_to(self.end)
+    }
+
+    /// The spans written since the last window, handed over.
+    fn take_window(&mut self) -> Vec<written::Span> {
+        let w = std::mem::take(&mut self.window);
+        self.total += w.bytes();
+        w.sorted()
     }
 }

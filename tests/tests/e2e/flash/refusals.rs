@@ -166,8 +166,9 @@ fn the_disk_of_the_running_root_is_refused() {
     // The block device "/" is mounted from (this machine's own disk): only ever a dry run, so a bug here
     // cannot cost the machine its root.
     let dev = std::fs::metadata("/").unwrap().dev();
-    let sys = std::fs::canonicalize(format!("/sys/dev/block/{}:{}", dev >> 8 & 0xfff, (dev & 0xff) | (dev >> 12 & 0xfff00)))
-        .unwrap_or_else(|e| panic!("the root filesystem is on no block device this test can name: {e}"));
+    let sys =
+        std::fs::canonicalize(format!("/sys/dev/block/{}:{}", dev >> 8 & 0xfff, (dev & 0xff) | (dev >> 12 & 0xfff00)))
+            .unwrap_or_else(|e| panic!("the root filesystem is on no block device this test can name: {e}"));
     let name = sys.file_name().unwrap().to_string_lossy().into_owned();
     let disk = Path::new("/dev").join(&name);
     let raw = Images::get().raw("efi");
