@@ -317,7 +317,7 @@ fn write(
                     let len = chunk.data.len() as u64;
                     pass.put(chunk)?;
                     if pass.window.bytes() >= pass.sync_every {
-                        behind.window(pass.take_window())?;
+                        behind.window(pass.take_window()?)?;
                     }
                     meter.add(len);
                     next = src.stream.next()?;
@@ -335,7 +335,7 @@ fn write(
             },
             |n| format!("{} of data written", human_bytes(*n)),
         )?;
-        let last = pass.take_window();
+        let last = pass.take_window()?;
         let summary = |r: &ReadBack| {
             if req.verify { format!("{} read back and compared", human_bytes(r.bytes)) } else { "flushed".to_owned() }
         };
@@ -494,7 +494,15 @@ struct Pass<'a> {
     total: u64,
     held: Arc<Held>,
     hole_bytes: u64,
+    /// The target opened for `O_DIRECT` writes, where it takes them.
+    direct: Option<std::fs::File>,
+    /// Bytes gathered to be written together, and where they go.
+    stage: uncached::AlignedBuf,
+    staged: Range<u64>,
 }
+
+/// Bytes gathered into one write.
+const STAGE: usize = 8 << 20;
 
 impl<'a> Pass<'a> {
     fn new(target: &'a Target, fit: &Fit, holes: Holes, sync_every: u64) -> Self {
@@ -511,7 +519,59 @@ impl<'a> Pass<'a> {
             total: 0,
             held: Arc::new(Held::default()),
             hole_bytes: 0,
+            direct: uncached::direct_writer(&target.path),
+            stage: uncached::AlignedBuf::new(STAGE),
+            staged: 0..0,
         }
+    }
+
+    /// Adds `data`, the image's bytes at `at`, to the bytes waiting to be written together.
+    fn stage(&mut self, at: u64, data: &[u8]) -> Result<()> {
+        for (i, part) in data.chunks(STAGE).enumerate() {
+            let at = at + (i * STAGE) as u64;
+            if !self.staged.is_empty()
+                && (self.staged.end != at || (self.staged.end - self.staged.start) as usize + part.len() > STAGE)
+            {
+                self.write_staged()?;
+            }
+            if self.staged.is_empty() {
+                self.staged = at..at;
+            }
+            let from = (self.staged.end - self.staged.start) as usize;
+            self.stage.slice(STAGE)[from..from + part.len()].copy_from_slice(part);
+            self.staged.end += part.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Writes the staged bytes: the 4 KiB-aligned part with `O_DIRECT` where the target takes it (no page cache
+    /// to fill and flush), the rest through the page cache.
+    fn write_staged(&mut self) -> Result<()> {
+        let at = self.staged.start;
+        let len = (self.staged.end - at) as usize;
+        self.staged = 0..0;
+        if len == 0 {
+            return Ok(());
+        }
+        let buf = &self.stage.slice(STAGE)[..len];
+        let direct = if at.is_multiple_of(uncached::ALIGN) {
+            len / uncached::ALIGN as usize * uncached::ALIGN as usize
+        } else {
+            0
+        };
+        let shown = || format!("writing {len} bytes at byte {at} of {}", self.target.shown());
+        let mut done = 0;
+        if direct > 0
+            && let Some(d) = &self.direct
+        {
+            match d.write_all_at(&buf[..direct], at) {
+                Ok(()) => done = direct,
+                // A filesystem that refuses direct writes after all: the page cache it is.
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => self.direct = None,
+                Err(e) => return Err(e).with_context(shown),
+            }
+        }
+        self.target.file.write_all_at(&buf[done..], at + done as u64).with_context(shown)
     }
 
     /// Writes one chunk (the parts of it that are written at all).
@@ -536,9 +596,7 @@ impl<'a> Pass<'a> {
                 }
             } else {
                 self.hole_to(start)?;
-                self.target.file.write_all_at(data, start).with_context(|| {
-                    format!("writing {} bytes at byte {start} of {}", data.len(), self.target.shown())
-                })?;
+                self.stage(start, data)?;
                 self.window.record(start, data);
                 self.cursor = stop;
             }
@@ -582,13 +640,15 @@ impl<'a> Pass<'a> {
 
     /// The holes after the last chunk.
     fn finish(&mut self) -> Result<()> {
+        self.write_staged()?;
         self.hole_to(self.end)
     }
 
-    /// The spans written since the last window, handed over.
-    fn take_window(&mut self) -> Vec<written::Span> {
+    /// The spans written since the last window, handed over (the staged bytes written first).
+    fn take_window(&mut self) -> Result<Vec<written::Span>> {
+        self.write_staged()?;
         let w = std::mem::take(&mut self.window);
         self.total += w.bytes();
-        w.sorted()
+        Ok(w.sorted())
     }
 }

@@ -15,8 +15,8 @@ use crate::progress::Meter;
 
 /// Bytes read at a time.
 const READ: u64 = 4 << 20;
-/// Alignment of direct reads (the largest logical sector size).
-const ALIGN: u64 = 4096;
+/// Alignment of direct reads and writes (the largest logical sector size).
+pub const ALIGN: u64 = 4096;
 
 /// The first byte range read back that differs from what was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +119,12 @@ impl Uncached {
         }
         Ok(None)
     }
+}
+
+/// `path` opened for `O_DIRECT` writes, if it can be.
+#[must_use]
+pub fn direct_writer(path: &Path) -> Option<File> {
+    OpenOptions::new().write(true).custom_flags(OFlags::DIRECT.bits() as i32).open(path).ok()
 }
 
 /// A buffer whose usable part starts on a 4 KiB boundary, as `O_DIRECT` needs.
