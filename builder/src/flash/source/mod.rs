@@ -8,10 +8,34 @@
 //! return `None` — so a caller that writes partition tables only after the end has been reached never writes
 //! them for a corrupt source.
 
+mod bmap;
+mod gce;
+mod http;
+mod pipe;
+mod qcow2;
+mod raw;
+mod side;
+mod sniff;
+mod sums;
+mod tally;
+mod vhd;
+mod vmdk;
+mod zst;
+
+#[cfg(test)]
+mod tests;
+
+use std::fs::File;
+use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result, anyhow, bail};
+
+use self::bmap::{Bmap, RangeCheck};
+use self::pipe::{Decode, FileCheck, Setup};
+use self::tally::{Tally, Tap, read_full};
 
 /// Bytes of the raw disk image at an offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +149,187 @@ pub struct Request {
 /// When the source cannot be opened or read, is no image kiln writes (naming what it is), a side file is
 /// malformed, or a given `--sha256` is not 64 hex digits.
 pub fn open(req: &Request) -> Result<Opened> {
-    let _ = req;
-    anyhow::bail!("flash sources are not built yet")
+    let name = req.source.clone();
+    let url = http::is_url(&name);
+    let explicit = req.sha256.as_deref().map(|h| sums::normalize(h, "--sha256")).transpose()?;
+    let bmap = if req.no_bmap {
+        None
+    } else if let Some(at) = &req.bmap {
+        let bytes = side::read(at)?.ok_or_else(|| anyhow!("--bmap {at}: no such file"))?;
+        Some((at.clone(), bytes))
+    } else {
+        side::find_bmap(&name, url)?
+    };
+    let bmap = bmap.map(|(at, bytes)| bmap::parse(&bytes, &at).map(|b| (at, b))).transpose()?;
+    let sums_file = if explicit.is_some() { None } else { side::find_sha256(&name, url)? };
+    let file_check = |skip_side: bool| -> Result<Option<FileCheck>> {
+        if let Some(expected) = &explicit {
+            return Ok(Some(FileCheck { expected: expected.clone(), from: "--sha256".to_owned() }));
+        }
+        match &sums_file {
+            Some((at, bytes)) if !skip_side => {
+                let expected = sums::lookup(bytes, &side::file_name(&name, url), at)?;
+                Ok(Some(FileCheck { expected, from: at.clone() }))
+            }
+            _ => Ok(None),
+        }
+    };
+    let parts = if url { open_url(&name, file_check(false)?)? } else { open_local(&name, bmap.as_ref(), file_check)? };
+    finish(name, url, bmap, parts)
+}
+
+/// What a format's opener found.
+struct Parts {
+    format: SourceFormat,
+    size: Option<u64>,
+    map: Option<Vec<Range<u64>>>,
+    tally: Arc<Tally>,
+    file_check: Option<FileCheck>,
+    decode: Decode,
+}
+
+/// Checks the block map against the source and starts the stream.
+fn finish(name: String, url: bool, bmap: Option<(String, Bmap)>, parts: Parts) -> Result<Opened> {
+    let mut checks = Vec::new();
+    if let Some(c) = &parts.file_check {
+        checks.push(Check { what: "sha256 of the source".to_owned(), from: c.from.clone() });
+    }
+    let (mut size, mut map, mut ranges, mut allowed) = (parts.size, parts.map, None, None);
+    if let Some((at, b)) = &bmap {
+        if let Some(s) = size
+            && s != b.image_size
+        {
+            bail!("{name}: the block map {at} is for an image of {} bytes, the source holds {s}", b.image_size);
+        }
+        size = Some(b.image_size);
+        let m = b.map();
+        allowed = Some((Arc::from(m.clone()), at.clone()));
+        map = Some(m);
+        if b.ranges.iter().any(|r| r.sha256.is_some()) {
+            checks.push(Check { what: "bmap range checksums".to_owned(), from: at.clone() });
+            ranges = Some(RangeCheck::new(b, &name, at));
+        }
+    }
+    let setup = Setup { name: name.clone(), size, tally: parts.tally, file_check: parts.file_check, ranges, allowed };
+    let stream = pipe::spawn(setup, parts.decode)?;
+    Ok(Opened {
+        local: (!url).then(|| PathBuf::from(&name)),
+        name,
+        format: parts.format,
+        size,
+        map,
+        bmap: bmap.map(|(at, _)| at),
+        checks,
+        stream: Box::new(stream),
+    })
+}
+
+/// A URL: one GET, sniffed from the body's first bytes, streamed through the decoder.
+fn open_url(name: &str, file_check: Option<FileCheck>) -> Result<Parts> {
+    let tally = Tally::new(file_check.is_some());
+    let (body, _) = http::get(name)?.ok_or_else(|| anyhow!("GET {name}: HTTP 404 Not Found"))?;
+    let mut tap = Tap::new(body, Arc::clone(&tally));
+    let mut head = vec![0u8; sniff::HEAD];
+    let n = read_full(&mut tap, &mut head).with_context(|| format!("GET {name}: reading the first bytes"))?;
+    head.truncate(n);
+    let format = sniff::sniff(&head, name)?;
+    let seq: Box<dyn Read + Send> = Box::new(Cursor::new(head.clone()).chain(tap));
+    let owned = name.to_owned();
+    let (size, map, decode) = match format {
+        SourceFormat::Raw | SourceFormat::Vhd => (None, None, raw::sequential(seq, owned)),
+        SourceFormat::RawZst => (zst::content_size(&head), None, zst::decode(seq, owned)),
+        SourceFormat::Qcow2 => bail!(
+            "{name}: a qcow2 image needs random access, which an HTTP download does not give: serve the image as              raw.zst (kiln build --format raw-zst) and flash that URL, or download the qcow2 first"
+        ),
+        SourceFormat::Vmdk => {
+            let h = vmdk::header(&head, name)?;
+            (Some(h.size), None, vmdk::decode(seq, h, owned))
+        }
+        SourceFormat::Gce => gce_parts(seq, owned)?,
+    };
+    Ok(Parts { format, size, map, tally, file_check, decode })
+}
+
+fn gce_parts(seq: Box<dyn Read + Send>, name: String) -> Result<(Option<u64>, Option<Vec<Range<u64>>>, Decode)> {
+    let g = gce::Gce::open(seq, name)?;
+    let map = g.sparse.then(|| g.regions.clone());
+    Ok((Some(g.size), map, g.decode()))
+}
+
+/// A local file (or block device).
+fn open_local(
+    name: &str,
+    bmap: Option<&(String, Bmap)>,
+    file_check: impl Fn(bool) -> Result<Option<FileCheck>>,
+) -> Result<Parts> {
+    let mut file = File::open(name).with_context(|| format!("{name}: cannot open it"))?;
+    let meta = file.metadata().with_context(|| format!("{name}: reading its metadata"))?;
+    if meta.is_dir() {
+        bail!("{name}: a directory, not an image");
+    }
+    let file_len = file.seek(SeekFrom::End(0)).with_context(|| format!("{name}: cannot find its size"))?;
+    let mut head = vec![0u8; sniff::HEAD.min(usize::try_from(file_len).unwrap_or(usize::MAX))];
+    if !kiln_formats::sparse::read_full(&file, &mut head, 0)
+        .with_context(|| format!("{name}: reading its first bytes"))?
+    {
+        bail!("{name}: the file shrank while its first bytes were read");
+    }
+    let mut format = sniff::sniff(&head, name)?;
+    let mut image_size = file_len;
+    if format == SourceFormat::Raw && file_len >= 2 * vhd::FOOTER {
+        let mut tail = [0u8; vhd::FOOTER as usize];
+        let at = file_len - vhd::FOOTER;
+        if !kiln_formats::sparse::read_full(&file, &mut tail, at)
+            .with_context(|| format!("{name}: reading byte {at}"))?
+        {
+            bail!("{name}: the file shrank while its last bytes were read");
+        }
+        if let Some(size) = vhd::fixed_size(&tail, name)? {
+            if size != at {
+                bail!("{name}: the fixed VHD footer says the disk is {size} bytes, the file holds {at} before it");
+            }
+            format = SourceFormat::Vhd;
+            image_size = at;
+        }
+    }
+    let owned = name.to_owned();
+    if matches!(format, SourceFormat::Raw | SourceFormat::Vhd) {
+        // With a block map's checksums the block map's ranges alone are read and checked; hashing the whole
+        // file would read every hole. An explicit --sha256 still reads and hashes it all.
+        let bmap_checked = bmap.is_some_and(|(_, b)| b.has_checksums());
+        let file_check = file_check(bmap_checked)?;
+        let tally = Tally::new(file_check.is_some());
+        let data = raw::data_ranges(&file, image_size, name)?;
+        let read = match bmap {
+            Some((_, b)) if file_check.is_none() => b.map(),
+            _ => data.clone(),
+        };
+        let decode = raw::local(file, owned, image_size, file_len, read, Arc::clone(&tally));
+        return Ok(Parts { format, size: Some(image_size), map: Some(data), tally, file_check, decode });
+    }
+    let file_check = file_check(false)?;
+    let tally = Tally::new(file_check.is_some());
+    if format == SourceFormat::Qcow2 {
+        let q = qcow2::Qcow2::open(file, owned, file_len, &head)?;
+        let (size, map) = (q.size, q.map()?);
+        return Ok(Parts {
+            format,
+            size: Some(size),
+            map: Some(map),
+            decode: q.decode(Arc::clone(&tally)),
+            tally,
+            file_check,
+        });
+    }
+    file.seek(SeekFrom::Start(0)).with_context(|| format!("{name}: seeking to its start"))?;
+    let seq: Box<dyn Read + Send> = Box::new(Tap::new(file, Arc::clone(&tally)));
+    let (size, map, decode) = match format {
+        SourceFormat::RawZst => (zst::content_size(&head), None, zst::decode(seq, owned)),
+        SourceFormat::Vmdk => {
+            let h = vmdk::header(&head, name)?;
+            (Some(h.size), None, vmdk::decode(seq, h, owned))
+        }
+        _ => gce_parts(seq, owned)?,
+    };
+    Ok(Parts { format, size, map, tally, file_check, decode })
 }
