@@ -64,6 +64,15 @@ impl<'scope> Behind<'scope> {
         Self { to_flush: Some(to_flush), flusher, reader }
     }
 
+    /// A sender of windows for another thread (dropped before [`Behind::finish`]).
+    ///
+    /// # Panics
+    /// Never: the sender is there until `finish`.
+    #[must_use]
+    pub fn sender(&self) -> SyncSender<Vec<Span>> {
+        self.to_flush.clone().expect("the flusher's sender lives until finish")
+    }
+
     /// Hands over a window of written spans: flushed, then read back. Blocks while [`AHEAD`] windows wait.
     ///
     /// # Errors

@@ -14,6 +14,7 @@
 
 mod behind;
 pub mod fit;
+mod io;
 pub mod remake;
 pub mod report;
 pub mod source;
@@ -305,7 +306,8 @@ fn write(
     let source = out.source.clone();
     let ((data, hole_bytes), read) = std::thread::scope(|s| -> Result<_> {
         let behind = Behind::start(s, target, req.verify, flip);
-        let mut pass = Pass::new(target, fit, holes, req.sync_every);
+        let io = io::Io::start(s, target, uncached::direct_writer(&target.path), STAGE, behind.sender());
+        let mut pass = Pass::new(target, fit, holes, req.sync_every, io)?;
         let written = progress::phase(
             progress,
             Phase::Write,
@@ -317,7 +319,7 @@ fn write(
                     let len = chunk.data.len() as u64;
                     pass.put(chunk)?;
                     if pass.window.bytes() >= pass.sync_every {
-                        behind.window(pass.take_window()?)?;
+                        pass.hand_window()?;
                     }
                     meter.add(len);
                     next = src.stream.next()?;
@@ -334,13 +336,20 @@ fn write(
                 Ok::<_, anyhow::Error>(pass.total + pass.window.bytes())
             },
             |n| format!("{} of data written", human_bytes(*n)),
-        )?;
-        let last = pass.take_window()?;
+        );
+        let written = match written {
+            Ok(w) => w,
+            // A write error stops the writing thread first: its own error says what failed.
+            Err(e) => return Err(pass.io.finish().err().unwrap_or(e)),
+        };
+        pass.hand_window()?;
+        let hole_bytes = pass.hole_bytes;
+        pass.io.finish()?;
         let summary = |r: &ReadBack| {
             if req.verify { format!("{} read back and compared", human_bytes(r.bytes)) } else { "flushed".to_owned() }
         };
-        let read = progress::phase(progress, Phase::Verify, || behind.finish(last), summary)?;
-        Ok(((written, pass.hole_bytes), read))
+        let read = progress::phase(progress, Phase::Verify, || behind.finish(Vec::new()), summary)?;
+        Ok(((written, hole_bytes), read))
     })?;
     out.write_secs = started.elapsed().as_secs_f64();
     out.hole_bytes = hole_bytes;
@@ -494,8 +503,8 @@ struct Pass<'a> {
     total: u64,
     held: Arc<Held>,
     hole_bytes: u64,
-    /// The target opened for `O_DIRECT` writes, where it takes them.
-    direct: Option<std::fs::File>,
+    /// The writing thread.
+    io: io::Io<'a>,
     /// Bytes gathered to be written together, and where they go.
     stage: uncached::AlignedBuf,
     staged: Range<u64>,
@@ -505,9 +514,10 @@ struct Pass<'a> {
 const STAGE: usize = 8 << 20;
 
 impl<'a> Pass<'a> {
-    fn new(target: &'a Target, fit: &Fit, holes: Holes, sync_every: u64) -> Self {
+    fn new(target: &'a Target, fit: &Fit, holes: Holes, sync_every: u64, io: io::Io<'a>) -> Result<Self> {
         let end = fit.skip.as_ref().map_or(fit.image_size, |s| s.start).min(target.size);
-        Self {
+        let stage = io.buffer()?;
+        Ok(Self {
             target,
             skip: fit.skip.clone(),
             remake: fit.remake.iter().map(|r| r.range.clone()).collect(),
@@ -519,10 +529,10 @@ impl<'a> Pass<'a> {
             total: 0,
             held: Arc::new(Held::default()),
             hole_bytes: 0,
-            direct: uncached::direct_writer(&target.path),
-            stage: uncached::AlignedBuf::new(STAGE),
+            io,
+            stage,
             staged: 0..0,
-        }
+        })
     }
 
     /// Adds `data`, the image's bytes at `at`, to the bytes waiting to be written together.
@@ -544,8 +554,8 @@ impl<'a> Pass<'a> {
         Ok(())
     }
 
-    /// Writes the staged bytes: the 4 KiB-aligned part with `O_DIRECT` where the target takes it (no page cache
-    /// to fill and flush), the rest through the page cache.
+    /// Hands the staged bytes to the writing thread (which writes the 4 KiB-aligned part with `O_DIRECT` where
+    /// the target takes it: no page cache to fill and flush) and takes a free buffer.
     fn write_staged(&mut self) -> Result<()> {
         let at = self.staged.start;
         let len = (self.staged.end - at) as usize;
@@ -553,25 +563,8 @@ impl<'a> Pass<'a> {
         if len == 0 {
             return Ok(());
         }
-        let buf = &self.stage.slice(STAGE)[..len];
-        let direct = if at.is_multiple_of(uncached::ALIGN) {
-            len / uncached::ALIGN as usize * uncached::ALIGN as usize
-        } else {
-            0
-        };
-        let shown = || format!("writing {len} bytes at byte {at} of {}", self.target.shown());
-        let mut done = 0;
-        if direct > 0
-            && let Some(d) = &self.direct
-        {
-            match d.write_all_at(&buf[..direct], at) {
-                Ok(()) => done = direct,
-                // A filesystem that refuses direct writes after all: the page cache it is.
-                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => self.direct = None,
-                Err(e) => return Err(e).with_context(shown),
-            }
-        }
-        self.target.file.write_all_at(&buf[done..], at + done as u64).with_context(shown)
+        let full = std::mem::replace(&mut self.stage, self.io.buffer()?);
+        self.io.write(full, at, len)
     }
 
     /// Writes one chunk (the parts of it that are written at all).
@@ -644,11 +637,12 @@ impl<'a> Pass<'a> {
         self.hole_to(self.end)
     }
 
-    /// The spans written since the last window, handed over (the staged bytes written first).
-    fn take_window(&mut self) -> Result<Vec<written::Span>> {
+    /// The spans written since the last window, handed to the flusher behind the writes (the staged bytes
+    /// first).
+    fn hand_window(&mut self) -> Result<()> {
         self.write_staged()?;
         let w = std::mem::take(&mut self.window);
         self.total += w.bytes();
-        Ok(w.sorted())
+        self.io.window(w.sorted())
     }
 }

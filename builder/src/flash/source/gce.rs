@@ -141,7 +141,7 @@ impl Gce {
                 }
                 b'0' | b'\0' | b'7' if member.trim_start_matches("./") == MEMBER => {
                     g.size = size;
-                    g.regions = if size == 0 { vec![] } else { vec![0..size] };
+                    g.regions = if size == 0 { vec![] } else { std::iter::once(0..size).collect() };
                     return Ok(g);
                 }
                 b'S' => {

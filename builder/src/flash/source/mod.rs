@@ -250,7 +250,10 @@ fn open_url(name: &str, file_check: Option<FileCheck>) -> Result<Parts> {
     Ok(Parts { format, size, map, tally, file_check, decode })
 }
 
-fn gce_parts(seq: Box<dyn Read + Send>, name: String) -> Result<(Option<u64>, Option<Vec<Range<u64>>>, Decode)> {
+/// What a GCE tarball says up front: the disk's size and data ranges, and how to decode the rest.
+type GceParts = (Option<u64>, Option<Vec<Range<u64>>>, Decode);
+
+fn gce_parts(seq: Box<dyn Read + Send>, name: String) -> Result<GceParts> {
     let g = gce::Gce::open(seq, name)?;
     let map = g.sparse.then(|| g.regions.clone());
     Ok((Some(g.size), map, g.decode()))
