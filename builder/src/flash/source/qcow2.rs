@@ -126,7 +126,7 @@ impl Qcow2 {
         for (i, e) in l1.chunks_exact(8).enumerate() {
             let off = be64(e, 0) & OFFSET_MASK;
             ensure!(
-                off % cluster == 0 && off.checked_add(cluster).is_some_and(|e| e <= file_len),
+                off.is_multiple_of(cluster) && off.checked_add(cluster).is_some_and(|e| e <= file_len),
                 "{}: L1 entry {i} points at byte {off}, not a cluster within the file",
                 q.name
             );
@@ -183,7 +183,10 @@ impl Qcow2 {
         let name = &self.name;
         if e & COMPRESSED == 0 {
             let off = e & OFFSET_MASK;
-            ensure!(off % cluster == 0, "{name}: the cluster at guest byte {guest} is at unaligned host byte {off}");
+            ensure!(
+                off.is_multiple_of(cluster),
+                "{name}: the cluster at guest byte {guest} is at unaligned host byte {off}"
+            );
             return self.read(out, off, &format!("the cluster at guest byte {guest}"));
         }
         let x = 62 - (self.cluster_bits - 8);

@@ -428,3 +428,17 @@ fn sha256_files_and_bmap_ranges_parse() {
     assert!(bmap::parse(b"<bmap version=\"1.2\">", "x").is_err());
     assert!(bmap::parse(&text.as_bytes()[..text.len() / 2], "x").is_err());
 }
+
+#[test]
+fn data_outside_the_block_map_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (zst, want) = with_sides(dir.path(), true);
+    // The block map of another image of the same size, with the same first block and nothing else.
+    let other = dir.path().join("other.raw");
+    let f = File::create(&other).unwrap();
+    f.set_len(SIZE).unwrap();
+    f.write_all_at(&want[..4096], 0).unwrap();
+    std::fs::write(dir.path().join("disk.raw.bmap"), bmap_of(&other)).unwrap();
+    let err = stream_err(&req(&zst));
+    assert!(err.contains("outside every range of the block map") && err.contains("disk.raw.bmap"), "{err}");
+}
