@@ -141,7 +141,7 @@ impl Gce {
                 }
                 b'0' | b'\0' | b'7' if member.trim_start_matches("./") == MEMBER => {
                     g.size = size;
-                    g.regions = if size == 0 { vec![] } else { std::iter::once(0..size).collect() };
+                    g.regions = std::iter::once(0..size).filter(|r| !r.is_empty()).collect();
                     return Ok(g);
                 }
                 b'S' => {
@@ -207,7 +207,6 @@ impl Gce {
     pub(super) fn decode(mut self) -> Decode {
         Box::new(move |emit| {
             let mut buf = vec![0u8; MAX_CHUNK];
-            let mut stored = 0u64;
             for r in std::mem::take(&mut self.regions) {
                 let mut at = r.start;
                 while at < r.end {
@@ -224,10 +223,8 @@ impl Gce {
                     self.at += n as u64;
                     emit.put(at, &buf[..n])?;
                     at += n as u64;
-                    stored += n as u64;
                 }
             }
-            let _ = stored;
             drain(&mut self.reader).with_context(|| format!("{}: reading the rest of the archive", self.name))?;
             let mut inner = self.reader.into_inner();
             drain(&mut inner).with_context(|| format!("{}: reading the end of the file", self.name))?;

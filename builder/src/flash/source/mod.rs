@@ -250,10 +250,10 @@ fn open_url(name: &str, file_check: Option<FileCheck>) -> Result<Parts> {
     Ok(Parts { format, size, map, tally, file_check, decode })
 }
 
-/// What a GCE tarball says up front: the disk's size and data ranges, and how to decode the rest.
-type GceParts = (Option<u64>, Option<Vec<Range<u64>>>, Decode);
+/// What a sequential format's opener gives: the image size and map when known, and the decoder.
+type Opening = (Option<u64>, Option<Vec<Range<u64>>>, Decode);
 
-fn gce_parts(seq: Box<dyn Read + Send>, name: String) -> Result<GceParts> {
+fn gce_parts(seq: Box<dyn Read + Send>, name: String) -> Result<Opening> {
     let g = gce::Gce::open(seq, name)?;
     let map = g.sparse.then(|| g.regions.clone());
     Ok((Some(g.size), map, g.decode()))

@@ -20,7 +20,7 @@ use super::vhd;
 pub(super) fn data_ranges(file: &File, size: u64, name: &str) -> Result<Vec<Range<u64>>> {
     let meta = file.metadata().with_context(|| format!("{name}: reading its metadata"))?;
     if !meta.file_type().is_file() {
-        return Ok(if size == 0 { vec![] } else { std::iter::once(0..size).collect() });
+        return Ok(std::iter::once(0..size).filter(|r| !r.is_empty()).collect());
     }
     let ranges = DataRanges::new(file)
         .and_then(|d| d.collect::<std::io::Result<Vec<_>>>())
