@@ -57,8 +57,8 @@ pub struct Remade {
 }
 
 /// Re-makes partition `r` (whose image bytes are in `held`, an image of `image_size` bytes) for `sector`-byte
-/// sectors into `sink` at the same byte offset. The sink must read as zeros over the filesystem's metadata
-/// (the caller zeroes [`metadata_end`] first).
+/// sectors into `sink` at the same byte offset. The new filesystem's metadata area (boot sectors and FATs) is
+/// made zeros with `zero(offset, len)` first: the writer writes only the used start of each FAT.
 ///
 /// # Errors
 /// When the image's FAT cannot be read or its files do not fit a FAT of the new sector size.
