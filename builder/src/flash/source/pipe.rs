@@ -58,6 +58,8 @@ pub(super) struct Emitter {
     /// The chunk being built.
     pending: Vec<u8>,
     pending_off: u64,
+    /// The block map's range checksums, checked as chunks leave.
+    ranges: Option<RangeCheck>,
 }
 
 impl Emitter {
@@ -75,6 +77,7 @@ impl Emitter {
             size,
             allowed,
             allowed_at: 0,
+            ranges: None,
             next: 0,
             stage: Vec::new(),
             stage_off: 0,
@@ -183,6 +186,11 @@ impl Emitter {
             return Ok(());
         }
         let chunk = Chunk { offset: self.pending_off, data: std::mem::take(&mut self.pending) };
+        // The block map's checksums are computed here, on the reading thread, so the consumer's writing does
+        // not wait for them.
+        if let Some(r) = &mut self.ranges {
+            r.feed(chunk.offset, &chunk.data)?;
+        }
         self.tx.send(Ok(Some(chunk))).map_err(|_| anyhow::Error::new(Hangup))
     }
 }
@@ -217,11 +225,17 @@ pub(super) fn spawn(setup: Setup, decode: Decode) -> Result<Piped> {
     let name: Arc<str> = setup.name.clone().into();
     let tally = Arc::clone(&setup.tally);
     let mut emitter = Emitter::new(tx.clone(), Arc::clone(&name), setup.size, setup.allowed);
+    emitter.ranges = setup.ranges;
     let file_check = setup.file_check;
     std::thread::Builder::new()
         .name("flash-source".into())
         .spawn(move || {
-            let result = decode(&mut emitter).and_then(|()| emitter.finish()).and_then(|()| {
+            let result =
+                decode(&mut emitter).and_then(|()| emitter.finish()).and_then(|()| match &mut emitter.ranges {
+                    Some(r) => r.finish(),
+                    None => Ok(()),
+                });
+            let result = result.and_then(|()| {
                 let (Some(check), Some(actual)) = (file_check, tally.digest()) else { return Ok(()) };
                 if actual != check.expected {
                     bail!(
@@ -240,15 +254,7 @@ pub(super) fn spawn(setup: Setup, decode: Decode) -> Result<Piped> {
             }
         })
         .map_err(|e| anyhow!("{}: starting the reading thread: {e}", setup.name))?;
-    Ok(Piped {
-        name: setup.name,
-        rx,
-        tally: setup.tally,
-        ranges: setup.ranges,
-        size: setup.size,
-        end: 0,
-        state: State::Running,
-    })
+    Ok(Piped { name: setup.name, rx, tally: setup.tally, size: setup.size, end: 0, state: State::Running })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,7 +269,6 @@ pub(super) struct Piped {
     name: String,
     rx: Receiver<Message>,
     tally: Arc<Tally>,
-    ranges: Option<RangeCheck>,
     size: Option<u64>,
     /// The end of the last chunk.
     end: u64,
@@ -273,20 +278,12 @@ pub(super) struct Piped {
 impl Piped {
     fn receive(&mut self) -> Result<Option<Chunk>> {
         let msg = self.rx.recv().map_err(|_| anyhow!("{}: the reading thread stopped unexpectedly", self.name))?;
-        let Some(chunk) = msg? else {
-            if let Some(r) = &mut self.ranges {
-                r.finish()?;
-            }
-            return Ok(None);
-        };
+        let Some(chunk) = msg? else { return Ok(None) };
         let range = chunk.range();
         if chunk.data.is_empty() || range.start < self.end || self.size.is_some_and(|s| range.end > s) {
             bail!("{}: chunk {}..{} out of order or beyond the image", self.name, range.start, range.end);
         }
         self.end = range.end;
-        if let Some(r) = &mut self.ranges {
-            r.feed(chunk.offset, &chunk.data)?;
-        }
         Ok(Some(chunk))
     }
 }
