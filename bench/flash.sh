@@ -1,6 +1,14 @@
 #!/usr/bin/env bash
 # Benchmarks `kiln flash` against bmaptool and dd, writing the usb-hybrid image of the large corpus onto a loop
-# device backed by a file on the same disk. In one run:
+# device backed by a file on the same disk, in two set-ups of that loop device:
+#
+#   cached   losetup's default: the loop device writes through the host's page cache of its backing file, so a
+#            flush of the device is a writeback of that file, and "bypassing the page cache" bypasses the loop
+#            device's cache only
+#   direct   losetup --direct-io=on: the loop device reads and writes its backing file with O_DIRECT, like a
+#            real disk, which has no page cache beneath it
+#
+# In each:
 #
 #   kiln-raw   kiln flash IMAGE.raw (its .bmap beside it)          vs  bmaptool copy --bmap IMAGE.raw.bmap
 #                                                                   and dd if=IMAGE.raw bs=4M conv=fsync
@@ -12,6 +20,8 @@
 # Prints median wall times and ratios; never asserts timings.
 #
 # Usage: bench/flash.sh [RUNS]                                    (default 3)
+#
+# LOOP_MODES="cached direct" (the default) picks the set-ups.
 #
 # Environment (all optional):
 #   BENCH_DIR    corpus cache and work directory (default /var/tmp/kiln-bench); the loop device's backing file
@@ -145,7 +155,10 @@ data=$(du -B1 "$raw" | cut -f1)
 
 backing=$work/disk
 truncate -s $((size + (64 << 20))) "$backing"
-dev=$(losetup -f --show "$backing")
+read -r -a modes <<<"${LOOP_MODES:-cached direct}"
+for m in "${modes[@]}"; do
+  case $m in cached | direct) ;; *) die "LOOP_MODES: '$m' is neither cached nor direct" ;; esac
+done
 
 # --- Timed runs ---------------------------------------------------------------------------------------------------
 timed() { # name; appends wall seconds to $work/times.<name>
@@ -161,7 +174,7 @@ timed() { # name; appends wall seconds to $work/times.<name>
     zstd-dd) { zstd -dc "$zst" | dd of="$dev" bs=4M iflag=fullblock oflag=direct status=none; } >"$work/log.$1" 2>&1 ;;
   esac || { cat "$work/log.$1" >&2; die "$1 failed"; }
   end=$EPOCHREALTIME
-  awk -v s="$start" -v e="$end" 'BEGIN { printf "%.3f\n", e - s }' >>"$work/times.$1"
+  awk -v s="$start" -v e="$end" 'BEGIN { printf "%.3f\n", e - s }' >>"$work/times.$mode.$1"
   check "$1"
 }
 
@@ -177,27 +190,40 @@ check() { # the device holds the image: its table fits the device (kiln) or is t
 }
 
 tools=(kiln-raw bmaptool dd-raw kiln-zst zstd-dd)
-for ((i = 1; i <= runs; i++)); do
-  msg "round $i of $runs"
-  # Rotate the order, so no tool always runs right after another's write-back.
-  for ((j = 0; j < ${#tools[@]}; j++)); do timed "${tools[(i + j) % ${#tools[@]}]}"; done
+for mode in "${modes[@]}"; do
+  if [ "$mode" = direct ]; then
+    dev=$(losetup -f --show --direct-io=on "$backing")
+  else
+    dev=$(losetup -f --show "$backing")
+  fi
+  for ((i = 1; i <= runs; i++)); do
+    msg "$mode loop device $dev: round $i of $runs"
+    # Rotate the order, so no tool always runs right after another's write-back.
+    for ((j = 0; j < ${#tools[@]}; j++)); do timed "${tools[(i + j) % ${#tools[@]}]}"; done
+  done
+  losetup -d "$dev"
+  dev=
 done
 
 # --- Report -------------------------------------------------------------------------------------------------------
 median() { sort -n | awk '{ a[NR] = $1 } END { printf "%.3f", NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
 verdict() { awk -v x="$1" -v t="$2" 'BEGIN { print (x >= t ? "met" : "MISSED") }'; }
-for t in "${tools[@]}"; do eval "m_${t//-/_}=$(median <"$work/times.$t")"; done
 
 cat <<EOF
 
 == kiln flash vs bmaptool and dd: the usb-hybrid image of the large corpus, $runs runs each ==
 machine   $(nproc) CPUs, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -r)
 image     $raw: $size bytes, $data bytes of data; raw.zst $(stat -c %s "$zst") bytes
-target    $dev over $backing ($(df --output=fstype "$backing" | tail -n 1)), $(stat -c %s "$backing") bytes
+target    a loop device over $backing ($(df --output=fstype "$backing" | tail -n 1)), $(stat -c %s "$backing") bytes
 kiln      $kiln (git $(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown)); verify included
 bmaptool  $(bmaptool --version 2>&1 | head -n 1)
+EOF
+for mode in "${modes[@]}"; do
+  for t in "${tools[@]}"; do eval "m_${t//-/_}=$(median <"$work/times.$mode.$t")"; done
+  cat <<EOF
 
+-- $mode loop device --
 median wall seconds
   kiln flash raw      $m_kiln_raw
   bmaptool copy       $m_bmaptool
@@ -206,10 +232,11 @@ median wall seconds
   zstd -dc | dd       $m_zstd_dd
 
 all runs
-$(for t in "${tools[@]}"; do printf '  %-9s %s\n' "$t" "$(tr '\n' ' ' <"$work/times.$t")"; done)
+$(for t in "${tools[@]}"; do printf '  %-9s %s\n' "$t" "$(tr '\n' ' ' <"$work/times.$mode.$t")"; done)
 
 targets
   bmaptool / kiln (raw)      $(ratio "$m_bmaptool" "$m_kiln_raw")x   >= 1.5x   $(verdict "$(ratio "$m_bmaptool" "$m_kiln_raw")" 1.5)
   dd / kiln (raw)            $(ratio "$m_dd_raw" "$m_kiln_raw")x   >= 3x     $(verdict "$(ratio "$m_dd_raw" "$m_kiln_raw")" 3)
   zstd|dd / kiln (raw.zst)   $(ratio "$m_zstd_dd" "$m_kiln_zst")x   (informational)
 EOF
+done

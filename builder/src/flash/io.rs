@@ -9,8 +9,8 @@ use std::thread::{Scope, ScopedJoinHandle};
 
 use anyhow::{Context, Result, anyhow};
 
+use super::buf::{ALIGN, AlignedBuf, Bytes};
 use super::target::Target;
-use super::uncached::{ALIGN, AlignedBuf};
 use super::written::Span;
 
 /// Buffers in the rotation: one being filled, one being written, one waiting.
@@ -18,6 +18,7 @@ const BUFFERS: usize = 3;
 
 enum Job {
     Write { buf: AlignedBuf, at: u64, len: usize },
+    Bytes { data: Bytes, at: u64 },
     Window(Vec<Span>),
 }
 
@@ -69,6 +70,14 @@ impl<'scope> Io<'scope> {
         self.send(Job::Write { buf, at, len })
     }
 
+    /// Writes `data` at `at`, behind the caller; its buffer goes back to its pool once written.
+    ///
+    /// # Errors
+    /// When the writing thread has stopped (its error comes from [`Io::finish`]).
+    pub fn write_bytes(&self, data: Bytes, at: u64) -> Result<()> {
+        self.send(Job::Bytes { data, at })
+    }
+
     /// Hands a window to the flusher once everything before it is written.
     ///
     /// # Errors
@@ -103,25 +112,36 @@ fn run(
         match job {
             Job::Window(spans) => windows.send(spans).map_err(|_| anyhow!("flushing the target stopped"))?,
             Job::Write { mut buf, at, len } => {
-                let data = &buf.slice(len)[..len];
-                let aligned = if at.is_multiple_of(ALIGN) { len / ALIGN as usize * ALIGN as usize } else { 0 };
-                let shown = || format!("writing {len} bytes at byte {at} of {}", target.shown());
-                let mut done = 0;
-                if aligned > 0
-                    && let Some(d) = &direct
-                {
-                    match d.write_all_at(&data[..aligned], at) {
-                        Ok(()) => done = aligned,
-                        // A filesystem that refuses direct writes after all: the page cache it is.
-                        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => direct = None,
-                        Err(e) => return Err(e).with_context(shown),
-                    }
-                }
-                target.file.write_all_at(&data[done..], at + done as u64).with_context(shown)?;
+                write_at(target, &mut direct, &buf.slice(len)[..len], at)?;
                 // The filler may have finished already.
                 let _ = free.send(buf);
             }
+            Job::Bytes { data, at } => write_at(target, &mut direct, &data, at)?,
         }
     }
     Ok(())
+}
+
+/// Writes `data` at `at`: the 4 KiB-aligned part with `O_DIRECT` where it can be, the rest through the target's
+/// own descriptor.
+fn write_at(target: &Target, direct: &mut Option<File>, data: &[u8], at: u64) -> Result<()> {
+    let len = data.len();
+    let aligned = if at.is_multiple_of(ALIGN) && (data.as_ptr() as u64).is_multiple_of(ALIGN) {
+        len / ALIGN as usize * ALIGN as usize
+    } else {
+        0
+    };
+    let shown = || format!("writing {len} bytes at byte {at} of {}", target.shown());
+    let mut done = 0;
+    if aligned > 0
+        && let Some(d) = direct
+    {
+        match d.write_all_at(&data[..aligned], at) {
+            Ok(()) => done = aligned,
+            // A filesystem that refuses direct writes after all: the page cache it is.
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => *direct = None,
+            Err(e) => return Err(e).with_context(shown),
+        }
+    }
+    target.file.write_all_at(&data[done..], at + done as u64).with_context(shown)
 }

@@ -13,6 +13,7 @@
 //!    no partition table; on an error the tables are wiped again (`--preserve-on-error` keeps them).
 
 mod behind;
+pub mod buf;
 pub mod fit;
 mod io;
 pub mod remake;
@@ -184,8 +185,8 @@ fn read_head(src: &mut Opened) -> Result<(Vec<u8>, u64, Option<Chunk>)> {
         head[c.offset as usize..c.offset as usize + n].copy_from_slice(&c.data[..n]);
         got += n as u64;
         if end > HEAD {
-            let rest = c.data.split_off(n);
-            return Ok((head, got, Some(Chunk { offset: HEAD, data: rest })));
+            c.data.advance(n);
+            return Ok((head, got, Some(Chunk { offset: HEAD, data: c.data })));
         }
     }
     Ok((head, got, None))
@@ -572,6 +573,18 @@ impl<'a> Pass<'a> {
         let r = chunk.range();
         if r.start < HEAD {
             bail!("internal: chunk at {} inside the first MiB after it was read", r.start);
+        }
+        // Written as it is, from the buffer it was read into, where it is aligned and wholly written.
+        if chunk.data.is_aligned()
+            && r.start.is_multiple_of(uncached::ALIGN)
+            && r.end <= self.end
+            && !self.remake.iter().any(|p| p.start < r.end && r.start < p.end)
+        {
+            self.hole_to(r.start)?;
+            self.window.record(r.start, &chunk.data);
+            self.cursor = r.end;
+            self.write_staged()?;
+            return self.io.write_bytes(chunk.data, r.start);
         }
         let mut start = r.start;
         let end = r.end.min(self.end);

@@ -10,13 +10,12 @@ use anyhow::{Context, Result};
 use rustix::fs::{Advice, OFlags, fadvise};
 use xxhash_rust::xxh3::xxh3_64;
 
+pub use super::buf::{ALIGN, AlignedBuf};
 use super::written::Span;
 use crate::progress::Meter;
 
 /// Bytes read at a time.
 const READ: u64 = 4 << 20;
-/// Alignment of direct reads and writes (the largest logical sector size).
-pub const ALIGN: u64 = 4096;
 
 /// The first byte range read back that differs from what was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,11 +64,23 @@ impl Uncached {
     /// # Errors
     /// When reading fails.
     pub fn read(&self, offset: u64, out: &mut [u8], buf: &mut AlignedBuf) -> std::io::Result<()> {
+        let got = self.read_in(offset, out.len(), buf)?;
+        out.copy_from_slice(got);
+        Ok(())
+    }
+
+    /// Reads `len` bytes at `offset` into `buf` (widened to aligned reads where direct); the bytes, in it.
+    ///
+    /// # Errors
+    /// When reading fails.
+    pub fn read_in<'b>(&self, offset: u64, len: usize, buf: &'b mut AlignedBuf) -> std::io::Result<&'b [u8]> {
         if !self.direct {
-            return self.file.read_exact_at(out, offset);
+            let out = buf.slice(len);
+            self.file.read_exact_at(out, offset)?;
+            return Ok(out);
         }
         let start = offset / ALIGN * ALIGN;
-        let end = (offset + out.len() as u64).div_ceil(ALIGN) * ALIGN;
+        let end = (offset + len as u64).div_ceil(ALIGN) * ALIGN;
         let n = (end - start) as usize;
         let slice = buf.slice(n);
         let mut got = 0;
@@ -81,11 +92,10 @@ impl Uncached {
             got += r;
         }
         let skip = (offset - start) as usize;
-        if got < skip + out.len() {
+        if got < skip + len {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
-        out.copy_from_slice(&slice[skip..skip + out.len()]);
-        Ok(())
+        Ok(&slice[skip..skip + len])
     }
 
     /// Compares every span with what is on the target; the first that differs.
@@ -94,7 +104,6 @@ impl Uncached {
     /// When reading fails.
     pub fn compare(&self, spans: &[Span], meter: &Meter<'_>) -> Result<Option<Mismatch>> {
         let mut buf = AlignedBuf::new(READ as usize + 2 * ALIGN as usize);
-        let mut data = vec![0u8; READ as usize];
         let mut i = 0;
         while i < spans.len() {
             // A run of contiguous spans, at most READ bytes.
@@ -106,8 +115,8 @@ impl Uncached {
                 j += 1;
             }
             let n = (end - start) as usize;
-            self.read(start, &mut data[..n], &mut buf)
-                .with_context(|| format!("reading back {n} bytes at byte {start}"))?;
+            let data =
+                self.read_in(start, n, &mut buf).with_context(|| format!("reading back {n} bytes at byte {start}"))?;
             for s in &spans[i..j] {
                 let at = (s.offset - start) as usize;
                 if xxh3_64(&data[at..at + s.len as usize]) != s.hash {
@@ -125,27 +134,4 @@ impl Uncached {
 #[must_use]
 pub fn direct_writer(path: &Path) -> Option<File> {
     OpenOptions::new().write(true).custom_flags(OFlags::DIRECT.bits() as i32).open(path).ok()
-}
-
-/// A buffer whose usable part starts on a 4 KiB boundary, as `O_DIRECT` needs.
-#[derive(Debug)]
-pub struct AlignedBuf {
-    raw: Vec<u8>,
-}
-
-impl AlignedBuf {
-    /// Room for `len` aligned bytes.
-    #[must_use]
-    pub fn new(len: usize) -> Self {
-        Self { raw: vec![0; len + ALIGN as usize] }
-    }
-
-    /// The aligned bytes, `len` of them (grown when needed).
-    pub fn slice(&mut self, len: usize) -> &mut [u8] {
-        if self.raw.len() < len + ALIGN as usize {
-            self.raw = vec![0; len + ALIGN as usize];
-        }
-        let skip = self.raw.as_ptr().align_offset(ALIGN as usize);
-        &mut self.raw[skip..skip + len]
-    }
 }

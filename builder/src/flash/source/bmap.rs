@@ -197,6 +197,26 @@ impl RangeCheck {
         Self { ranges, at: 0, pos: 0, hasher: Sha256::new(), source: source.to_owned(), bmap: bmap_name.to_owned() }
     }
 
+    /// The ranges split among `n` checks (range `i` to check `i % n`), each fed every chunk, so `n` threads
+    /// can share the hashing.
+    pub(super) fn split(self, n: usize) -> Vec<Self> {
+        let n = n.max(1);
+        let mut parts: Vec<Self> = (0..n)
+            .map(|_| Self {
+                ranges: Vec::new(),
+                at: 0,
+                pos: 0,
+                hasher: Sha256::new(),
+                source: self.source.clone(),
+                bmap: self.bmap.clone(),
+            })
+            .collect();
+        for (i, r) in self.ranges.into_iter().enumerate() {
+            parts[i % n].ranges.push(r);
+        }
+        parts
+    }
+
     fn zeros(&mut self, until: u64) {
         while self.pos < until {
             let n = (until - self.pos).min(ZEROS.len() as u64);

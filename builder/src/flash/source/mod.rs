@@ -33,6 +33,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 
+pub use super::buf::Bytes;
+
 use self::bmap::{Bmap, RangeCheck};
 use self::pipe::{Decode, FileCheck, Setup};
 use self::tally::{Tally, Tap, read_full};
@@ -42,8 +44,8 @@ use self::tally::{Tally, Tap, read_full};
 pub struct Chunk {
     /// Byte offset in the raw disk image.
     pub offset: u64,
-    /// The bytes (never empty).
-    pub data: Vec<u8>,
+    /// The bytes (never empty), in a 4 KiB-aligned buffer when `offset` is 4 KiB-aligned.
+    pub data: Bytes,
 }
 
 impl Chunk {

@@ -4,6 +4,7 @@
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use anyhow::{Result, anyhow, bail};
@@ -11,6 +12,7 @@ use anyhow::{Result, anyhow, bail};
 use super::bmap::RangeCheck;
 use super::tally::Tally;
 use super::{Chunk, Stream};
+use crate::flash::buf::{Bytes, Pool};
 
 /// Holes are found at this granularity, aligned to the image's offsets.
 pub(super) const BLOCK: u64 = 4096;
@@ -55,11 +57,13 @@ pub(super) struct Emitter {
     /// A block given only in part so far.
     stage: Vec<u8>,
     stage_off: u64,
+    /// The chunks' buffers, back from the consumer once it is done with them.
+    pool: Pool,
     /// The chunk being built.
-    pending: Vec<u8>,
+    pending: Bytes,
     pending_off: u64,
-    /// The block map's range checksums, checked as chunks leave.
-    ranges: Option<RangeCheck>,
+    /// The block map's range checksums, checked by threads of their own as chunks leave.
+    ranges: Option<Hashers>,
 }
 
 impl Emitter {
@@ -71,6 +75,8 @@ impl Emitter {
         size: Option<u64>,
         allowed: Option<(Arc<[Range<u64>]>, String)>,
     ) -> Self {
+        // Enough buffers for the chunks in the channel, the one the consumer holds and those being written.
+        let pool = Pool::new(MAX_CHUNK, IN_FLIGHT + 8);
         Self {
             tx,
             name,
@@ -81,17 +87,15 @@ impl Emitter {
             next: 0,
             stage: Vec::new(),
             stage_off: 0,
-            pending: Vec::new(),
+            pending: pool.take(),
+            pool,
             pending_off: 0,
         }
     }
 
-    /// The image's bytes at `offset`: at or after everything given before.
-    ///
-    /// # Errors
-    /// Bytes out of order or beyond the image, data outside the block map, or the consumer gone.
-    pub(super) fn put(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        let end = offset.checked_add(data.len() as u64).ok_or_else(|| anyhow!("{}: offset overflow", self.name))?;
+    /// Checks that `len` bytes at `offset` may come now; their end.
+    fn admit(&self, offset: u64, len: usize) -> Result<u64> {
+        let end = offset.checked_add(len as u64).ok_or_else(|| anyhow!("{}: offset overflow", self.name))?;
         if offset < self.next {
             bail!(
                 "{}: image bytes {offset}..{end} come after bytes up to {} were given: the source is out of order",
@@ -104,6 +108,15 @@ impl Emitter {
         {
             bail!("{}: image bytes {offset}..{end} lie beyond the image's end at {size} bytes", self.name);
         }
+        Ok(end)
+    }
+
+    /// The image's bytes at `offset`: at or after everything given before.
+    ///
+    /// # Errors
+    /// Bytes out of order or beyond the image, data outside the block map, or the consumer gone.
+    pub(super) fn put(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        let end = self.admit(offset, data.len())?;
         if !self.stage.is_empty() && self.stage_off + self.stage.len() as u64 != offset {
             self.close_stage()?;
         }
@@ -129,6 +142,90 @@ impl Emitter {
         Ok(())
     }
 
+    /// The image's `len` bytes at `offset`, which `fill` reads straight into the chunk being built (no copy
+    /// where `offset` is 4 KiB-aligned and they fit a chunk, else through [`Emitter::put`]).
+    ///
+    /// # Errors
+    /// As [`Emitter::put`], and `fill`'s.
+    pub(super) fn put_into(
+        &mut self,
+        offset: u64,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<()>,
+    ) -> Result<()> {
+        let end = self.admit(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        if !self.stage.is_empty() || !offset.is_multiple_of(BLOCK) || len > self.pool.size() {
+            let mut bytes = vec![0u8; len];
+            fill(&mut bytes)?;
+            return self.put(offset, &bytes);
+        }
+        if !self.pending.is_empty()
+            && (self.pending_off + self.pending.len() as u64 != offset || self.pending.room() < len)
+        {
+            self.flush()?;
+        }
+        if self.pending.is_empty() {
+            self.pending_off = offset;
+        }
+        let start = self.pending.len();
+        fill(self.pending.spare(len))?;
+        self.pending.grow(len);
+        self.next = end;
+        // The runs of non-zero blocks among the new bytes (relative to `start`).
+        let mut runs: Vec<Range<usize>> = Vec::new();
+        let mut i = 0;
+        while i < len {
+            let n = (len - i).min(BLOCK as usize);
+            if !is_zero(&self.pending[start + i..start + i + n]) {
+                let at = offset + i as u64;
+                self.check_allowed(at, at + n as u64)?;
+                match runs.last_mut() {
+                    Some(r) if r.end == i => r.end += n,
+                    _ => runs.push(i..i + n),
+                }
+            }
+            i += n;
+        }
+        if let [r] = runs.as_slice()
+            && *r == (0..len)
+        {
+            if self.pending.len() >= MAX_CHUNK {
+                self.flush()?;
+            }
+            return Ok(());
+        }
+        // Holes among them: the first run stays where it is when it continues the chunk; the others are copied
+        // into chunks of their own, the last of them left to be continued.
+        let kept = match runs.first() {
+            Some(r) if r.start == 0 => {
+                let r = runs.remove(0);
+                start + r.end
+            }
+            _ => start,
+        };
+        let moved: Vec<(u64, Bytes)> = runs
+            .iter()
+            .map(|r| {
+                let mut b = self.pool.take();
+                b.extend_from_slice(&self.pending[start + r.start..start + r.end]);
+                (offset + r.start as u64, b)
+            })
+            .collect();
+        self.pending.truncate(kept);
+        for (at, bytes) in moved {
+            self.flush()?;
+            self.pending = bytes;
+            self.pending_off = at;
+        }
+        if self.pending.len() >= MAX_CHUNK {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
     /// Sends what is left: the last chunk.
     ///
     /// # Errors
@@ -149,12 +246,8 @@ impl Emitter {
         r
     }
 
-    /// A block (or part of one): left out when all zeros, else added to the chunk.
-    fn judge(&mut self, at: u64, bytes: &[u8]) -> Result<()> {
-        if is_zero(bytes) {
-            return self.flush();
-        }
-        let end = at + bytes.len() as u64;
+    /// Non-zero bytes at `at..end` are an error outside the block map's ranges.
+    fn check_allowed(&mut self, at: u64, end: u64) -> Result<()> {
         if let Some((ranges, bmap)) = &self.allowed {
             while ranges.get(self.allowed_at).is_some_and(|r| r.end <= at) {
                 self.allowed_at += 1;
@@ -167,12 +260,23 @@ impl Emitter {
                 );
             }
         }
-        if !self.pending.is_empty() && self.pending_off + self.pending.len() as u64 != at {
+        Ok(())
+    }
+
+    /// A block (or part of one): left out when all zeros, else added to the chunk.
+    fn judge(&mut self, at: u64, bytes: &[u8]) -> Result<()> {
+        if is_zero(bytes) {
+            return self.flush();
+        }
+        let end = at + bytes.len() as u64;
+        self.check_allowed(at, end)?;
+        if !self.pending.is_empty()
+            && (self.pending_off + self.pending.len() as u64 != at || self.pending.room() < bytes.len())
+        {
             self.flush()?;
         }
         if self.pending.is_empty() {
             self.pending_off = at;
-            self.pending.reserve(MAX_CHUNK);
         }
         self.pending.extend_from_slice(bytes);
         if self.pending.len() >= MAX_CHUNK {
@@ -185,13 +289,80 @@ impl Emitter {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let chunk = Chunk { offset: self.pending_off, data: std::mem::take(&mut self.pending) };
-        // The block map's checksums are computed here, on the reading thread, so the consumer's writing does
-        // not wait for them.
+        let chunk = Chunk { offset: self.pending_off, data: std::mem::replace(&mut self.pending, self.pool.take()) };
+        // The block map's checksums are computed by threads of their own, so neither the reading nor the
+        // writing waits for them.
         if let Some(r) = &mut self.ranges {
             r.feed(chunk.offset, &chunk.data)?;
         }
         self.tx.send(Ok(Some(chunk))).map_err(|_| anyhow::Error::new(Hangup))
+    }
+}
+
+/// Threads that check the block map's range checksums, each a share of the ranges, all fed every chunk (its
+/// buffer shared, not copied).
+struct Hashers {
+    feeds: Vec<SyncSender<(u64, Bytes)>>,
+    threads: Vec<std::thread::JoinHandle<Result<()>>>,
+    /// Set by a thread that found a mismatch.
+    failed: Arc<AtomicBool>,
+}
+
+impl Hashers {
+    /// One thread per core, at most 4 (sha256 runs at a GB/s or more a core: more is seldom needed).
+    fn start(check: RangeCheck, name: &str) -> Result<Self> {
+        let n = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).clamp(1, 4);
+        let failed = Arc::new(AtomicBool::new(false));
+        let (mut feeds, mut threads) = (Vec::new(), Vec::new());
+        for mut part in check.split(n) {
+            let (tx, rx) = sync_channel::<(u64, Bytes)>(IN_FLIGHT + 1);
+            let failed = Arc::clone(&failed);
+            let thread = std::thread::Builder::new()
+                .name("flash-bmap-sha256".into())
+                .spawn(move || {
+                    let mut result = Ok(());
+                    for (offset, data) in rx {
+                        if result.is_ok() {
+                            result = part.feed(offset, &data);
+                            if result.is_err() {
+                                failed.store(true, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    result.and_then(|()| part.finish())
+                })
+                .map_err(|e| anyhow!("{name}: starting a checksum thread: {e}"))?;
+            feeds.push(tx);
+            threads.push(thread);
+        }
+        Ok(Self { feeds, threads, failed })
+    }
+
+    /// Hands the image's bytes at `offset` to every thread; a mismatch found so far is the error.
+    fn feed(&mut self, offset: u64, data: &Bytes) -> Result<()> {
+        if self.failed.load(Ordering::Relaxed) {
+            return self.finish();
+        }
+        for tx in &self.feeds {
+            // A thread that has stopped has an error, which finish gives.
+            if tx.send((offset, data.share())).is_err() {
+                return self.finish();
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for every thread: the first mismatch, in the order of the ranges' threads.
+    fn finish(&mut self) -> Result<()> {
+        self.feeds.clear();
+        let mut result = Ok(());
+        for t in self.threads.drain(..) {
+            let r = t.join().unwrap_or_else(|_| Err(anyhow!("a checksum thread panicked")));
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
     }
 }
 
@@ -225,7 +396,7 @@ pub(super) fn spawn(setup: Setup, decode: Decode) -> Result<Piped> {
     let name: Arc<str> = setup.name.clone().into();
     let tally = Arc::clone(&setup.tally);
     let mut emitter = Emitter::new(tx.clone(), Arc::clone(&name), setup.size, setup.allowed);
-    emitter.ranges = setup.ranges;
+    emitter.ranges = setup.ranges.map(|r| Hashers::start(r, &setup.name)).transpose()?;
     let file_check = setup.file_check;
     std::thread::Builder::new()
         .name("flash-source".into())
@@ -306,5 +477,61 @@ impl Stream for Piped {
 
     fn source_bytes(&self) -> u64 {
         self.tally.bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes read straight into chunks: holes among them are cut out (the runs after a hole moved into chunks
+    /// of their own), data outside the block map is refused, and the result is the bytes given.
+    #[test]
+    fn bytes_read_into_chunks_are_cut_at_zero_blocks() {
+        let b = BLOCK as usize;
+        // Blocks: data, zero, data, data, zero, zero, data (partial at the end).
+        let mut piece = vec![0u8; 6 * b + 100];
+        for (i, fill) in [(0, 1u8), (2, 2), (3, 3), (6, 4)] {
+            let end = ((i + 1) * b).min(piece.len());
+            piece[i * b..end].fill(fill);
+        }
+        let (tx, rx) = sync_channel(64);
+        let mut e = Emitter::new(tx, "test".into(), Some(1 << 30), None);
+        // A first piece the second continues, then the piece with holes.
+        e.put_into(0, 2 * b, |buf| {
+            buf.fill(9);
+            Ok(())
+        })
+        .unwrap();
+        e.put_into(2 * BLOCK, piece.len(), |buf| {
+            buf.copy_from_slice(&piece);
+            Ok(())
+        })
+        .unwrap();
+        e.finish().unwrap();
+        drop(e);
+        let chunks: Vec<(u64, Vec<u8>)> =
+            rx.iter().map(|m| m.unwrap().unwrap()).map(|c| (c.offset, c.data.to_vec())).collect();
+        let mut first = vec![9u8; 2 * b];
+        first.extend_from_slice(&piece[..b]);
+        assert_eq!(
+            chunks,
+            vec![(0, first), (4 * BLOCK, piece[2 * b..4 * b].to_vec()), (8 * BLOCK, piece[6 * b..].to_vec())]
+        );
+        for (at, data) in &chunks {
+            assert!(data.len() <= MAX_CHUNK && !data.is_empty(), "chunk at {at}");
+        }
+
+        // The same with a block map that leaves out the last run: an error naming its bytes.
+        let (tx, _rx) = sync_channel(64);
+        let allowed: Arc<[Range<u64>]> = std::iter::once(0..8 * BLOCK).collect();
+        let mut e = Emitter::new(tx, "disk.raw".into(), None, Some((allowed, "disk.raw.bmap".into())));
+        let err = e
+            .put_into(2 * BLOCK, piece.len(), |buf| {
+                buf.copy_from_slice(&piece);
+                Ok(())
+            })
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("image bytes 32768..32868 hold data but lie outside"), "{err:#}");
     }
 }

@@ -39,23 +39,23 @@ pub(super) fn local(
     tally: Arc<Tally>,
 ) -> Decode {
     Box::new(move |emit| {
-        let mut buf = vec![0u8; MAX_CHUNK];
         let mut pos = 0;
         for r in &ranges {
             let mut at = r.start;
             while at < r.end {
                 let to_boundary = MAX_CHUNK as u64 - at % MAX_CHUNK as u64;
                 let n = (r.end - at).min(to_boundary) as usize;
-                let piece = &mut buf[..n];
-                let full = read_full_at(&file, piece, at)
-                    .with_context(|| format!("{name}: reading image bytes {at}..{}", at + n as u64))?;
-                if !full {
-                    bail!("{name}: the file ended before image bytes {at}..{}: it shrank", at + n as u64);
-                }
                 tally.zeros(at - pos);
-                tally.read(piece);
+                emit.put_into(at, n, |piece| {
+                    let full = read_full_at(&file, piece, at)
+                        .with_context(|| format!("{name}: reading image bytes {at}..{}", at + n as u64))?;
+                    if !full {
+                        bail!("{name}: the file ended before image bytes {at}..{}: it shrank", at + n as u64);
+                    }
+                    tally.read(piece);
+                    Ok(())
+                })?;
                 pos = at + n as u64;
-                emit.put(at, piece)?;
                 at = pos;
             }
         }
