@@ -37,6 +37,11 @@ pub struct BuildArgs {
     #[arg(long, value_name = "TOPLEVEL")]
     pub system: PathBuf,
 
+    /// The architecture the image is for (`x86_64`, `aarch64`, or as Nix says it, `aarch64-linux`), in place
+    /// of the one the system's bootspec names (its `system`).
+    #[arg(long, value_name = "ARCH")]
+    pub system_arch: Option<String>,
+
     /// Where to write the image (written beside it under a temporary name, renamed when complete).
     #[arg(long, short, value_name = "PATH", required_unless_present = "dry_run")]
     pub output: Option<PathBuf>,

@@ -26,6 +26,7 @@
 //! [`cli`] is clap's definition of the command line and [`run`] carries it out; [`store`], [`seed`] and [`units`]
 //! are the small vocabulary everything shares.
 
+pub mod arch;
 pub mod boot;
 pub mod build;
 pub mod cli;

@@ -3,13 +3,14 @@
 //! kernels and initrds copied to `EFI/nixos/<store path base name>-<file>.efi`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use kiln_formats::fat::Source;
 
 use super::{Entry, GENERATION, date};
+use crate::arch::{self, Arch};
 use crate::store::StoreDir;
 use crate::system::{StoreFile, System};
 
@@ -27,13 +28,9 @@ pub struct Options {
     pub build_time: i64,
 }
 
-/// `x64` or `aa64` for a Nix system type.
+/// `x64` or `aa64` for a Nix system type (the architecture table's UEFI name).
 pub fn efi_arch(system: &str) -> Result<&'static str> {
-    match system {
-        "x86_64-linux" => Ok("x64"),
-        "aarch64-linux" => Ok("aa64"),
-        other => bail!("systemd-boot: no UEFI binary name for system type {other} (x86_64-linux, aarch64-linux)"),
-    }
+    Ok(Arch::of(system).context("systemd-boot")?.efi)
 }
 
 /// Where NixOS's builder copies a store file on the ESP: `/EFI/nixos/<store path base name>-<file name>.efi`.
@@ -98,7 +95,7 @@ pub fn esp_plan(system: &System, entries: &[Entry], opts: &Options) -> Result<BT
     let binary = binary(system)?;
     let mut files = BTreeMap::new();
     files.insert(format!("EFI/systemd/systemd-boot{arch}.efi"), EspSource::Store(binary.clone()));
-    files.insert(format!("EFI/BOOT/BOOT{}.EFI", arch.to_uppercase()), EspSource::Store(binary));
+    files.insert(Arch::of(&system.boot.system)?.removable_boot_path(), EspSource::Store(binary));
     for e in entries {
         files.insert(esp_path(&e.kernel), EspSource::Store(e.kernel.logical.clone()));
         if let Some(initrd) = &e.initrd {
@@ -122,24 +119,54 @@ pub fn esp_plan(system: &System, entries: &[Entry], opts: &Options) -> Result<BT
 pub fn esp_files(store: &StoreDir, system: &System, entries: &[Entry], opts: &Options) -> Result<EspFiles> {
     let plan = esp_plan(system, entries, opts)?;
     let systemd_boot = binary(system)?;
+    let arch = Arch::of(&system.boot.system)?;
+    let kernels: Vec<&Path> = entries.iter().map(|e| e.kernel.logical.as_path()).collect();
     let mut files = EspFiles::new();
     for (path, source) in plan {
         let source = match source {
             EspSource::Text(text) => bytes(text),
             EspSource::Store(logical) if logical == systemd_boot => {
-                Source::Host(store.resolve_in_store(&logical).map_err(|e| {
+                let host = store.resolve_in_store(&logical).map_err(|e| {
                     anyhow::anyhow!(
                         "the closure has no systemd-boot binary for UEFI ({}): {e:#}; an efi layout needs the \
                          systemd package the toplevel's `systemd` link points to",
                         logical.display()
                     )
-                })?)
+                })?;
+                check_machine(&host, &logical, "systemd-boot binary", arch)?;
+                Source::Host(host)
             }
-            EspSource::Store(logical) => Source::Host(store.resolve_in_store(&logical)?),
+            EspSource::Store(logical) => {
+                let host = store.resolve_in_store(&logical)?;
+                if kernels.contains(&logical.as_path()) {
+                    check_machine(&host, &logical, "kernel", arch)?;
+                }
+                Source::Host(host)
+            }
         };
         files.insert(path, source);
     }
     Ok(files)
+}
+
+/// Refuses a UEFI binary (`what`, at `host`, `logical` in the closure) built for another architecture than
+/// `arch`: firmware would not start it. Files that are no PE image are left to the firmware.
+fn check_machine(host: &Path, logical: &Path, what: &str, arch: &Arch) -> Result<()> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(4096);
+    std::fs::File::open(host)
+        .and_then(|f| f.take(4096).read_to_end(&mut head))
+        .with_context(|| format!("{}: reading the {what}", host.display()))?;
+    match arch::pe_machine(&head) {
+        Some(m) if m != arch.pe_machine => bail!(
+            "{}: the {what} is a UEFI binary for {}, but the system is {} (its bootspec's \"system\", or \
+             --system-arch): the image would not boot",
+            logical.display(),
+            arch::pe_machine_name(m),
+            arch.system
+        ),
+        _ => Ok(()),
+    }
 }
 
 fn bytes(s: String) -> Source {

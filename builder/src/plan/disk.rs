@@ -118,13 +118,10 @@ pub struct Numbers {
     pub root: usize,
 }
 
-/// The root partition's type for the system's architecture (Discoverable Partitions Specification).
+/// The root partition's type for the system's architecture (the architecture table's, from the Discoverable
+/// Partitions Specification); generic Linux data for a system type the table has no row for.
 fn root_type(system_type: &str) -> Guid {
-    match system_type {
-        "x86_64-linux" => partition_type::ROOT_X86_64,
-        "aarch64-linux" => partition_type::ROOT_ARM64,
-        _ => partition_type::LINUX_DATA,
-    }
+    crate::arch::Arch::of(system_type).map_or(partition_type::LINUX_DATA, |a| a.root_type)
 }
 
 /// The partition table: BIOS boot (GPT with GRUB), ESP, root; or an MBR with the root alone.

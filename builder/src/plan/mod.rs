@@ -10,7 +10,7 @@ pub mod root;
 pub mod rootfs;
 pub mod summary;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use kiln_formats::disk::DiskLayout;
 use kiln_formats::ext4;
 use kiln_formats::grub::Embedding;
@@ -114,6 +114,15 @@ pub fn plan(
         Some(specs) => crate::profile::boots_of(specs),
         None => Boots::of(layout)?,
     };
+    let arch = crate::arch::Arch::of(&r.system.boot.system)?;
+    if boots.bios && !arch.bios {
+        bail!(
+            "{}: this layout boots by BIOS (GRUB for i386-pc), which {} has not: use --layout efi or efixbootldr \
+             (or a profile with a UEFI layout)",
+            arch.system,
+            arch.name()
+        );
+    }
     let entries = boot::entries(&r.system, &opts.kernel_params.iter().collect::<Vec<_>>())?;
     let parts = disk::parts(r, opts, boots, &entries)?;
     let default_entry = disk::default_entry(&entries, opts.default_specialisation.as_deref())?;

@@ -7,8 +7,9 @@ pub mod output;
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
+use crate::arch::Arch;
 use crate::closure::Closure;
 use crate::inventory::Inventory;
 use crate::progress::{self, Phase, Progress};
@@ -22,6 +23,8 @@ pub struct Request {
     pub store_dir: PathBuf,
     /// The `--system` argument as given.
     pub system: PathBuf,
+    /// `--system-arch`: the architecture in place of the bootspec's.
+    pub system_arch: Option<String>,
     /// A closureInfo directory, if given.
     pub closure_info: Option<PathBuf>,
     /// More store paths (and their closures) to ship and register (`--extra-path`).
@@ -52,7 +55,24 @@ pub fn resolve(req: &Request, progress: &dyn Progress) -> Result<Resolved> {
         Phase::System,
         || -> Result<System> {
             let toplevel = store.resolve_system(&req.system)?;
-            System::load(&store, &toplevel)
+            let mut system = System::load(&store, &toplevel)?;
+            match &req.system_arch {
+                Some(arch) => {
+                    let arch = Arch::of(arch).context("--system-arch")?;
+                    system.boot.system = arch.system.to_owned();
+                    for s in &mut system.specialisations {
+                        s.boot.system = arch.system.to_owned();
+                    }
+                }
+                None => {
+                    for boot in std::iter::once(&system.boot).chain(system.specialisations.iter().map(|s| &s.boot)) {
+                        Arch::of(&boot.system).with_context(|| {
+                            format!("{}: the bootspec's \"system\" (--system-arch overrides it)", boot.toplevel)
+                        })?;
+                    }
+                }
+            }
+            Ok(system)
         },
         |s| format!("{} ({} specialisations)", s.toplevel, s.specialisations.len()),
     )?;

@@ -99,6 +99,7 @@ impl Options {
         let base = Request {
             store_dir: args.store_dir.clone(),
             system: args.system.clone(),
+            system_arch: args.system_arch.clone(),
             closure_info: args.closure_info.clone(),
             extra_paths: args.extra_paths.clone(),
             profile: applied,

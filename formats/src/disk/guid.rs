@@ -143,6 +143,18 @@ pub mod partition_type {
     pub const ROOT_X86_64: Guid = constant("4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709");
     /// Root filesystem for 64-bit ARM.
     pub const ROOT_ARM64: Guid = constant("B921B045-1DF0-41C3-AF44-4C6F280D3FAE");
+    /// `/usr` for x86-64.
+    pub const USR_X86_64: Guid = constant("8484680C-9521-48C6-9C11-B0720656F69E");
+    /// `/usr` for 64-bit ARM.
+    pub const USR_ARM64: Guid = constant("B0E01050-EE5F-4390-949A-9101B17104E9");
+    /// dm-verity hash tree of the root, x86-64.
+    pub const ROOT_VERITY_X86_64: Guid = constant("2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5");
+    /// dm-verity hash tree of the root, 64-bit ARM.
+    pub const ROOT_VERITY_ARM64: Guid = constant("DF3300CE-D69F-4C92-978C-9BFB0F38D820");
+    /// dm-verity hash tree of `/usr`, x86-64.
+    pub const USR_VERITY_X86_64: Guid = constant("77FF5F63-E7B6-4633-ACF4-1565B864C0E6");
+    /// dm-verity hash tree of `/usr`, 64-bit ARM.
+    pub const USR_VERITY_ARM64: Guid = constant("6E11A4E7-FBCA-4DED-B9E9-E1A512BB664E");
     /// Generic Linux filesystem data.
     pub const LINUX_DATA: Guid = constant("0FC63DAF-8483-4772-8E79-3D69D8477DE4");
     /// Linux swap.
