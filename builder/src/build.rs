@@ -27,7 +27,7 @@ pub fn run(opts: &Options, progress: &dyn Progress) -> Result<(Report, Option<Pl
     }
     let mut r = resolve::resolve(&opts.base, progress)?;
     if opts.layout.is_none() {
-        let entries = crate::boot::entries(&r.system, &opts.kernel_params.iter().collect::<Vec<_>>())?;
+        let entries = crate::boot::entries(&r.system, &opts.kernel_params_for(&r.system.boot.system))?;
         return Ok((report::report(&r, &entries), None, None));
     }
     let self_hashed = r.hash_unregistered(progress)?;

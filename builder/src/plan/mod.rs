@@ -123,7 +123,7 @@ pub fn plan(
             arch.name()
         );
     }
-    let entries = boot::entries(&r.system, &opts.kernel_params.iter().collect::<Vec<_>>())?;
+    let entries = boot::entries(&r.system, &opts.kernel_params_for(&r.system.boot.system))?;
     let parts = disk::parts(r, opts, boots, &entries)?;
     let default_entry = disk::default_entry(&entries, opts.default_specialisation.as_deref())?;
     let (root, disk) = progress::phase(

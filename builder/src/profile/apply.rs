@@ -13,6 +13,8 @@ pub struct Applied {
     /// Changes to every boot entry's command line, applied before the user's `--remove-kernel-param` and
     /// `--kernel-param`.
     pub kernel_params: Changes,
+    /// `[kernel-params.<arch>]`: changes after those, on that architecture only, by its name (`aarch64`).
+    pub arch_kernel_params: std::collections::BTreeMap<String, Changes>,
     /// GRUB's terminal settings for grub.cfg.
     pub grub: Grub,
     /// Output metadata such as the AMI bundle's label.
@@ -30,9 +32,12 @@ impl Profile {
     /// Kernel parameters that do not parse (a profile from [`Profile::load`] has none).
     pub fn applied(&self, name: &str, user_layout: bool) -> Result<Applied> {
         let kernel_params = self.kernel_params.changes().with_context(|| format!("kernel-params of profile {name}"))?;
+        let arch_kernel_params =
+            self.kernel_params.arch_changes().with_context(|| format!("kernel-params of profile {name}"))?;
         Ok(Applied {
             name: name.to_owned(),
             kernel_params,
+            arch_kernel_params,
             grub: self.grub.clone(),
             output: self.output.clone(),
             partitions: if user_layout { None } else { self.partitions.clone() },

@@ -80,13 +80,26 @@ struct RawFile {
     partitions: Option<Spanned<Vec<Spanned<RawPartition>>>>,
 }
 
+/// `[kernel-params]`; any other key is an architecture's table.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
 struct RawKernelParams {
     #[serde(default)]
     add: Vec<Spanned<String>>,
     #[serde(default)]
     remove: Vec<Spanned<String>>,
+    #[serde(flatten)]
+    arch: BTreeMap<String, RawArchKernelParams>,
+}
+
+/// `[kernel-params.<arch>]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawArchKernelParams {
+    #[serde(default)]
+    add: Vec<String>,
+    #[serde(default)]
+    remove: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -234,8 +247,24 @@ fn kernel_params(o: &mut Origins<'_>, k: RawKernelParams) -> Result<KernelParams
     if let Some(first) = k.remove.first().or(k.add.first()) {
         o.map.insert("kernel-params", src.at(&first.span()));
     }
+    let mut arch = BTreeMap::new();
+    for (name, a) in k.arch {
+        let row = crate::arch::Arch::of(&name).map_err(|e| {
+            anyhow!("{}: [kernel-params.{name}]: not an architecture: {e} (or add/remove was misspelt)", src.name)
+        })?;
+        if row.name() != name {
+            bail!("{}: [kernel-params.{name}]: name the architecture as {:?}", src.name, row.name());
+        }
+        for p in &a.add {
+            Param::parse(p).map_err(|e| anyhow!("{}: kernel-params.{name}.add {p:?}: {e}", src.name))?;
+        }
+        for p in &a.remove {
+            Removal::parse(p).map_err(|e| anyhow!("{}: kernel-params.{name}.remove {p:?}: {e}", src.name))?;
+        }
+        arch.insert(name, KernelParams { add: a.add, remove: a.remove, arch: BTreeMap::new() });
+    }
     let strings = |v: Vec<Spanned<String>>| v.into_iter().map(Spanned::into_inner).collect();
-    Ok(KernelParams { add: strings(k.add), remove: strings(k.remove) })
+    Ok(KernelParams { add: strings(k.add), remove: strings(k.remove), arch })
 }
 
 fn grub(o: &mut Origins<'_>, g: RawGrub) -> Result<Grub> {

@@ -95,13 +95,25 @@ pub struct KernelParams {
     /// Parameters to remove: `key` removes every `key` and `key=…`, `key=value` only that one.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub remove: Vec<String>,
+    /// `[kernel-params.<arch>]`: changes made after these on that architecture only, by the architecture's name
+    /// (`aarch64`); such a table holds no tables of its own.
+    #[serde(flatten, skip_serializing_if = "BTreeMap::is_empty")]
+    pub arch: BTreeMap<String, KernelParams>,
 }
 
 impl KernelParams {
     /// Whether it changes nothing.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.add.is_empty() && self.remove.is_empty()
+        self.add.is_empty() && self.remove.is_empty() && self.arch.is_empty()
+    }
+
+    /// The changes `[kernel-params.<arch>]` makes for each architecture, by name, as layers.
+    ///
+    /// # Errors
+    /// A value that is not exactly one parameter (a loaded profile has none).
+    pub fn arch_changes(&self) -> Result<BTreeMap<String, Changes>, kernel_params::Error> {
+        self.arch.iter().map(|(name, k)| Ok((name.clone(), k.changes()?))).collect()
     }
 
     /// As one layer of changes: removals first, then additions.
@@ -269,6 +281,44 @@ impl Profile {
 /// `child` over `parent`, field by field. Tables merge field-wise; kernel parameters append (the parent's
 /// additions that a child's removal matches are dropped, so the child's `remove` undoes what the parent added);
 /// a child's `layout` or `partitions` replaces both of the parent's, as two ways to say the same thing.
+/// A child's kernel parameters after its parent's: the parent's additions that a removal of the child matches are
+/// dropped (for an architecture's table, the child's general removals count too), then the child's are added.
+fn merge_kernel_params(parent: KernelParams, child: KernelParams) -> Result<KernelParams> {
+    let parse = |v: &[String]| v.iter().map(|r| Removal::parse(r)).collect::<Result<Vec<_>, _>>();
+    let general = parse(&child.remove)?;
+    let keep = |adds: Vec<String>, removals: &[&[Removal]]| -> Result<Vec<String>> {
+        let mut kept = Vec::new();
+        for a in adds {
+            let p = Param::parse(&a)?;
+            let removed = removals.iter().flat_map(|r| r.iter()).any(|r| match r {
+                Removal::Key(key) => p.key_matches(key),
+                Removal::Exact(q) => p.equivalent(q),
+            });
+            if !removed {
+                kept.push(a);
+            }
+        }
+        Ok(kept)
+    };
+    let mut arch = BTreeMap::new();
+    let names: std::collections::BTreeSet<String> = parent.arch.keys().chain(child.arch.keys()).cloned().collect();
+    for name in names {
+        let (p, c) =
+            (parent.arch.get(&name).cloned().unwrap_or_default(), child.arch.get(&name).cloned().unwrap_or_default());
+        let own = parse(&c.remove)?;
+        let mut add = keep(p.add, &[&general, &own])?;
+        add.extend(c.add);
+        let mut remove = p.remove;
+        remove.extend(c.remove);
+        arch.insert(name, KernelParams { add, remove, arch: BTreeMap::new() });
+    }
+    let mut add = keep(parent.add, &[&general])?;
+    add.extend(child.add);
+    let mut remove = parent.remove;
+    remove.extend(child.remove);
+    Ok(KernelParams { add, remove, arch })
+}
+
 fn merge(parent: Profile, child: Profile) -> Result<Profile> {
     let mut origins = parent.origins;
     let (mut layout, mut partitions) = (parent.layout, parent.partitions);
@@ -278,21 +328,7 @@ fn merge(parent: Profile, child: Profile) -> Result<Profile> {
         origins.remove("partitions");
     }
     origins.extend(child.origins);
-    let removals = child.kernel_params.remove.iter().map(|r| Removal::parse(r)).collect::<Result<Vec<_>, _>>()?;
-    let mut add = Vec::new();
-    for a in parent.kernel_params.add {
-        let p = Param::parse(&a)?;
-        let removed = removals.iter().any(|r| match r {
-            Removal::Key(key) => p.key_matches(key),
-            Removal::Exact(q) => p.equivalent(q),
-        });
-        if !removed {
-            add.push(a);
-        }
-    }
-    add.extend(child.kernel_params.add);
-    let mut remove = parent.kernel_params.remove;
-    remove.extend(child.kernel_params.remove);
+    let kernel_params = merge_kernel_params(parent.kernel_params, child.kernel_params)?;
     let mut files = child.files;
     files.extend(parent.files);
     Ok(Profile {
@@ -307,7 +343,7 @@ fn merge(parent: Profile, child: Profile) -> Result<Profile> {
         esp_size: child.esp_size.or(parent.esp_size),
         bmap: child.bmap.or(parent.bmap),
         checksum: child.checksum.or(parent.checksum),
-        kernel_params: KernelParams { add, remove },
+        kernel_params,
         grub: Grub {
             terminal: child.grub.terminal.or(parent.grub.terminal),
             serial: child.grub.serial.or(parent.grub.serial),

@@ -405,3 +405,40 @@ fn checks_across_files_name_both() {
     let path = dir.write("r.toml", "extends = \"metal-efi\"\nsector-size = 4096\n");
     Profile::load(&path).unwrap();
 }
+
+#[test]
+fn kernel_params_per_architecture_merge_and_are_checked() {
+    let dir = Dir::new();
+    dir.write(
+        "base.toml",
+        "[kernel-params]\nadd = [\"console=ttyS0\", \"quiet\"]\n\
+         [kernel-params.aarch64]\nremove = [\"console=ttyS0\"]\nadd = [\"console=ttyAMA0\", \"earlycon\"]\n",
+    );
+    let child = dir.write(
+        "child.toml",
+        "extends = \"base.toml\"\n[kernel-params]\nremove = [\"earlycon\"]\nadd = [\"panic=1\"]\n\
+         [kernel-params.aarch64]\nadd = [\"acpi=force\"]\n[kernel-params.x86_64]\nadd = [\"nomodeset\"]\n",
+    );
+    let p = Profile::load(&child).unwrap();
+    assert_eq!(p.kernel_params.add, ["console=ttyS0", "quiet", "panic=1"]);
+    // The child's general removal drops what the parent's aarch64 table added.
+    let arm = &p.kernel_params.arch["aarch64"];
+    assert_eq!(
+        (arm.add.as_slice(), arm.remove.as_slice()),
+        (&["console=ttyAMA0".to_owned(), "acpi=force".to_owned()][..], &["console=ttyS0".to_owned()][..])
+    );
+    assert_eq!(p.kernel_params.arch["x86_64"].add, ["nomodeset"]);
+    let applied = p.applied("child", false).unwrap();
+    assert_eq!(applied.arch_kernel_params.len(), 2);
+    let shown = p.to_toml().unwrap();
+    assert!(shown.contains("[kernel-params.aarch64]\nadd = [\"console=ttyAMA0\", \"acpi=force\"]"), "{shown}");
+
+    let bad = dir.write("bad.toml", "[kernel-params.sparc]\nadd = [\"quiet\"]\n");
+    assert!(load_err(&bad).contains("[kernel-params.sparc]: not an architecture"), "{}", load_err(&bad));
+    let long = dir.write("long.toml", "[kernel-params.aarch64-linux]\nadd = [\"quiet\"]\n");
+    assert!(load_err(&long).contains("name the architecture as \"aarch64\""), "{}", load_err(&long));
+    let nested = dir.write("nested.toml", "[kernel-params.aarch64.x86_64]\nadd = [\"quiet\"]\n");
+    assert!(load_err(&nested).contains("unknown field"), "{}", load_err(&nested));
+    let param = dir.write("param.toml", "[kernel-params.aarch64]\nadd = [\"a b\"]\n");
+    assert!(load_err(&param).contains("kernel-params.aarch64.add \"a b\""), "{}", load_err(&param));
+}

@@ -25,6 +25,9 @@ pub struct Options {
     /// The kernel parameter changes, as layers applied in order: the profile's, then the user's
     /// (`--remove-kernel-param`s, then `--kernel-param`s). Parsed once, here.
     pub kernel_params: Vec<Changes>,
+    /// The profile's `[kernel-params.<arch>]` layers, by architecture name: each goes after the profile's own
+    /// layer, before the user's, on that architecture.
+    pub arch_kernel_params: std::collections::BTreeMap<String, Changes>,
     /// The partition layout; `None`: a dry run that plans no image.
     pub layout: Option<Layout>,
     /// Where to write; `None` for a dry run.
@@ -60,6 +63,18 @@ pub struct Options {
 }
 
 impl Options {
+    /// The kernel parameter layers for a system of type `system`, in order: the profile's, the profile's for
+    /// that architecture, the user's.
+    #[must_use]
+    pub fn kernel_params_for(&self, system: &str) -> Vec<&Changes> {
+        let name = crate::arch::Arch::of(system).map_or(system, |a| a.name());
+        let (user, profile) = match self.kernel_params.split_last() {
+            Some((user, profile)) => (Some(user), profile),
+            None => (None, &[][..]),
+        };
+        profile.iter().chain(self.arch_kernel_params.get(name)).chain(user).collect()
+    }
+
     /// Resolves a `kiln build` command line: loads the profile it names, fills in what the user did not give,
     /// and refuses what does not fit.
     ///
@@ -96,6 +111,7 @@ impl Options {
         let user = Changes::parse(&args.kernel_params, &args.remove_kernel_params)
             .context("--kernel-param/--remove-kernel-param")?;
         let kernel_params = applied.iter().map(|a| a.kernel_params.clone()).chain([user]).collect();
+        let arch_kernel_params = applied.as_ref().map(|a| a.arch_kernel_params.clone()).unwrap_or_default();
         let base = Request {
             store_dir: args.store_dir.clone(),
             system: args.system.clone(),
@@ -107,6 +123,7 @@ impl Options {
         Ok(Self {
             base,
             kernel_params,
+            arch_kernel_params,
             layout,
             output: if args.dry_run { None } else { args.output.clone() },
             force: args.force,
@@ -336,5 +353,19 @@ mod tests {
         );
         let o = options(&["--kernel-param", "console=tty0", "--remove-kernel-param", "quiet"]).unwrap();
         assert_eq!(o.kernel_params, [Changes::parse(["console=tty0"], ["quiet"]).unwrap()]);
+    }
+
+    #[test]
+    fn a_profiles_architecture_table_goes_between_its_own_and_the_users() {
+        let o = options(&["--profile", "qemu-efi", "--kernel-param", "quiet"]).unwrap();
+        let base = ["init=/nix/store/x/init"];
+        let line = |system: &str| {
+            let layers: Vec<Changes> = o.kernel_params_for(system).into_iter().cloned().collect();
+            kernel_params::merge(base, &layers).unwrap().to_string()
+        };
+        assert_eq!(line("x86_64-linux"), "init=/nix/store/x/init console=ttyS0 quiet");
+        assert_eq!(line("aarch64-linux"), "init=/nix/store/x/init console=ttyAMA0 quiet");
+        let o = options(&["--kernel-param", "quiet"]).unwrap();
+        assert_eq!(o.kernel_params_for("aarch64-linux").len(), 1, "no profile: the user's layer alone");
     }
 }

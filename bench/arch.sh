@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# Benchmarks building an aarch64-linux image against building the same image for x86_64-linux: the large
+# corpus registered twice as a NixOS system, once with the host's x86-64 kernel and systemd-boot, once with
+# Debian's arm64 kernel (`Image`) and systemd-bootaa64.efi (taken from the aarch64 demo closure), built with
+# `kiln build --layout efi` (raw) in alternation. kiln runs no target code, so nothing should be slower: the
+# goal is aarch64 within 1.05x of x86_64. Prints median wall times and the ratio; never asserts timings.
+#
+# Usage: bench/arch.sh [RUNS]                                     (default 3)
+#
+# Environment (all optional):
+#   BENCH_DIR    corpus cache and work directory (default /var/tmp/kiln-bench)
+#   MAKE_STORE   the corpus builder (default /work/shared/bench/make-store.sh)
+#   KILN         a built kiln binary to use instead of building one
+set -euo pipefail
+export LC_ALL=C
+
+msg() { printf 'bench: %s\n' "$*" >&2; }
+die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
+
+runs=${1:-3}
+[[ $runs =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer, not '$runs'"
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/.." && pwd)
+bench_dir=${BENCH_DIR:-/var/tmp/kiln-bench}
+corpus=$bench_dir/large
+store=$corpus/nix/store
+command -v python3 >/dev/null || die "'python3' not found: install the Debian package 'python3'"
+[ -f /usr/lib/systemd/boot/efi/systemd-bootx64.efi ] || die "install the Debian package 'systemd-boot-efi'"
+
+if [ -n "${KILN:-}" ]; then
+  kiln=$KILN
+else
+  msg "building: cargo build --release -p kiln --locked"
+  (cd "$repo" && cargo build --release -p kiln --locked >&2) || die "cargo build failed"
+  kiln=${CARGO_TARGET_DIR:-$repo/target}/release/kiln
+fi
+[ -x "$kiln" ] || die "kiln '$kiln' is missing"
+
+if [ ! -d "$store" ]; then
+  make_store=${MAKE_STORE:-/work/shared/bench/make-store.sh}
+  [ -f "$make_store" ] || die "no corpus at $corpus and no make-store.sh at $make_store (set MAKE_STORE)"
+  msg "building the large corpus in $corpus (downloads Debian packages once)"
+  mkdir -p "$bench_dir"
+  tmp=$bench_dir/.large.tmp.$$
+  rm -rf "$tmp"
+  bash "$make_store" "$tmp" large >&2 || die "make-store.sh failed"
+  mv "$tmp" "$corpus"
+fi
+# The arm64 kernel and systemd-boot: those of the aarch64 demo closure (Debian arm64 packages, downloaded once).
+arm_demo=$bench_dir/arm64-demo
+if [ ! -d "$arm_demo" ]; then
+  msg "building the aarch64 demo closure in $arm_demo (downloads Debian arm64 packages once)"
+  ARCH=aarch64 DEB_CACHE=$bench_dir/debian-arm64 bash "$repo/tests/fixtures/demo-closure.gen.sh" "$arm_demo" >&2 ||
+    die "the aarch64 demo closure failed"
+fi
+arm_image=$(find "$arm_demo/nix/store" -mindepth 2 -maxdepth 2 -path '*-linux-*/Image' -type f | sort | head -n 1)
+arm_sdboot=$(find "$arm_demo/nix/store" -path '*/lib/systemd/boot/efi/systemd-bootaa64.efi' -type f | head -n 1)
+[ -n "$arm_image" ] && [ -n "$arm_sdboot" ] || die "the aarch64 demo closure has no Image or systemd-bootaa64.efi"
+
+nixhash() { # 32 characters of Nix's base32 alphabet, derived from the name
+  python3 - "$1" <<'PY'
+import hashlib, sys
+a = "0123456789abcdfghijklmnpqrsvwxyz"
+h = int.from_bytes(hashlib.sha256(sys.argv[1].encode()).digest()[:20], "big")
+print("".join(a[(h >> (5 * i)) & 31] for i in range(32)))
+PY
+}
+# A store path of its own for a file: NAME FILE DEST-IN-PATH; prints the store path's name.
+add_path() {
+  local name dir
+  name="$(nixhash "$1-archbench")-$1-archbench"
+  dir=$store/$name
+  if [ ! -e "$dir" ]; then
+    mkdir -p "$dir/$(dirname "$3")"
+    cp "$2" "$dir/$3"
+    chmod -R a-w "$dir"
+  fi
+  printf '%s' "$name"
+}
+# The toplevel for ARCH over the whole corpus: prints its name.
+add_toplevel() {
+  local arch=$1 kernel_path=$2 kernel_file=$3 sdb_path=$4 name t p
+  name="$(nixhash "nixos-system-archbench-$arch")-nixos-system-archbench-$arch"
+  if [ ! -f "$store/$name/boot.json" ]; then
+    t=$store/.$name.tmp
+    rm -rf "$t"
+    mkdir -p "$t/refs"
+    for p in $(cd "$store" && find . -mindepth 1 -maxdepth 1 ! -name '.*' ! -name '*-archbench*' -printf '%f\n' | sort); do
+      ln -s "/nix/store/$p" "$t/refs/$p"
+    done
+    ln -s "/nix/store/$kernel_path" "$t/kernel-pkg"
+    ln -s "/nix/store/$sdb_path" "$t/systemd"
+    printf '#!/bin/sh\nexit 0\n' >"$t/init"
+    chmod 0555 "$t/init"
+    printf '%s-linux' "$arch" >"$t/system"
+    cat >"$t/boot.json" <<JSON
+{
+  "org.nixos.bootspec.v1": {
+    "init": "/nix/store/$name/init",
+    "kernel": "/nix/store/$kernel_path/$kernel_file",
+    "kernelParams": [],
+    "label": "archbench",
+    "system": "$arch-linux",
+    "toplevel": "/nix/store/$name"
+  }
+}
+JSON
+    find "$t" ! -type l -exec chmod a-w {} +
+    mv "$t" "$store/$name"
+  fi
+  printf '%s' "$name"
+}
+x86_kernel=$(ls /boot/vmlinuz-* 2>/dev/null | sort -V | tail -n 1)
+[ -n "$x86_kernel" ] || die "no /boot/vmlinuz-* (install linux-image-amd64)"
+chmod u+w "$store"
+xk=$(add_path linux-x86_64 "$x86_kernel" bzImage)
+xs=$(add_path systemd-x86_64 /usr/lib/systemd/boot/efi/systemd-bootx64.efi lib/systemd/boot/efi/systemd-bootx64.efi)
+ak=$(add_path linux-aarch64 "$arm_image" Image)
+as=$(add_path systemd-aarch64 "$arm_sdboot" lib/systemd/boot/efi/systemd-bootaa64.efi)
+top_x86=$(add_toplevel x86_64 "$xk" bzImage "$xs")
+top_arm=$(add_toplevel aarch64 "$ak" Image "$as")
+chmod a-w "$store"
+
+work=$(mktemp -d "$bench_dir/arch-bench.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+timed() { # ARCH TOPLEVEL
+  local start end
+  sync
+  start=$EPOCHREALTIME
+  "$kiln" build --layout efi --system "/nix/store/$2" --store-dir "$store" --progress none --force \
+    --output "$work/$1.raw" >"$work/log.$1" 2>&1 || { cat "$work/log.$1" >&2; die "kiln build ($1) failed"; }
+  end=$EPOCHREALTIME
+  awk -v s="$start" -v e="$end" 'BEGIN { printf "%.3f\n", e - s }' >>"$work/times.$1"
+  rm -f "$work/$1.raw"
+}
+msg "warming the page cache with one build of each"
+timed x86_64 "$top_x86"
+timed aarch64 "$top_arm"
+rm -f "$work"/times.*
+for ((i = 1; i <= runs; i++)); do
+  msg "round $i of $runs"
+  if ((i % 2)); then timed x86_64 "$top_x86"; timed aarch64 "$top_arm"; else timed aarch64 "$top_arm"; timed x86_64 "$top_x86"; fi
+done
+
+median() { sort -n | awk '{ a[NR] = $1 } END { printf "%.3f", NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+mx=$(median <"$work/times.x86_64")
+ma=$(median <"$work/times.aarch64")
+ratio=$(awk -v a="$ma" -v b="$mx" 'BEGIN { printf "%.3f", a / b }')
+cat <<EOF
+
+== kiln build --layout efi of the large corpus: aarch64-linux vs x86_64-linux, $runs runs each ==
+machine   $(nproc) CPUs, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -r)
+kiln      $kiln (git $(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown))
+corpus    $store
+
+median wall seconds
+  x86_64-linux    $mx    (runs: $(tr '\n' ' ' <"$work/times.x86_64"))
+  aarch64-linux   $ma    (runs: $(tr '\n' ' ' <"$work/times.aarch64"))
+
+target
+  aarch64 / x86_64   ${ratio}x   <= 1.05x   $(awk -v r="$ratio" 'BEGIN { print (r <= 1.05 ? "met" : "MISSED") }')
+EOF
