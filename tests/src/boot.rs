@@ -1,6 +1,7 @@
 //! QEMU boot runner: boots a disk image under TCG and watches the serial console for a marker line.
 //!
-//! Every boot runs `qemu-system-x86_64 -machine q35 -accel tcg` with the image as a virtio disk
+//! Every boot runs `qemu-system-x86_64 -machine q35 -accel tcg` (or, with [`Firmware::Aavmf`],
+//! `qemu-system-aarch64 -machine virt -cpu max -accel tcg`) with the image as a virtio disk
 //! opened with `snapshot=on` (the image file is never modified), the first serial port on QEMU's
 //! stdout, `-no-reboot` (a guest reboot or `poweroff` ends QEMU), and no network. The serial output
 //! is read as it arrives: the boot succeeds as soon as a line ends with the marker, fails as soon as
@@ -34,6 +35,12 @@ pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 /// OVMF variable store template; every UEFI boot gets a fresh copy as pflash unit 1.
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
+/// AAVMF (EDK II for arm64) firmware code, from the Debian package `qemu-efi-aarch64`; 64 MiB, the size
+/// of the virt machine's pflash banks.
+pub const AAVMF_CODE: &str = "/usr/share/AAVMF/AAVMF_CODE.fd";
+/// AAVMF variable store template (64 MiB); every arm64 boot gets a fresh copy as pflash unit 1.
+pub const AAVMF_VARS: &str = "/usr/share/AAVMF/AAVMF_VARS.fd";
+
 /// Lines that end a boot early as a failure, unless [`Boot::failure_markers`] replaces them.
 pub const DEFAULT_FAILURE_MARKERS: &[&str] = &["DEMO-STAGE1-FAIL", "DEMO-STAGE2-FAIL", "Kernel panic"];
 
@@ -47,6 +54,28 @@ pub enum Firmware {
     Uefi,
     /// SeaBIOS, QEMU's default: boots the MBR boot code (GRUB i386-pc).
     Bios,
+    /// AAVMF (EDK II for arm64) on QEMU's `virt` machine with a fresh variable store: boots
+    /// `EFI/BOOT/BOOTAA64.EFI`. The serial console is the PL011 UART, `ttyAMA0` to Linux.
+    Aavmf,
+}
+
+impl Firmware {
+    /// The QEMU system emulator for this firmware's machine, and the Debian package that has it.
+    fn qemu(self) -> (&'static str, &'static str) {
+        match self {
+            Firmware::Uefi | Firmware::Bios => ("qemu-system-x86_64", "qemu-system-x86"),
+            Firmware::Aavmf => ("qemu-system-aarch64", "qemu-system-arm"),
+        }
+    }
+
+    /// Firmware code and variable store template (pflash units 0 and 1), with their Debian package.
+    fn pflash(self) -> Option<(&'static str, &'static str, &'static str)> {
+        match self {
+            Firmware::Uefi => Some((OVMF_CODE, OVMF_VARS, "ovmf")),
+            Firmware::Aavmf => Some((AAVMF_CODE, AAVMF_VARS, "qemu-efi-aarch64")),
+            Firmware::Bios => None,
+        }
+    }
 }
 
 /// Direct kernel boot: QEMU loads the kernel and initrd itself (`-kernel`, `-initrd`, `-append`);
@@ -242,7 +271,8 @@ impl Boot {
 
     /// Runs QEMU until the marker line, a failure marker, QEMU's end or the timeout.
     pub fn run(&self) -> Result<BootOutcome, Box<BootFailure>> {
-        let qemu = tools::require("qemu-system-x86_64", "qemu-system-x86");
+        let (qemu, package) = self.firmware.qemu();
+        let qemu = tools::require(qemu, package);
         let fail_setup = |msg: String, command: String| {
             Box::new(BootFailure {
                 kind: BootFailureKind::Setup(msg),
@@ -264,31 +294,34 @@ impl Boot {
             .map_err(|e| fail_setup(format!("cannot create a temporary directory: {e}"), String::new()))?;
 
         let mut cmd = Command::new(&qemu);
-        cmd.args(["-machine", "q35", "-accel", "tcg"])
-            .args(["-m", &self.memory_mib.to_string()])
+        match self.firmware {
+            Firmware::Uefi | Firmware::Bios => cmd.args(["-machine", "q35", "-accel", "tcg"]),
+            Firmware::Aavmf => cmd.args(["-machine", "virt", "-cpu", "max", "-accel", "tcg"]),
+        };
+        cmd.args(["-m", &self.memory_mib.to_string()])
             .args(["-display", "none", "-monitor", "none", "-serial", "stdio"])
             .args(["-no-reboot", "-nic", "none"]);
-        if self.firmware == Firmware::Uefi {
-            let code = require_file(OVMF_CODE, "ovmf");
-            let vars_template = require_file(OVMF_VARS, "ovmf");
-            let vars = tmp.path().join("OVMF_VARS.fd");
+        if let Some((code, vars_template, package)) = self.firmware.pflash() {
+            let code = require_file(code, package);
+            let vars_template = require_file(vars_template, package);
+            let vars = tmp.path().join("VARS.fd");
             std::fs::copy(&vars_template, &vars)
                 .map_err(|e| fail_setup(format!("cannot copy {}: {e}", vars_template.display()), String::new()))?;
             cmd.arg("-drive").arg(drive_arg(&code, "if=pflash,format=raw,unit=0,readonly=on"));
             cmd.arg("-drive").arg(drive_arg(&vars, "if=pflash,format=raw,unit=1"));
         }
         let snapshot = if self.writable { "off" } else { "on" };
-        if self.sector_size == 512 {
+        // On the virt machine `if=virtio` would be virtio-blk-pci too; naming the device keeps one path.
+        if self.sector_size == 512 && self.firmware != Firmware::Aavmf {
             cmd.arg("-drive")
                 .arg(drive_arg(&self.image, &format!("format={},if=virtio,snapshot={snapshot}", self.format)));
         } else {
             cmd.arg("-drive")
                 .arg(drive_arg(&self.image, &format!("format={},if=none,id=disk0,snapshot={snapshot}", self.format)));
             let n = self.sector_size;
-            cmd.args([
-                "-device",
-                &format!("virtio-blk-pci,drive=disk0,logical_block_size={n},physical_block_size={n}"),
-            ]);
+            let sizes =
+                if n == 512 { String::new() } else { format!(",logical_block_size={n},physical_block_size={n}") };
+            cmd.args(["-device", &format!("virtio-blk-pci,drive=disk0{sizes}")]);
         }
         if let Some(direct) = &self.direct_kernel {
             cmd.arg("-kernel").arg(&direct.kernel);

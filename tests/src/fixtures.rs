@@ -36,9 +36,19 @@ fn content_key(bytes: &[u8]) -> String {
 
 /// Runs `tests/fixtures/<script> OUT` once per script version and returns OUT.
 pub fn generated(script: &str) -> PathBuf {
+    generated_variant(script, None, &[])
+}
+
+/// Runs `<vars> tests/fixtures/<script> OUT` once per script version and environment, and returns OUT,
+/// `<name>-<variant>-<hash>` in the cache (a variant of a script is a fixture of its own).
+pub fn generated_variant(script: &str, variant: Option<&str>, vars: &[(&str, &str)]) -> PathBuf {
     let path = scripts_dir().join(script);
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let name = script.trim_end_matches(".gen.sh");
+    let mut bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    for (k, v) in vars {
+        bytes.extend_from_slice(format!("\0{k}={v}").as_bytes());
+    }
+    let base = script.trim_end_matches(".gen.sh");
+    let name = variant.map_or_else(|| base.to_owned(), |v| format!("{base}-{v}"));
     let cache = target_dir().join("kiln-fixtures");
     std::fs::create_dir_all(&cache).unwrap_or_else(|e| panic!("creating {}: {e}", cache.display()));
     let out = cache.join(format!("{name}-{}", content_key(&bytes)));
@@ -46,7 +56,7 @@ pub fn generated(script: &str) -> PathBuf {
     let lock = File::create(&lock_path).unwrap_or_else(|e| panic!("creating {}: {e}", lock_path.display()));
     lock.lock().unwrap_or_else(|e| panic!("locking {}: {e}", lock_path.display()));
     if !out.exists() {
-        tools::run_ok(Command::new("bash").arg(&path).arg(&out));
+        tools::run_ok(Command::new("bash").arg(&path).arg(&out).envs(vars.iter().copied()));
         assert!(out.exists(), "{} did not create {}", path.display(), out.display());
     }
     out
@@ -74,6 +84,27 @@ pub fn demo_closure() -> PathBuf {
             tools::require(tool, package);
         }
         generated("demo-closure.gen.sh")
+    })
+    .clone()
+}
+
+/// The demo closure for aarch64-linux (`ARCH=aarch64 demo-closure.gen.sh`): the same system built from
+/// Debian arm64 packages the script downloads (kernel `Image` with its EFI stub, console ttyAMA0,
+/// systemd-bootaa64.efi, no GRUB). The .debs stay in `target/kiln-fixtures/debian-arm64/`.
+pub fn demo_closure_aarch64() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        for (tool, package) in [
+            ("cpio", "cpio"),
+            ("modprobe", "kmod"),
+            ("depmod", "kmod"),
+            ("apt-get", "apt"),
+            ("dpkg-deb", "dpkg"),
+            ("nix-hash", "nix-bin"),
+        ] {
+            tools::require(tool, package);
+        }
+        generated_variant("demo-closure.gen.sh", Some("aarch64"), &[("ARCH", "aarch64")])
     })
     .clone()
 }

@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `kiln` binary on generated fixtures, checked by independent tools.
 
+mod aarch64;
 mod boot_kiln;
 mod boot_reference;
 mod cmdline_boot;
