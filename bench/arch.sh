@@ -2,7 +2,7 @@
 # Benchmarks building an aarch64-linux image against building the same image for x86_64-linux: the large
 # corpus registered twice as a NixOS system, once with the host's x86-64 kernel and systemd-boot, once with
 # Debian's arm64 kernel (`Image`) and systemd-bootaa64.efi (taken from the aarch64 demo closure), built with
-# `kiln build --layout efi` (raw) in alternation. kiln runs no target code, so nothing should be slower: the
+# `kiln build --layout efi` (raw) in alternation. Both closures hold both kernels, so only the ESP differs. kiln runs no target code, so nothing should be slower: the
 # goal is aarch64 within 1.05x of x86_64. Prints median wall times and the ratio; never asserts timings.
 #
 # Usage: bench/arch.sh [RUNS]                                     (default 3)
@@ -80,12 +80,14 @@ add_path() {
 # The toplevel for ARCH over the whole corpus: prints its name.
 add_toplevel() {
   local arch=$1 kernel_path=$2 kernel_file=$3 sdb_path=$4 name t p
-  name="$(nixhash "nixos-system-archbench-$arch")-nixos-system-archbench-$arch"
+  name="$(nixhash "nixos-system-archbench2-$arch")-nixos-system-archbench-$arch"
   if [ ! -f "$store/$name/boot.json" ]; then
     t=$store/.$name.tmp
     rm -rf "$t"
     mkdir -p "$t/refs"
-    for p in $(cd "$store" && find . -mindepth 1 -maxdepth 1 ! -name '.*' ! -name '*-archbench*' -printf '%f\n' | sort); do
+    # Every store path but the toplevels, both kernels and both systemd-boots among them, so the two root
+    # filesystems hold the same files; the ESPs differ by the kernel each boots.
+    for p in $(cd "$store" && find . -mindepth 1 -maxdepth 1 ! -name '.*' ! -name '*-nixos-system-archbench-*' -printf '%f\n' | sort); do
       ln -s "/nix/store/$p" "$t/refs/$p"
     done
     ln -s "/nix/store/$kernel_path" "$t/kernel-pkg"
