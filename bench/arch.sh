@@ -22,30 +22,11 @@ runs=${1:-3}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
 bench_dir=${BENCH_DIR:-/var/tmp/kiln-bench}
-corpus=$bench_dir/large
-store=$corpus/nix/store
 command -v python3 >/dev/null || die "'python3' not found: install the Debian package 'python3'"
 [ -f /usr/lib/systemd/boot/efi/systemd-bootx64.efi ] || die "install the Debian package 'systemd-boot-efi'"
 
-if [ -n "${KILN:-}" ]; then
-  kiln=$KILN
-else
-  msg "building: cargo build --release -p kiln --locked"
-  (cd "$repo" && cargo build --release -p kiln --locked >&2) || die "cargo build failed"
-  kiln=${CARGO_TARGET_DIR:-$repo/target}/release/kiln
-fi
-[ -x "$kiln" ] || die "kiln '$kiln' is missing"
-
-if [ ! -d "$store" ]; then
-  make_store=${MAKE_STORE:-/work/shared/bench/make-store.sh}
-  [ -f "$make_store" ] || die "no corpus at $corpus and no make-store.sh at $make_store (set MAKE_STORE)"
-  msg "building the large corpus in $corpus (downloads Debian packages once)"
-  mkdir -p "$bench_dir"
-  tmp=$bench_dir/.large.tmp.$$
-  rm -rf "$tmp"
-  bash "$make_store" "$tmp" large >&2 || die "make-store.sh failed"
-  mv "$tmp" "$corpus"
-fi
+# shellcheck source=bench/common.sh
+source "$here/common.sh"
 # The arm64 kernel and systemd-boot: those of the aarch64 demo closure (Debian arm64 packages, downloaded once).
 arm_demo=$bench_dir/arm64-demo
 if [ ! -d "$arm_demo" ]; then
@@ -57,14 +38,6 @@ arm_image=$(find "$arm_demo/nix/store" -mindepth 2 -maxdepth 2 -path '*-linux-*/
 arm_sdboot=$(find "$arm_demo/nix/store" -path '*/lib/systemd/boot/efi/systemd-bootaa64.efi' -type f | head -n 1)
 [ -n "$arm_image" ] && [ -n "$arm_sdboot" ] || die "the aarch64 demo closure has no Image or systemd-bootaa64.efi"
 
-nixhash() { # 32 characters of Nix's base32 alphabet, derived from the name
-  python3 - "$1" <<'PY'
-import hashlib, sys
-a = "0123456789abcdfghijklmnpqrsvwxyz"
-h = int.from_bytes(hashlib.sha256(sys.argv[1].encode()).digest()[:20], "big")
-print("".join(a[(h >> (5 * i)) & 31] for i in range(32)))
-PY
-}
 # A store path of its own for a file: NAME FILE DEST-IN-PATH; prints the store path's name.
 add_path() {
   local name dir

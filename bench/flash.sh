@@ -43,8 +43,6 @@ runs=${1:-3}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
 bench_dir=${BENCH_DIR:-/var/tmp/kiln-bench}
-corpus=$bench_dir/large
-store=$corpus/nix/store
 need() { command -v "$1" >/dev/null 2>&1 || die "'$1' not found: install the Debian package '$2' (scripts/install-deps)"; }
 need bmaptool bmap-tools
 need zstd zstd
@@ -54,34 +52,9 @@ need python3 python3
 need cmp diffutils
 
 # --- kiln ---------------------------------------------------------------------------------------------------------
-if [ -n "${KILN:-}" ]; then
-  kiln=$KILN
-else
-  msg "building: cargo build --release -p kiln --locked"
-  (cd "$repo" && cargo build --release -p kiln --locked >&2) || die "cargo build failed"
-  kiln=${CARGO_TARGET_DIR:-$repo/target}/release/kiln
-fi
-[ -x "$kiln" ] || die "kiln '$kiln' is missing"
-
 # --- The large corpus and a bootable usb-hybrid system over it ----------------------------------------------------
-nixhash() { # 32 characters of Nix's base32 alphabet, derived from the name
-  python3 - "$1" <<'PY'
-import hashlib, sys
-a = "0123456789abcdfghijklmnpqrsvwxyz"
-h = int.from_bytes(hashlib.sha256(sys.argv[1].encode()).digest()[:20], "big")
-print("".join(a[(h >> (5 * i)) & 31] for i in range(32)))
-PY
-}
-if [ ! -d "$store" ]; then
-  make_store=${MAKE_STORE:-/work/shared/bench/make-store.sh}
-  [ -f "$make_store" ] || die "no corpus at $corpus and no make-store.sh at $make_store (set MAKE_STORE)"
-  msg "building the large corpus in $corpus (downloads Debian packages once)"
-  mkdir -p "$bench_dir"
-  tmp=$bench_dir/.large.tmp.$$
-  rm -rf "$tmp"
-  bash "$make_store" "$tmp" large >&2 || die "make-store.sh failed"
-  mv "$tmp" "$corpus"
-fi
+# shellcheck source=bench/common.sh
+source "$here/common.sh"
 # The boot pieces come from this machine's Debian packages, as store paths of their own: systemd-boot's EFI
 # binary (systemd-boot-efi) and GRUB's i386-pc modules (grub-pc-bin).
 [ -f /usr/lib/systemd/boot/efi/systemd-bootx64.efi ] || die "install the Debian package 'systemd-boot-efi'"

@@ -32,6 +32,23 @@ pub fn sfdisk_json(image: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("sfdisk --json {}: {e}", image.display()))
 }
 
+/// (start, size, type) of each partition, in bytes (of 512-byte sectors), from sfdisk.
+pub fn partitions(image: &Path) -> Vec<(u64, u64, String)> {
+    let json = sfdisk_json(image);
+    json["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["start"].as_u64().unwrap() * 512,
+                p["size"].as_u64().unwrap() * 512,
+                p["type"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
 /// `fsck.fat -n` on the FAT filesystem of `len` bytes at byte `offset` of `image`. fsck.fat cannot read at
 /// an offset, so the range is copied to a temporary file first (the image itself is never written).
 pub fn fsck_fat_clean(image: &Path, offset: u64, len: u64) -> Result<(), String> {

@@ -13,7 +13,7 @@ use kiln::inventory::PathInventory;
 use kiln::nar;
 use kiln::store::{StoreDir, StorePath};
 use kiln_tests::boot::{Boot, Firmware};
-use kiln_tests::disk::{fsck_fat_clean, sfdisk_json, sgdisk_verify};
+use kiln_tests::disk::{fsck_fat_clean, partitions, sgdisk_verify};
 use kiln_tests::ext4::e2fsck_clean;
 use kiln_tests::{fixtures, tools};
 
@@ -67,23 +67,6 @@ fn boots(img: &Path, format: &str, sector_size: u32, specialisation: &str) {
         img.display(),
         outcome.elapsed.as_secs_f64()
     );
-}
-
-/// (start, size, type) of each partition, in bytes, from sfdisk.
-fn partitions(img: &Path) -> Vec<(u64, u64, String)> {
-    let json = sfdisk_json(img);
-    json["partitiontable"]["partitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["start"].as_u64().unwrap() * 512,
-                p["size"].as_u64().unwrap() * 512,
-                p["type"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
 }
 
 /// The host path of the file a logical store path names, in the fixture `fx`.

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use kiln_tests::boot::{Boot, Firmware};
-use kiln_tests::disk::{fsck_fat_clean, sfdisk_json, sgdisk_verify};
+use kiln_tests::disk::{fsck_fat_clean, partitions, sfdisk_json, sgdisk_verify};
 use kiln_tests::ext4::e2fsck_clean;
 use kiln_tests::{fixtures, tools};
 
@@ -29,23 +29,6 @@ fn boots(img: &Path, firmware: Firmware, specialisation: &str) {
         .run()
         .unwrap_or_else(|e| panic!("{} did not boot with {firmware:?}: {e}", img.display()));
     eprintln!("{} booted ({firmware:?}) in {:.1} s", img.display(), outcome.elapsed.as_secs_f64());
-}
-
-/// (start, size, type) of each partition, in bytes, from sfdisk.
-fn partitions(img: &Path) -> Vec<(u64, u64, String)> {
-    let json = sfdisk_json(img);
-    json["partitiontable"]["partitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["start"].as_u64().unwrap() * 512,
-                p["size"].as_u64().unwrap() * 512,
-                p["type"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
 }
 
 #[test]
