@@ -25,6 +25,26 @@ fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from)
 }
 
+/// A directory for files that the tests of one process share, `target/kiln-test-scratch/<name>-<pid>`, empty.
+/// A `TempDir` held by a static would never be removed (statics are not dropped), so instead the directories
+/// of processes that have exited are removed here, before this one's is made.
+pub fn process_scratch(name: &str) -> PathBuf {
+    let base = target_dir().join("kiln-test-scratch");
+    std::fs::create_dir_all(&base).unwrap_or_else(|e| panic!("creating {}: {e}", base.display()));
+    let prefix = format!("{name}-");
+    for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let pid = file.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    let dir = base.join(format!("{prefix}{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    dir
+}
+
 /// FNV-1a over the script, so the cache key changes when the script does.
 fn content_key(bytes: &[u8]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;

@@ -105,9 +105,9 @@ pub fn build_demo(out: &Path, flags: &[&str]) {
 /// The demo images the flash tests write, built once per test process into one directory: `efi.img` and
 /// `hybrid.img` (raw, with a bmap and a `.sha256`), `efi4k.img` (4096-byte sectors), and the efi image in every
 /// other format kiln writes ([`Images::efi_as`]), all from the same seed: the same disk.
+/// They live in [`fixtures::process_scratch`], removed by the next test process.
 #[derive(Debug)]
 pub struct Images {
-    _dir: tempfile::TempDir,
     pub dir: PathBuf,
     formats: Mutex<()>,
 }
@@ -116,12 +116,11 @@ impl Images {
     pub fn get() -> &'static Self {
         static IMAGES: OnceLock<Images> = OnceLock::new();
         IMAGES.get_or_init(|| {
-            let dir = tempfile::Builder::new().prefix("kiln-flash-images-").tempdir().unwrap();
-            let p = dir.path().to_owned();
+            let p = fixtures::process_scratch("flash-images");
             build_demo(&p.join("efi.img"), &["--layout", "efi", "--bmap", "--checksum"]);
             build_demo(&p.join("hybrid.img"), &["--layout", "hybrid", "--bmap", "--checksum"]);
             build_demo(&p.join("efi4k.img"), &["--layout", "efi", "--sector-size", "4096", "--bmap"]);
-            Self { _dir: dir, dir: p, formats: Mutex::new(()) }
+            Self { dir: p, formats: Mutex::new(()) }
         })
     }
 
