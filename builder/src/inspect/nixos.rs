@@ -17,6 +17,8 @@ pub struct NixOs {
     pub generation: Option<u32>,
     /// The toplevel the profile leads to: the system that boots.
     pub toplevel: Option<String>,
+    /// What the toplevel's `system` file says it was built for: `x86_64-linux`, `aarch64-linux`.
+    pub system: Option<String>,
     /// Every `system-<n>-link` in `/nix/var/nix/profiles`, by number.
     pub generations: Vec<Generation>,
     /// Rows of `ValidPaths` in `/nix/var/nix/db/db.sqlite`.
@@ -59,6 +61,7 @@ pub(crate) fn read(fs: &Ext4, partition: Option<u32>, where_: &str, warnings: &m
         profile: None,
         generation: None,
         toplevel: None,
+        system: None,
         generations: Vec::new(),
         valid_paths: None,
     };
@@ -70,7 +73,10 @@ pub(crate) fn read(fs: &Ext4, partition: Option<u32>, where_: &str, warnings: &m
                 system.generation = generation_of(&target);
                 system.profile = Some(target);
                 match follow(fs, &profile) {
-                    Ok(top) => system.toplevel = Some(top),
+                    Ok(top) => {
+                        system.system = system_type(fs, &top);
+                        system.toplevel = Some(top);
+                    }
                     Err(e) => warn(e),
                 }
             }
@@ -88,6 +94,13 @@ pub(crate) fn read(fs: &Ext4, partition: Option<u32>, where_: &str, warnings: &m
         }
     }
     Some(system)
+}
+
+/// The `system` file of the toplevel `top`, when it holds one short line (NixOS writes `x86_64-linux` there).
+fn system_type(fs: &Ext4, top: &str) -> Option<String> {
+    let bytes = fs.read(format!("{top}/system").as_str()).ok()?;
+    let text = std::str::from_utf8(&bytes).ok()?.trim();
+    (!text.is_empty() && text.len() <= 64 && !text.contains(char::is_whitespace)).then(|| text.to_owned())
 }
 
 /// Follows symlinks from `path` (relative targets against their directory) to a `/nix/store/…` target.

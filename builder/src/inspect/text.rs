@@ -195,6 +195,9 @@ fn nixos(o: &mut Out, n: &NixOs) {
         o.line(1, "generation", g);
     }
     o.line(1, "toplevel", n.toplevel.as_deref().unwrap_or("(not found)"));
+    if let Some(s) = &n.system {
+        o.line(1, "platform", s);
+    }
     let numbers: Vec<String> = n.generations.iter().map(|g| g.number.to_string()).collect();
     o.line(1, "generations", if numbers.is_empty() { "none".to_owned() } else { numbers.join(" ") });
     match n.valid_paths {
