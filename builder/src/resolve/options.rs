@@ -367,5 +367,13 @@ mod tests {
         assert_eq!(line("aarch64-linux"), "init=/nix/store/x/init console=ttyAMA0 quiet");
         let o = options(&["--kernel-param", "quiet"]).unwrap();
         assert_eq!(o.kernel_params_for("aarch64-linux").len(), 1, "no profile: the user's layer alone");
+        let o = options(&["--profile", "azure"]).unwrap();
+        let layers: Vec<Changes> = o.kernel_params_for("aarch64-linux").into_iter().cloned().collect();
+        let arm = kernel_params::merge(base, &layers).unwrap().to_string();
+        assert_eq!(arm, "init=/nix/store/x/init panic=1 boot.panic_on_fail console=ttyAMA0");
+        let o = options(&["--profile", "amazon"]).unwrap();
+        let layers: Vec<Changes> = o.kernel_params_for("aarch64-linux").into_iter().cloned().collect();
+        let arm = kernel_params::merge(base, &layers).unwrap().to_string();
+        assert!(arm.contains("console=ttyS0,115200n8"), "Graviton's serial port is ttyS0: {arm}");
     }
 }
