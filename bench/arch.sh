@@ -38,62 +38,17 @@ arm_image=$(find "$arm_demo/nix/store" -mindepth 2 -maxdepth 2 -path '*-linux-*/
 arm_sdboot=$(find "$arm_demo/nix/store" -path '*/lib/systemd/boot/efi/systemd-bootaa64.efi' -type f | head -n 1)
 [ -n "$arm_image" ] && [ -n "$arm_sdboot" ] || die "the aarch64 demo closure has no Image or systemd-bootaa64.efi"
 
-# A store path of its own for a file: NAME FILE DEST-IN-PATH; prints the store path's name.
-add_path() {
-  local name dir
-  name="$(nixhash "$1-archbench")-$1-archbench"
-  dir=$store/$name
-  if [ ! -e "$dir" ]; then
-    mkdir -p "$dir/$(dirname "$3")"
-    cp "$2" "$dir/$3"
-    chmod -R a-w "$dir"
-  fi
-  printf '%s' "$name"
-}
-# The toplevel for ARCH over the whole corpus: prints its name.
-add_toplevel() {
-  local arch=$1 kernel_path=$2 kernel_file=$3 sdb_path=$4 name t p
-  name="$(nixhash "nixos-system-archbench2-$arch")-nixos-system-archbench-$arch"
-  if [ ! -f "$store/$name/boot.json" ]; then
-    t=$store/.$name.tmp
-    rm -rf "$t"
-    mkdir -p "$t/refs"
-    # Every store path but the toplevels, both kernels and both systemd-boots among them, so the two root
-    # filesystems hold the same files; the ESPs differ by the kernel each boots.
-    for p in $(cd "$store" && find . -mindepth 1 -maxdepth 1 ! -name '.*' ! -name '*-nixos-system-archbench-*' -printf '%f\n' | sort); do
-      ln -s "/nix/store/$p" "$t/refs/$p"
-    done
-    ln -s "/nix/store/$kernel_path" "$t/kernel-pkg"
-    ln -s "/nix/store/$sdb_path" "$t/systemd"
-    printf '#!/bin/sh\nexit 0\n' >"$t/init"
-    chmod 0555 "$t/init"
-    printf '%s-linux' "$arch" >"$t/system"
-    cat >"$t/boot.json" <<JSON
-{
-  "org.nixos.bootspec.v1": {
-    "init": "/nix/store/$name/init",
-    "kernel": "/nix/store/$kernel_path/$kernel_file",
-    "kernelParams": [],
-    "label": "archbench",
-    "system": "$arch-linux",
-    "toplevel": "/nix/store/$name"
-  }
-}
-JSON
-    find "$t" ! -type l -exec chmod a-w {} +
-    mv "$t" "$store/$name"
-  fi
-  printf '%s' "$name"
-}
 x86_kernel=$(ls /boot/vmlinuz-* 2>/dev/null | sort -V | tail -n 1)
 [ -n "$x86_kernel" ] || die "no /boot/vmlinuz-* (install linux-image-amd64)"
 chmod u+w "$store"
-xk=$(add_path linux-x86_64 "$x86_kernel" bzImage)
-xs=$(add_path systemd-x86_64 /usr/lib/systemd/boot/efi/systemd-bootx64.efi lib/systemd/boot/efi/systemd-bootx64.efi)
-ak=$(add_path linux-aarch64 "$arm_image" Image)
-as=$(add_path systemd-aarch64 "$arm_sdboot" lib/systemd/boot/efi/systemd-bootaa64.efi)
-top_x86=$(add_toplevel x86_64 "$xk" bzImage "$xs")
-top_arm=$(add_toplevel aarch64 "$ak" Image "$as")
+xk=$(store_path linux-x86_64-archbench "$x86_kernel" bzImage)
+xs=$(store_path systemd-x86_64-archbench /usr/lib/systemd/boot/efi/systemd-bootx64.efi lib/systemd/boot/efi/systemd-bootx64.efi)
+ak=$(store_path linux-aarch64-archbench "$arm_image" Image)
+as=$(store_path systemd-aarch64-archbench "$arm_sdboot" lib/systemd/boot/efi/systemd-bootaa64.efi)
+# Both toplevels refer to every store path but the toplevels, both kernels and both systemd-boots among them, so
+# the two root filesystems hold the same files; the ESPs differ by the kernel each boots.
+top_x86=$(toplevel nixos-system-archbench-x86_64 x86_64-linux "$xk/bzImage" "$xs" '*-nixos-system-archbench-*')
+top_arm=$(toplevel nixos-system-archbench-aarch64 aarch64-linux "$ak/Image" "$as" '*-nixos-system-archbench-*')
 chmod a-w "$store"
 
 work=$(mktemp -d "$bench_dir/arch-bench.XXXXXX")

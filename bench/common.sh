@@ -33,3 +33,54 @@ h = int.from_bytes(hashlib.sha256(sys.argv[1].encode()).digest()[:20], "big")
 print("".join(a[(h >> (5 * i)) & 31] for i in range(32)))
 PY
 }
+
+# store_path NAME SOURCE DEST: SOURCE (a file or a directory) copied to DEST inside the store path
+# $(nixhash NAME)-NAME of the corpus, made once and read-only; prints the store path's name. The store directory
+# must be writable.
+store_path() {
+  local name dir
+  name="$(nixhash "$1")-$1"
+  dir=$store/$name
+  if [ ! -e "$dir" ]; then
+    mkdir -p "$dir/$(dirname "$3")"
+    cp -r "$2" "$dir/$3"
+    chmod -R a-w "$dir"
+  fi
+  printf '%s' "$name"
+}
+
+# toplevel NAME SYSTEM KERNEL SYSTEMD [EXCLUDE]: the NixOS toplevel $(nixhash NAME)-NAME, made once, referring to
+# every store path of the corpus but itself and those whose names match EXCLUDE (a `find -name` pattern). KERNEL
+# is the kernel file's path in the store (`<store path>/<file>`), SYSTEMD the store path holding systemd-boot, and
+# SYSTEM the Nix system type. Prints its name. The store directory must be writable.
+toplevel() {
+  local name=$(nixhash "$1")-$1 system=$2 kernel=$3 systemd=$4 exclude=${5:-$1} t p
+  if [ ! -f "$store/$name/boot.json" ]; then
+    t=$store/.$name.tmp
+    rm -rf "$t"
+    mkdir -p "$t/refs"
+    for p in $(cd "$store" && find . -mindepth 1 -maxdepth 1 ! -name '.*' ! -name "$name" ! -name "$exclude" -printf '%f\n' | sort); do
+      ln -s "/nix/store/$p" "$t/refs/$p"
+    done
+    ln -s "/nix/store/$systemd" "$t/systemd"
+    ln -s "/nix/store/$kernel" "$t/kernel"
+    printf '#!/bin/sh\nexit 0\n' >"$t/init"
+    chmod 0555 "$t/init"
+    printf '%s' "$system" >"$t/system"
+    cat >"$t/boot.json" <<JSON
+{
+  "org.nixos.bootspec.v1": {
+    "init": "/nix/store/$name/init",
+    "kernel": "/nix/store/$kernel",
+    "kernelParams": [],
+    "label": "$1",
+    "system": "$system",
+    "toplevel": "/nix/store/$name"
+  }
+}
+JSON
+    find "$t" ! -type l -exec chmod a-w {} +
+    mv "$t" "$store/$name"
+  fi
+  printf '%s' "$name"
+}

@@ -59,49 +59,12 @@ source "$here/common.sh"
 # binary (systemd-boot-efi) and GRUB's i386-pc modules (grub-pc-bin).
 [ -f /usr/lib/systemd/boot/efi/systemd-bootx64.efi ] || die "install the Debian package 'systemd-boot-efi'"
 [ -f /usr/lib/grub/i386-pc/kernel.img ] || die "install the Debian package 'grub-pc-bin'"
-sdb_name="$(nixhash systemd-boot-flashbench)-systemd-flashbench"
-grub_name="$(nixhash grub-flashbench)-grub-2.06-flashbench"
-top_name="$(nixhash nixos-system-flashbench)-nixos-system-flashbench"
+kernel=$(cd "$store" && find . -mindepth 3 -path './*/boot/vmlinuz-*' -type f | sort | sed -n '1s|^\./||p')
+[ -n "$kernel" ] || die "the corpus has no kernel (boot/vmlinuz-*)"
 chmod u+w "$store"
-if [ ! -d "$store/$sdb_name" ]; then
-  mkdir -p "$store/$sdb_name/lib/systemd/boot/efi"
-  cp /usr/lib/systemd/boot/efi/systemd-bootx64.efi "$store/$sdb_name/lib/systemd/boot/efi/"
-  chmod -R a-w "$store/$sdb_name"
-fi
-if [ ! -d "$store/$grub_name" ]; then
-  mkdir -p "$store/$grub_name/lib/grub"
-  cp -r /usr/lib/grub/i386-pc "$store/$grub_name/lib/grub/"
-  chmod -R a-w "$store/$grub_name"
-fi
-if [ ! -f "$store/$top_name/boot.json" ]; then
-  kernel=$(cd "$store" && find . -mindepth 3 -path './*/boot/vmlinuz-*' -type f | sort | sed -n '1s|^\./||p')
-  [ -n "$kernel" ] || die "the corpus has no kernel (boot/vmlinuz-*)"
-  t=$store/.$top_name.tmp
-  rm -rf "$t"
-  mkdir -p "$t/refs"
-  for p in $(cd "$store" && find . -mindepth 1 -maxdepth 1 ! -name '.*' ! -name "$top_name" -printf '%f\n' | sort); do
-    ln -s "/nix/store/$p" "$t/refs/$p"
-  done
-  ln -s "/nix/store/$sdb_name" "$t/systemd"
-  ln -s "/nix/store/$kernel" "$t/kernel"
-  printf '#!/bin/sh\nexit 0\n' >"$t/init"
-  chmod 0555 "$t/init"
-  printf 'x86_64-linux' >"$t/system"
-  cat >"$t/boot.json" <<JSON
-{
-  "org.nixos.bootspec.v1": {
-    "init": "/nix/store/$top_name/init",
-    "kernel": "/nix/store/$kernel",
-    "kernelParams": [],
-    "label": "flashbench",
-    "system": "x86_64-linux",
-    "toplevel": "/nix/store/$top_name"
-  }
-}
-JSON
-  find "$t" ! -type l -exec chmod a-w {} +
-  mv "$t" "$store/$top_name"
-fi
+sdb_name=$(store_path systemd-flashbench /usr/lib/systemd/boot/efi/systemd-bootx64.efi lib/systemd/boot/efi/systemd-bootx64.efi)
+store_path grub-2.06-flashbench /usr/lib/grub/i386-pc lib/grub/i386-pc >/dev/null
+top_name=$(toplevel nixos-system-flashbench x86_64-linux "$kernel" "$sdb_name")
 chmod a-w "$store"
 
 work=$(mktemp -d "$bench_dir/flash-bench.XXXXXX")

@@ -28,9 +28,9 @@ pub struct Options {
     pub build_time: i64,
 }
 
-/// `x64` or `aa64` for a Nix system type (the architecture table's UEFI name).
-pub fn efi_arch(system: &str) -> Result<&'static str> {
-    Ok(Arch::of(system).context("systemd-boot")?.efi)
+/// The architecture table's row for `system`'s type, for systemd-boot's file names.
+fn arch_of(system: &System) -> Result<&'static Arch> {
+    Arch::of(&system.boot.system).context("systemd-boot")
 }
 
 /// Where NixOS's builder copies a store file on the ESP: `/EFI/nixos/<store path base name>-<file name>.efi`.
@@ -69,8 +69,8 @@ pub enum EspSource {
 /// The systemd-boot binary of `system` in its closure, by logical path: `<toplevel>/systemd/lib/systemd/boot/efi/
 /// systemd-boot<arch>.efi`.
 pub fn binary(system: &System) -> Result<PathBuf> {
-    let arch = efi_arch(&system.boot.system)?;
-    Ok(system.toplevel.logical().join(format!("systemd/lib/systemd/boot/efi/systemd-boot{arch}.efi")))
+    let file = arch_of(system)?.systemd_boot_file();
+    Ok(system.toplevel.logical().join(format!("systemd/lib/systemd/boot/efi/{file}")))
 }
 
 /// `loader/loader.conf`: the menu timeout, the entry booted by default (`<id>.conf`), and the console mode.
@@ -91,11 +91,11 @@ pub fn on_xbootldr(path: &str) -> bool {
 /// which text each file is. Fails when an entry names a specialisation that does not exist, or the system type
 /// has no systemd-boot binary.
 pub fn esp_plan(system: &System, entries: &[Entry], opts: &Options) -> Result<BTreeMap<String, EspSource>> {
-    let arch = efi_arch(&system.boot.system)?;
+    let arch = arch_of(system)?;
     let binary = binary(system)?;
     let mut files = BTreeMap::new();
-    files.insert(format!("EFI/systemd/systemd-boot{arch}.efi"), EspSource::Store(binary.clone()));
-    files.insert(Arch::of(&system.boot.system)?.removable_boot_path(), EspSource::Store(binary));
+    files.insert(format!("EFI/systemd/{}", arch.systemd_boot_file()), EspSource::Store(binary.clone()));
+    files.insert(arch.removable_boot_path(), EspSource::Store(binary));
     for e in entries {
         files.insert(esp_path(&e.kernel), EspSource::Store(e.kernel.logical.clone()));
         if let Some(initrd) = &e.initrd {
@@ -119,7 +119,7 @@ pub fn esp_plan(system: &System, entries: &[Entry], opts: &Options) -> Result<BT
 pub fn esp_files(store: &StoreDir, system: &System, entries: &[Entry], opts: &Options) -> Result<EspFiles> {
     let plan = esp_plan(system, entries, opts)?;
     let systemd_boot = binary(system)?;
-    let arch = Arch::of(&system.boot.system)?;
+    let arch = arch_of(system)?;
     let kernels: Vec<&Path> = entries.iter().map(|e| e.kernel.logical.as_path()).collect();
     let mut files = EspFiles::new();
     for (path, source) in plan {

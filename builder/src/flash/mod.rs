@@ -419,7 +419,7 @@ fn first_bad_byte(req: &Request, reader: &Uncached, m: uncached::Mismatch) -> Op
         }
     }
     let mut have = vec![0u8; m.len as usize];
-    let mut buf = uncached::AlignedBuf::new(m.len as usize + 8192);
+    let mut buf = buf::AlignedBuf::new(m.len as usize + 8192);
     reader.read(m.offset, &mut have, &mut buf).ok()?;
     want.iter().zip(&have).position(|(a, b)| a != b).map(|i| m.offset + i as u64)
 }
@@ -468,7 +468,7 @@ fn tables(target: &Target, fit: &Fit, verify: bool) -> Result<()> {
     target.sync()?;
     if verify {
         let reader = Uncached::open(&target.path, file)?;
-        let mut buf = uncached::AlignedBuf::new(HEAD as usize);
+        let mut buf = buf::AlignedBuf::new(HEAD as usize);
         let mut check = |at: u64, want: &[u8], what: &str| -> Result<()> {
             let mut have = vec![0u8; want.len()];
             reader.read(at, &mut have, &mut buf).with_context(|| format!("reading back the {what}"))?;
@@ -507,7 +507,7 @@ struct Pass<'a> {
     /// The writing thread.
     io: io::Io<'a>,
     /// Bytes gathered to be written together, and where they go.
-    stage: uncached::AlignedBuf,
+    stage: buf::AlignedBuf,
     staged: Range<u64>,
 }
 
@@ -576,7 +576,7 @@ impl<'a> Pass<'a> {
         }
         // Written as it is, from the buffer it was read into, where it is aligned and wholly written.
         if chunk.data.is_aligned()
-            && r.start.is_multiple_of(uncached::ALIGN)
+            && r.start.is_multiple_of(buf::ALIGN)
             && r.end <= self.end
             && !self.remake.iter().any(|p| p.start < r.end && r.start < p.end)
         {

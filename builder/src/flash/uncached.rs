@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use rustix::fs::{Advice, OFlags, fadvise};
 use xxhash_rust::xxh3::xxh3_64;
 
-pub use super::buf::{ALIGN, AlignedBuf};
+use super::buf::{ALIGN, AlignedBuf};
 use super::written::Span;
 use crate::progress::Meter;
 

@@ -278,9 +278,6 @@ impl Profile {
     }
 }
 
-/// `child` over `parent`, field by field. Tables merge field-wise; kernel parameters append (the parent's
-/// additions that a child's removal matches are dropped, so the child's `remove` undoes what the parent added);
-/// a child's `layout` or `partitions` replaces both of the parent's, as two ways to say the same thing.
 /// A child's kernel parameters after its parent's: the parent's additions that a removal of the child matches are
 /// dropped (for an architecture's table, the child's general removals count too), then the child's are added.
 fn merge_kernel_params(parent: KernelParams, child: KernelParams) -> Result<KernelParams> {
@@ -300,11 +297,11 @@ fn merge_kernel_params(parent: KernelParams, child: KernelParams) -> Result<Kern
         }
         Ok(kept)
     };
+    let (mut parent_arch, mut child_arch) = (parent.arch, child.arch);
+    let names: std::collections::BTreeSet<String> = parent_arch.keys().chain(child_arch.keys()).cloned().collect();
     let mut arch = BTreeMap::new();
-    let names: std::collections::BTreeSet<String> = parent.arch.keys().chain(child.arch.keys()).cloned().collect();
     for name in names {
-        let (p, c) =
-            (parent.arch.get(&name).cloned().unwrap_or_default(), child.arch.get(&name).cloned().unwrap_or_default());
+        let (p, c) = (parent_arch.remove(&name).unwrap_or_default(), child_arch.remove(&name).unwrap_or_default());
         let own = parse(&c.remove)?;
         let mut add = keep(p.add, &[&general, &own])?;
         add.extend(c.add);
@@ -319,6 +316,9 @@ fn merge_kernel_params(parent: KernelParams, child: KernelParams) -> Result<Kern
     Ok(KernelParams { add, remove, arch })
 }
 
+/// `child` over `parent`, field by field. Tables merge field-wise; kernel parameters append (the parent's
+/// additions that a child's removal matches are dropped, so the child's `remove` undoes what the parent added);
+/// a child's `layout` or `partitions` replaces both of the parent's, as two ways to say the same thing.
 fn merge(parent: Profile, child: Profile) -> Result<Profile> {
     let mut origins = parent.origins;
     let (mut layout, mut partitions) = (parent.layout, parent.partitions);
