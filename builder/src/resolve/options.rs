@@ -375,5 +375,12 @@ mod tests {
         let layers: Vec<Changes> = o.kernel_params_for("aarch64-linux").into_iter().cloned().collect();
         let arm = kernel_params::merge(base, &layers).unwrap().to_string();
         assert!(arm.contains("console=ttyS0,115200n8"), "Graviton's serial port is ttyS0: {arm}");
+        let o = options(&["--profile", "gce"]).unwrap();
+        let layers: Vec<Changes> = o.kernel_params_for("aarch64-linux").into_iter().cloned().collect();
+        let arm = kernel_params::merge(base, &layers).unwrap().to_string();
+        assert_eq!(arm, "init=/nix/store/x/init panic=1 boot.panic_on_fail console=ttyAMA0");
+        let layers: Vec<Changes> = o.kernel_params_for("x86_64-linux").into_iter().cloned().collect();
+        let x86 = kernel_params::merge(base, &layers).unwrap().to_string();
+        assert_eq!(x86, "init=/nix/store/x/init console=ttyS0 panic=1 boot.panic_on_fail");
     }
 }
