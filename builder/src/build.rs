@@ -7,6 +7,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
+use crate::closure::Given;
 use crate::output::emit::{self, Written};
 use crate::output::{Inputs, check_target, explain_no_space, free_space};
 use crate::plan::Plan;
@@ -69,17 +70,26 @@ fn write_output(
 fn check_outputs(opts: &Options, target: &Path) -> Result<()> {
     let mut inputs = Inputs::new();
     let base = &opts.base;
-    inputs.dir(&base.store_dir, "store directory");
+    // A derivation's output is a new store path: the closure is all the build reads of the store directory.
+    if opts.nix_out.as_ref().is_none_or(|out| !target.starts_with(out)) {
+        inputs.dir(&base.store_dir, "store directory");
+    }
     // The host's Nix database, which the closure may be read from (`<prefix>/nix/var/nix/db`).
     if let Some(prefix) = base.store_dir.parent().and_then(Path::parent) {
         inputs.dir(&prefix.join("nix/var/nix/db"), "Nix database directory");
     }
-    if let Some(ci) = &base.closure_info {
-        inputs.dir(ci, "closure-info directory");
-        // Its files may have other names (hard links) outside it.
-        for name in ["registration", "store-paths"] {
-            inputs.file(&ci.join(name), "closure-info file");
+    match &base.closure {
+        Some(Given::ClosureInfo(ci)) => {
+            inputs.dir(ci, "closure-info directory");
+            // Its files may have other names (hard links) outside it.
+            for name in ["registration", "store-paths"] {
+                inputs.file(&ci.join(name), "closure-info file");
+            }
         }
+        Some(Given::NixAttrs(file)) => {
+            inputs.file(file, "structured-attrs file (--closure-attrs)");
+        }
+        None => {}
     }
     inputs.file(&base.system, "system (--system)");
     for p in &base.extra_paths {

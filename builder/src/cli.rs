@@ -27,6 +27,17 @@ pub enum Command {
     Profiles(ProfilesArgs),
     /// Write an image to a disk (or a file): only its data, verified, partition tables last.
     Flash(FlashArgs),
+    /// Build an image as the builder of a Nix derivation (what nix/make-image.nix runs): the system, its closure,
+    /// the options and the output come from the structured attributes Nix writes.
+    NixBuilder(NixBuilderArgs),
+}
+
+/// `kiln nix-builder`.
+#[derive(Debug, Args)]
+pub struct NixBuilderArgs {
+    /// The structured-attrs file (default: `$NIX_ATTRS_JSON_FILE`, else `.attrs.json` in `$NIX_BUILD_TOP`).
+    #[arg(long, value_name = "FILE")]
+    pub attrs: Option<PathBuf>,
 }
 
 /// `kiln build`.
@@ -56,8 +67,13 @@ pub struct BuildArgs {
     pub store_dir: PathBuf,
 
     /// A nixpkgs closureInfo directory (`store-paths` and `registration`) to take the closure from.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "closure_attrs")]
     pub closure_info: Option<PathBuf>,
+
+    /// A Nix structured-attrs file (`.attrs.json`, `$NIX_ATTRS_JSON_FILE`) to take the closure from: the lists its
+    /// `exportReferencesGraph` names, with each path's narHash, narSize and references.
+    #[arg(long, value_name = "FILE")]
+    pub closure_attrs: Option<PathBuf>,
 
     /// Output format.
     #[arg(long, value_enum, value_name = "F")]

@@ -31,6 +31,7 @@ pub mod boot;
 pub mod build;
 pub mod cli;
 pub mod closure;
+pub mod derivation;
 pub mod flash;
 pub mod inspect;
 pub mod inventory;

@@ -31,6 +31,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Verify(args) => crate::verify::command(args),
         Command::Profiles(args) => crate::profile::command(args),
         Command::Flash(args) => flash(&args),
+        Command::NixBuilder(args) => crate::derivation::command(&args),
     }
 }
 
@@ -79,7 +80,7 @@ fn flash(args: &FlashArgs) -> Result<()> {
 }
 
 /// The progress sink for a mode, timing each phase for the summary.
-fn progress_sink(mode: ProgressMode) -> Timed {
+pub fn progress_sink(mode: ProgressMode) -> Timed {
     let inner: Box<dyn Progress> = match mode {
         ProgressMode::Json => Box::new(JsonLines::default()),
         ProgressMode::Auto if std::io::stderr().is_terminal() => Box::new(Bars::new()),

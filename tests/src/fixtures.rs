@@ -161,3 +161,39 @@ pub fn kiln_bin() -> PathBuf {
     })
     .clone()
 }
+
+/// A statically linked `kiln` (`-C target-feature=+crt-static`), as Nix builds run it: alone in a directory
+/// `<dir>/bin/kiln` that `builtins.path` can add to a store. Built once per test process into
+/// `target/static/` (its own target directory, so the tests' build is not invalidated).
+pub fn static_kiln() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let static_target = target_dir().join("static");
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(workspace_root())
+            .args(["build", "--quiet", "--locked", "-p", "kiln", "--bin", "kiln", "--target", &triple])
+            .arg("--target-dir")
+            .arg(&static_target)
+            // No debug info: the binary is hashed into the store by every evaluation (150 MB with it, ~20 without).
+            .env("RUSTFLAGS", "-C target-feature=+crt-static -C debuginfo=0 -C strip=symbols")
+            .env_remove("CARGO_TARGET_DIR");
+        tools::run_ok(&mut cmd);
+        let built = static_target.join(&triple).join("debug").join("kiln");
+        let pkg = target_dir().join("kiln-static");
+        let bin = pkg.join("bin");
+        std::fs::create_dir_all(&bin).unwrap_or_else(|e| panic!("creating {}: {e}", bin.display()));
+        // Replaced only when it changed, so `builtins.path` gives the same store path for the same binary.
+        let dest = bin.join("kiln");
+        let new = std::fs::read(&built).unwrap_or_else(|e| panic!("reading {}: {e}", built.display()));
+        if std::fs::read(&dest).ok().as_ref() != Some(&new) {
+            let tmp = bin.join(format!(".kiln.tmp.{}", std::process::id()));
+            std::fs::write(&tmp, &new).unwrap_or_else(|e| panic!("writing {}: {e}", tmp.display()));
+            std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o555)).unwrap();
+            std::fs::rename(&tmp, &dest).unwrap_or_else(|e| panic!("renaming to {}: {e}", dest.display()));
+        }
+        pkg
+    })
+    .clone()
+}

@@ -1,6 +1,7 @@
-//! Finding the closure of a system: from a closureInfo directory, else the host Nix database, else by scanning
-//! file contents for references.
+//! Finding the closure of a system: from a closureInfo directory or the structured-attrs file Nix gives a
+//! derivation's builder, else the host Nix database, else by scanning file contents for references.
 
+pub mod attrs;
 pub mod closure_info;
 pub mod hostdb;
 pub mod scan;
@@ -50,8 +51,23 @@ pub enum Source {
         /// The database file.
         db: PathBuf,
     },
+    /// The `exportReferencesGraph` lists of a structured-attrs file (`.attrs.json`), as Nix writes it for a
+    /// derivation's builder.
+    NixAttrs {
+        /// The file.
+        file: PathBuf,
+    },
     /// Scanning file contents for store path hashes.
     Scan,
+}
+
+/// A closure the user names, instead of the host database or a scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Given {
+    /// A nixpkgs closureInfo directory (`--closure-info`).
+    ClosureInfo(PathBuf),
+    /// A structured-attrs file (`--closure-attrs`).
+    NixAttrs(PathBuf),
 }
 
 impl fmt::Display for Source {
@@ -59,6 +75,7 @@ impl fmt::Display for Source {
         match self {
             Self::ClosureInfo { dir } => write!(f, "closure-info {}", dir.display()),
             Self::NixDb { db } => write!(f, "Nix database {}", db.display()),
+            Self::NixAttrs { file } => write!(f, "structured attrs {}", file.display()),
             Self::Scan => f.write_str("reference scan of file contents"),
         }
     }
@@ -76,15 +93,13 @@ pub struct Closure {
 impl Closure {
     /// Finds the closure of `roots` (the system's toplevel first, then any extra paths) and inventories it.
     ///
-    /// With `closure_info`, that directory is the source; otherwise the store directory's Nix database if it
-    /// exists and knows `root`; otherwise a parallel scan of file contents, starting at `root`.
-    pub fn find(
-        store: &StoreDir,
-        roots: &[StorePath],
-        closure_info: Option<&std::path::Path>,
-    ) -> Result<(Self, Inventory)> {
-        let (source, paths) = if let Some(dir) = closure_info {
-            (Source::ClosureInfo { dir: dir.to_path_buf() }, closure_info::read(dir)?)
+    /// A `given` closure is the source; otherwise the store directory's Nix database if it exists and knows
+    /// `root`; otherwise a parallel scan of file contents, starting at `root`.
+    pub fn find(store: &StoreDir, roots: &[StorePath], given: Option<&Given>) -> Result<(Self, Inventory)> {
+        let (source, paths) = if let Some(Given::ClosureInfo(dir)) = given {
+            (Source::ClosureInfo { dir: dir.clone() }, closure_info::read(dir)?)
+        } else if let Some(Given::NixAttrs(file)) = given {
+            (Source::NixAttrs { file: file.clone() }, attrs::read(file)?)
         } else if let Some(found) = Self::from_db(store, roots)? {
             found
         } else {

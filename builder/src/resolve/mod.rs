@@ -25,8 +25,8 @@ pub struct Request {
     pub system: PathBuf,
     /// `--system-arch`: the architecture in place of the bootspec's.
     pub system_arch: Option<String>,
-    /// A closureInfo directory, if given.
-    pub closure_info: Option<PathBuf>,
+    /// The closure, when the user names it (`--closure-info`, `--closure-attrs`).
+    pub closure: Option<crate::closure::Given>,
     /// More store paths (and their closures) to ship and register (`--extra-path`).
     pub extra_paths: Vec<PathBuf>,
     /// What the image profile (`--profile`) gives besides flags: its kernel parameter changes come before the
@@ -89,7 +89,7 @@ pub fn resolve(req: &Request, progress: &dyn Progress) -> Result<Resolved> {
             }
             roots.sort();
             roots.dedup();
-            Closure::find(&store, &roots, req.closure_info.as_deref())
+            Closure::find(&store, &roots, req.closure.as_ref())
         },
         |(c, inv)| {
             format!(

@@ -60,6 +60,9 @@ pub struct Options {
     pub threads: usize,
     /// The profile file `--profile` named, if it named a file (an input no output may replace).
     pub profile_file: Option<PathBuf>,
+    /// The derivation output a `kiln nix-builder` build writes into: a new store path, outside the closure, so
+    /// outputs inside it may lie in the store directory.
+    pub nix_out: Option<PathBuf>,
 }
 
 impl Options {
@@ -116,7 +119,11 @@ impl Options {
             store_dir: args.store_dir.clone(),
             system: args.system.clone(),
             system_arch: args.system_arch.clone(),
-            closure_info: args.closure_info.clone(),
+            closure: match (&args.closure_info, &args.closure_attrs) {
+                (Some(dir), _) => Some(crate::closure::Given::ClosureInfo(dir.clone())),
+                (_, Some(file)) => Some(crate::closure::Given::NixAttrs(file.clone())),
+                _ => None,
+            },
             extra_paths: args.extra_paths.clone(),
             profile: applied,
         };
@@ -140,6 +147,7 @@ impl Options {
             emit,
             threads: args.threads.map_or(0, usize::from),
             profile_file: args.profile.clone().filter(|p| p.contains('/') || p.ends_with(".toml")).map(PathBuf::from),
+            nix_out: None,
         })
     }
 

@@ -17,6 +17,7 @@ mod harness;
 mod inspect;
 mod interrupt;
 mod nar;
+mod nix_build;
 mod nix_state;
 mod nixdb;
 mod output_paths;

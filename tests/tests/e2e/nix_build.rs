@@ -1,0 +1,207 @@
+//! kiln inside Nix: `nix/make-image.nix` built by Debian's `nix-build` (Nix 2.8), offline, in Nix's sandbox,
+//! with a statically linked kiln added to the store with `builtins.path` as the derivation's builder. The
+//! system is the bootable demo closure registered in the host's Nix store (`nix-store --load-db`, as nixpkgs'
+//! image builders register a closure). The image from `$out` boots, `kiln verify` and Nix's own
+//! `nix-store --verify --check-contents` of its store are clean, `hydra-build-products` lists exactly the files
+//! that exist, and `nix-build --check` (Nix's determinism check: a second build must give the same bytes)
+//! passes. Bad inputs fail the derivation with kiln's error in the build log, and register nothing.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use kiln_tests::boot::{Boot, Firmware};
+use kiln_tests::disk::partitions;
+use kiln_tests::ext4::extract;
+use kiln_tests::{fixtures, nix, tools};
+
+use crate::util::kiln;
+
+const TIMEOUT: Duration = Duration::from_secs(180);
+
+/// The demo closure registered in the host store, and the static kiln: (toplevel, kiln package directory).
+fn setup() -> &'static (String, PathBuf) {
+    static SETUP: OnceLock<(String, PathBuf)> = OnceLock::new();
+    SETUP.get_or_init(|| {
+        tools::require("nix-build", "nix-bin");
+        let fx = fixtures::demo_closure();
+        nix::register_in_host_store(&fx).unwrap_or_else(|e| panic!("registering the demo closure: {e:#}"));
+        (fixtures::toplevel_of(&fx), fixtures::static_kiln())
+    })
+}
+
+/// The Nix expression calling make-image.nix for the demo system with `args` (Nix attribute bindings).
+fn expr(args: &str) -> String {
+    let (top, kiln) = setup();
+    let make = fixtures::workspace_root().join("nix/make-image.nix");
+    format!(
+        "import {} {{ kiln = builtins.path {{ path = {}; name = \"kiln\"; }}; toplevel = builtins.storePath \
+         \"{top}\"; {args} }}",
+        make.display(),
+        kiln.display()
+    )
+}
+
+fn build(args: &str, extra: &[&str]) -> PathBuf {
+    let scratch = tempfile::tempdir().unwrap();
+    nix::build_expr(&expr(args), scratch.path(), extra).unwrap_or_else(|log| panic!("nix-build failed:\n{log}"))
+}
+
+/// `nix-build` must fail; returns its log.
+fn build_fails(expr: &str) -> String {
+    let scratch = tempfile::tempdir().unwrap();
+    match nix::build_expr(expr, scratch.path(), &[]) {
+        Ok(out) => panic!("nix-build succeeded: {}", out.display()),
+        Err(log) => log,
+    }
+}
+
+/// The output path `expr` would have: the derivation is instantiated, not built.
+fn out_path_of(expr: &str) -> PathBuf {
+    let out = tools::run_ok(
+        std::process::Command::new("nix-instantiate")
+            .env("NIX_CONFIG", "build-users-group =\ngc-reserved-space = 0")
+            .args(["--eval", "-E", &format!("({expr}).outPath")]),
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().trim_matches('"'))
+}
+
+/// Every regular file under `dir` (relative), symlinks and directories not counted.
+fn files_under(dir: &Path) -> BTreeSet<PathBuf> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            if md.is_dir() {
+                walk(root, &p, out);
+            } else if md.is_file() {
+                out.insert(p.strip_prefix(root).unwrap().to_path_buf());
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// `nix-support/hydra-build-products`: every line `file <subtype> <path>`, each path absolute, inside `out` and
+/// existing; returns (subtype, path relative to `out`).
+fn products(out: &Path) -> Vec<(String, PathBuf)> {
+    let text = std::fs::read_to_string(out.join("nix-support/hydra-build-products")).unwrap();
+    text.lines()
+        .map(|line| {
+            let parts: Vec<&str> = line.split(' ').collect();
+            assert_eq!(parts.len(), 3, "`file <subtype> <path>`: {line:?}");
+            assert_eq!(parts[0], "file", "{line:?}");
+            let path = Path::new(parts[2]);
+            assert!(path.is_absolute() && path.starts_with(out), "{line:?} is not inside {}", out.display());
+            assert!(path.is_file(), "{line:?} names no file");
+            (parts[1].to_owned(), path.strip_prefix(out).unwrap().to_path_buf())
+        })
+        .collect()
+}
+
+fn marker() -> String {
+    std::fs::read_to_string(fixtures::demo_closure().join("marker")).unwrap()
+}
+
+#[test]
+fn make_image_builds_a_raw_image_that_boots_verifies_and_passes_nixs_check() {
+    let out = build(r#"profile = "qemu-efi"; format = "raw"; name = "demo";"#, &[]);
+    let img = out.join("demo.img");
+    let listed = products(&out);
+    assert_eq!(listed, [("raw-image".to_owned(), PathBuf::from("demo.img"))]);
+    let mut want: BTreeSet<PathBuf> = listed.iter().map(|(_, p)| p.clone()).collect();
+    want.extend(["nix-support/hydra-build-products", "nix-support/hydra-release-name"].map(PathBuf::from));
+    assert_eq!(files_under(&out), want, "$out holds the image and nix-support only");
+    assert_eq!(std::fs::read_to_string(out.join("nix-support/hydra-release-name")).unwrap(), "demo\n");
+
+    let outcome = Boot::new(&img, marker())
+        .firmware(Firmware::Uefi)
+        .timeout(TIMEOUT)
+        .run()
+        .unwrap_or_else(|e| panic!("{} did not boot: {e}", img.display()));
+    eprintln!("the Nix-built image booted in {:.1} s", outcome.elapsed.as_secs_f64());
+
+    let verified = kiln(["verify".as_ref(), img.as_os_str()]).ok();
+    assert!(!verified.contains("problem"), "{verified}");
+    let parts = partitions(&img);
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    extract(&img, parts[1].0, &root).unwrap();
+    let checked = nix::verify_store_copy(&root).unwrap_or_else(|e| panic!("nix-store --verify:\n{e:#}"));
+    assert!(checked.contains(&setup().0), "Nix checked {checked:?}");
+    tools::run(std::process::Command::new("chmod").arg("-R").arg("u+w").arg(tmp.path()));
+
+    // Nix builds it again and compares: a difference fails with "may not be deterministic".
+    let again = build(r#"profile = "qemu-efi"; format = "raw"; name = "demo";"#, &["--check"]);
+    assert_eq!(again, out);
+}
+
+#[test]
+fn make_image_names_images_as_nixpkgs_and_makes_an_amazon_bundle() {
+    // No name: nixpkgs' `nixos-image-<label>-<system>`, with the block map and checksum asked for.
+    let out = build(r#"profile = "usb-hybrid"; extraArgs = [ "--checksum" ];"#, &[]);
+    let listed = products(&out);
+    let names: Vec<String> = listed.iter().map(|(t, p)| format!("{t} {}", p.display())).collect();
+    let stem = listed[0].1.to_string_lossy().trim_end_matches(".img").to_owned();
+    assert!(stem.starts_with("nixos-image-") && stem.ends_with("-x86_64-linux"), "{names:?}");
+    assert_eq!(
+        names,
+        [format!("raw-image {stem}.img"), format!("bmap {stem}.img.bmap"), format!("sha256 {stem}.img.sha256")]
+    );
+    assert_eq!(std::fs::read_to_string(out.join("nix-support/hydra-release-name")).unwrap(), format!("{stem}\n"));
+
+    // amazon: $out is the bundle, as nixpkgs' amazon image.
+    let out = build(r#"profile = "amazon";"#, &[]);
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("nix-support/image-info.json")).unwrap()).unwrap();
+    assert_eq!((info["system"].as_str(), info["boot_mode"].as_str()), (Some("x86_64-linux"), Some("uefi")));
+    let vhd = PathBuf::from(info["file"].as_str().unwrap());
+    assert!(vhd.starts_with(&out) && vhd.is_file(), "{info}");
+    let listed = products(&out);
+    assert_eq!(listed, [("vpc".to_owned(), vhd.strip_prefix(&out).unwrap().to_path_buf())]);
+    assert!(out.join("nix-support/hydra-release-name").is_file());
+}
+
+#[test]
+fn bad_inputs_fail_the_derivation_with_kilns_error_and_register_nothing() {
+    let (_, pkg) = setup();
+    // Not a NixOS system: the kiln package itself.
+    let not_nixos = expr(r#"profile = "qemu-efi";"#).replace(
+        &format!("builtins.storePath \"{}\"", setup().0),
+        &format!("builtins.path {{ path = {}; name = \"kiln\"; }}", pkg.display()),
+    );
+    let log = build_fails(&not_nixos);
+    assert!(log.contains("has no bootspec"), "{log}");
+    assert!(!nix::is_valid(&out_path_of(&not_nixos)), "a failed build registers no output");
+
+    let unknown = expr(r#"profile = "nonesuch";"#);
+    let log = build_fails(&unknown);
+    assert!(log.contains("nonesuch") && log.contains("built-ins"), "{log}");
+    assert!(!nix::is_valid(&out_path_of(&unknown)));
+
+    // A derivation of its own whose structured attrs carry no closure graph.
+    let bare = format!(
+        "derivation {{ name = \"no-graph\"; system = builtins.currentSystem; __structuredAttrs = true; \
+         builder = \"${{builtins.path {{ path = {}; name = \"kiln\"; }}}}/bin/kiln\"; args = [ \"nix-builder\" ]; profile = \"qemu-efi\"; \
+         toplevel = \"${{builtins.storePath \"{}\"}}\"; }}",
+        pkg.display(),
+        setup().0
+    );
+    let log = build_fails(&bare);
+    assert!(log.contains("no exportReferencesGraph"), "{log}");
+    assert!(!nix::is_valid(&out_path_of(&bare)));
+}
+
+#[test]
+fn nix_builder_outside_nix_says_what_it_needs() {
+    let r = crate::util::run(
+        crate::util::kiln_cmd()
+            .arg("nix-builder")
+            .env_remove("NIX_ATTRS_JSON_FILE")
+            .env("NIX_BUILD_TOP", tempfile::tempdir().unwrap().path()),
+    );
+    r.fails_with(&["no structured-attrs file", "__structuredAttrs"]);
+}
