@@ -307,6 +307,80 @@ pub fn nix32_to_base16(s: &str) -> String {
     String::from_utf8(out.stdout).expect("nix-hash printed non-UTF-8").trim().to_owned()
 }
 
+/// Options for every `nix-build` of the tests: offline (no substituters), as root without build users (Debian's
+/// nix-bin has no `nixbld` group), in Nix's sandbox (the builder sees only its inputs' closure: a kiln that
+/// needed anything of the host would fail here).
+pub const BUILD_OPTIONS: [&str; 6] = ["--option", "sandbox", "true", "--option", "substituters", ""];
+
+/// Copies the closure of a fixture with a physical store (`<fx>/nix/store`) and a closureInfo
+/// (`<fx>/closure-info`) into the host's Nix store and registers it there with `nix-store --load-db`, as
+/// nixpkgs' image builders register a closure; paths already valid are left alone. Afterwards Nix treats the
+/// closure as its own: `builtins.storePath` of the toplevel works and `exportReferencesGraph` reads its
+/// narHashes and references from the database. Returns the logical paths registered.
+///
+/// # Errors
+/// A copy or `nix-store` that fails.
+pub fn register_in_host_store(fx: &Path) -> Result<Vec<String>> {
+    let paths: Vec<String> = std::fs::read_to_string(fx.join("closure-info/store-paths"))
+        .context("reading the fixture's store-paths")?
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    std::fs::create_dir_all("/nix/store").context("creating /nix/store")?;
+    let valid = tools::run(nix_command("nix-store").arg("--check-validity").args(&paths));
+    if valid.status.success() {
+        return Ok(paths);
+    }
+    for p in &paths {
+        let dest = Path::new(p);
+        if std::fs::symlink_metadata(dest).is_err() {
+            let base = dest.file_name().context("a store path has a name")?;
+            copy_tree(&fx.join("nix/store").join(base), dest)?;
+        }
+    }
+    let registration = std::fs::read(fx.join("closure-info/registration")).context("reading the registration")?;
+    let mut child = nix_command("nix-store")
+        .arg("--load-db")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running nix-store --load-db")?;
+    child.stdin.take().context("stdin")?.write_all(&registration)?;
+    let out = child.wait_with_output()?;
+    ensure!(out.status.success(), "nix-store --load-db failed: {}", output_text(&out));
+    let valid = tools::run(nix_command("nix-store").arg("--check-validity").args(&paths));
+    ensure!(valid.status.success(), "the closure is not valid after --load-db: {}", output_text(&valid));
+    Ok(paths)
+}
+
+/// `nix-build` of the expression `expr` (with [`BUILD_OPTIONS`] and `extra`), in `dir`: the output path on
+/// success, else the whole build log.
+///
+/// # Errors
+/// The build failed: the log, which holds the builder's own error.
+pub fn build_expr(expr: &str, dir: &Path, extra: &[&str]) -> std::result::Result<PathBuf, String> {
+    let out = tools::run(
+        nix_command("nix-build").current_dir(dir).args(["--no-out-link", "-E", expr]).args(BUILD_OPTIONS).args(extra),
+    );
+    let log = output_text(&out);
+    if !out.status.success() {
+        return Err(log);
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let path = stdout.lines().last().unwrap_or_default().trim();
+    if !path.starts_with("/nix/store/") {
+        return Err(format!("nix-build printed no output path:\n{log}"));
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// Whether Nix's host database has `path` as a valid path.
+#[must_use]
+pub fn is_valid(path: &Path) -> bool {
+    tools::run(nix_command("nix-store").arg("--check-validity").arg(path)).status.success()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -559,78 +633,4 @@ mod tests {
         assert_eq!(records[1].nar_size, 16);
         assert!(parse_dump_db("/nix/store/a\nxyz\n").is_err());
     }
-}
-
-/// Options for every `nix-build` of the tests: offline (no substituters), as root without build users (Debian's
-/// nix-bin has no `nixbld` group), in Nix's sandbox (the builder sees only its inputs' closure: a kiln that
-/// needed anything of the host would fail here).
-pub const BUILD_OPTIONS: [&str; 6] = ["--option", "sandbox", "true", "--option", "substituters", ""];
-
-/// Copies the closure of a fixture with a physical store (`<fx>/nix/store`) and a closureInfo
-/// (`<fx>/closure-info`) into the host's Nix store and registers it there with `nix-store --load-db`, as
-/// nixpkgs' image builders register a closure; paths already valid are left alone. Afterwards Nix treats the
-/// closure as its own: `builtins.storePath` of the toplevel works and `exportReferencesGraph` reads its
-/// narHashes and references from the database. Returns the logical paths registered.
-///
-/// # Errors
-/// A copy or `nix-store` that fails.
-pub fn register_in_host_store(fx: &Path) -> Result<Vec<String>> {
-    let paths: Vec<String> = std::fs::read_to_string(fx.join("closure-info/store-paths"))
-        .context("reading the fixture's store-paths")?
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    std::fs::create_dir_all("/nix/store").context("creating /nix/store")?;
-    let valid = tools::run(nix_command("nix-store").arg("--check-validity").args(&paths));
-    if valid.status.success() {
-        return Ok(paths);
-    }
-    for p in &paths {
-        let dest = Path::new(p);
-        if std::fs::symlink_metadata(dest).is_err() {
-            let base = dest.file_name().context("a store path has a name")?;
-            copy_tree(&fx.join("nix/store").join(base), dest)?;
-        }
-    }
-    let registration = std::fs::read(fx.join("closure-info/registration")).context("reading the registration")?;
-    let mut child = nix_command("nix-store")
-        .arg("--load-db")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running nix-store --load-db")?;
-    child.stdin.take().context("stdin")?.write_all(&registration)?;
-    let out = child.wait_with_output()?;
-    ensure!(out.status.success(), "nix-store --load-db failed: {}", output_text(&out));
-    let valid = tools::run(nix_command("nix-store").arg("--check-validity").args(&paths));
-    ensure!(valid.status.success(), "the closure is not valid after --load-db: {}", output_text(&valid));
-    Ok(paths)
-}
-
-/// `nix-build` of the expression `expr` (with [`BUILD_OPTIONS`] and `extra`), in `dir`: the output path on
-/// success, else the whole build log.
-///
-/// # Errors
-/// The build failed: the log, which holds the builder's own error.
-pub fn build_expr(expr: &str, dir: &Path, extra: &[&str]) -> std::result::Result<PathBuf, String> {
-    let out = tools::run(
-        nix_command("nix-build").current_dir(dir).args(["--no-out-link", "-E", expr]).args(BUILD_OPTIONS).args(extra),
-    );
-    let log = output_text(&out);
-    if !out.status.success() {
-        return Err(log);
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let path = stdout.lines().last().unwrap_or_default().trim();
-    if !path.starts_with("/nix/store/") {
-        return Err(format!("nix-build printed no output path:\n{log}"));
-    }
-    Ok(PathBuf::from(path))
-}
-
-/// Whether Nix's host database has `path` as a valid path.
-#[must_use]
-pub fn is_valid(path: &Path) -> bool {
-    tools::run(nix_command("nix-store").arg("--check-validity").arg(path)).status.success()
 }
