@@ -205,3 +205,121 @@ fn nix_builder_outside_nix_says_what_it_needs() {
     );
     r.fails_with(&["no structured-attrs file", "__structuredAttrs"]);
 }
+
+/// nixpkgs' `lib/` (the module system): `$KILN_NIXPKGS_LIB`, else `../shared/nixpkgs-lib/lib` beside the
+/// workspace. The full nixpkgs is not available offline; a missing lib fails the test.
+fn nixpkgs_lib() -> PathBuf {
+    let lib = std::env::var_os("KILN_NIXPKGS_LIB")
+        .map_or_else(|| fixtures::workspace_root().parent().unwrap().join("shared/nixpkgs-lib/lib"), PathBuf::from);
+    assert!(
+        lib.join("default.nix").is_file(),
+        "nixpkgs' lib/ not found at {} (set KILN_NIXPKGS_LIB to a nixpkgs lib/ directory)",
+        lib.display()
+    );
+    lib
+}
+
+/// The module evaluation harness (tests/fixtures/nix-module-eval.nix) with `modules` (Nix list items), bound to
+/// `r`, then `body` (an expression using `r`).
+fn module_expr(modules: &str, body: &str) -> String {
+    let (top, kiln) = setup();
+    format!(
+        "let lib = import {}; r = import {} {{ inherit lib; kiln = builtins.path {{ path = {}; name = \"kiln\"; }}; \
+         toplevel = builtins.storePath \"{top}\"; modules = [ {modules} ]; }}; in {body}",
+        nixpkgs_lib().display(),
+        fixtures::scripts_dir().join("nix-module-eval.nix").display(),
+        kiln.display()
+    )
+}
+
+/// `nix-instantiate --eval --strict --json` of `expr`.
+fn eval_json(expr: &str) -> serde_json::Value {
+    let out = tools::run(
+        std::process::Command::new(tools::require("nix-instantiate", "nix-bin"))
+            .env("NIX_CONFIG", "build-users-group =\ngc-reserved-space = 0")
+            .args(["--eval", "--strict", "--json", "-E", expr]),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "evaluating failed:\n{stderr}\n{expr}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn module_merges_options_takes_nixos_defaults_and_offers_every_profile_as_a_variant() {
+    let host = r#"{ boot.kernelParams = [ "console=ttyS0" "quiet" ]; kiln.extraKernelParams = [ "a" ];
+                   kiln.profile = "qemu-efi"; }
+                 { kiln.extraKernelParams = [ "b" ]; kiln.removeKernelParams = [ "quiet" ]; }"#;
+    let v = eval_json(&module_expr(
+        host,
+        r#"{ params = r.config.kiln.kernelParams; args = r.image.drvAttrs.extraArgs;
+             name = r.config.kiln.baseName; file = r.image.filePath; profile = r.image.drvAttrs.profile;
+             variants = r.variants;
+             amazon = let a = r.variant "kiln-amazon"; in { file = a.passthru.filePath; profile = a.drvAttrs.profile; };
+             gce = (r.variant "kiln-gce").passthru.filePath; }"#,
+    ));
+    // Both modules' parameters, after boot.kernelParams without the removed one.
+    let params: Vec<&str> = v["params"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    assert_eq!(params[0], "console=ttyS0");
+    assert_eq!(params[1..].iter().copied().collect::<BTreeSet<_>>(), BTreeSet::from(["a", "b"]), "{v}");
+    let args = v["args"].to_string();
+    assert!(
+        args.contains(r#""--kernel-param","a""#)
+            && args.contains(r#""--kernel-param","b""#)
+            && args.contains(r#""--remove-kernel-param","quiet""#),
+        "{args}"
+    );
+    // nixpkgs' naming from system.nixos.label and nixpkgs.hostPlatform.
+    assert_eq!(v["name"], "nixos-image-24.11.demo-x86_64-linux");
+    assert_eq!(v["file"], "nixos-image-24.11.demo-x86_64-linux.qcow2");
+    assert_eq!(v["profile"], "qemu-efi");
+    let want: Vec<String> = std::fs::read_dir(fixtures::workspace_root().join("images"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().trim_end_matches(".toml").to_owned())
+        .map(|p| format!("kiln-{p}"))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(v["variants"], serde_json::json!(want));
+    // A variant's profile wins over the host's own; the file paths are nixpkgs'.
+    assert_eq!(v["amazon"]["profile"], "amazon");
+    assert_eq!(v["amazon"]["file"], "nixos-amazon-image-24.11.demo-x86_64-linux.vhd");
+    assert_eq!(v["gce"], "nixos-image-24.11.demo-x86_64-linux.raw.tar.gz");
+
+    // mkForce replaces every other definition; an attribute-set hostPlatform names the image too.
+    let forced = r#"{ kiln.extraKernelParams = [ "a" ]; }
+                   { kiln.extraKernelParams = lib.mkForce [ "c" ]; nixpkgs.hostPlatform = { system = "aarch64-linux"; }; }"#;
+    let v = eval_json(&module_expr(
+        forced,
+        "{ params = r.config.kiln.kernelParams; name = r.config.kiln.baseName; layout = r.image.drvAttrs.layout; }",
+    ));
+    assert_eq!(v["params"], serde_json::json!(["c"]));
+    assert_eq!(v["name"], "nixos-image-24.11.demo-aarch64-linux");
+    assert_eq!(v["layout"], "efi", "no profile and no layout: efi");
+}
+
+#[test]
+fn module_variant_builds_a_bootable_image() {
+    let expr = module_expr(r#"{ kiln.extraKernelParams = [ "kiln.module=1" ]; }"#, r#"r.variant "kiln-qemu-efi""#);
+    let file = eval_json(&module_expr(
+        r#"{ kiln.extraKernelParams = [ "kiln.module=1" ]; }"#,
+        r#"(r.variant "kiln-qemu-efi").passthru.filePath"#,
+    ));
+    let scratch = tempfile::tempdir().unwrap();
+    let out = nix::build_expr(&expr, scratch.path(), &[]).unwrap_or_else(|log| panic!("nix-build failed:\n{log}"));
+    let img = out.join(file.as_str().unwrap());
+    assert_eq!(products(&out), [("qcow2-image".to_owned(), PathBuf::from(file.as_str().unwrap()))]);
+    let outcome = Boot::new(&img, marker())
+        .firmware(Firmware::Uefi)
+        .format("qcow2")
+        .timeout(TIMEOUT)
+        .run()
+        .unwrap_or_else(|e| panic!("{} did not boot: {e}", img.display()));
+    let hex = outcome
+        .serial
+        .lines()
+        .find_map(|l| l.split_once("KILN-CMDLINE-HEX ").map(|(_, h)| h.trim().to_owned()))
+        .unwrap_or_else(|| panic!("no KILN-CMDLINE-HEX line in the serial output:\n{}", outcome.serial));
+    let bytes: Vec<u8> = (0..hex.len() / 2).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
+    let cmdline = String::from_utf8(bytes).unwrap();
+    assert!(cmdline.split_whitespace().any(|p| p == "kiln.module=1"), "the module's parameter is not on {cmdline:?}");
+}
