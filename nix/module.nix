@@ -107,9 +107,13 @@ in
   options.kiln = {
     package = mkOption {
       type = types.package;
-      default = pkgs.callPackage ./package.nix { };
-      defaultText = lib.literalExpression "pkgs.callPackage ./package.nix { }";
-      description = "The kiln that builds the image (the builder of the image derivation).";
+      # kiln runs on the machine that builds the image, not on the one the image is for.
+      default = pkgs.buildPackages.callPackage ./package.nix { };
+      defaultText = lib.literalExpression "pkgs.buildPackages.callPackage ./package.nix { }";
+      description = ''
+        The kiln that builds the image: the builder of the image derivation, so it runs on the build machine
+        (an aarch64 image builds on an x86_64 builder with an x86_64 kiln).
+      '';
     };
     profile = mkOption {
       type = types.nullOr types.str;

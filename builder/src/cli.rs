@@ -30,6 +30,14 @@ pub enum Command {
     /// Build an image as the builder of a Nix derivation (what nix/make-image.nix runs): the system, its closure,
     /// the options and the output come from the structured attributes Nix writes.
     NixBuilder(NixBuilderArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell) on stdout.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print kiln's manual page (roff, for `man`) on stdout.
+    Man,
 }
 
 /// `kiln nix-builder`.

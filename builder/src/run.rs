@@ -32,6 +32,17 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Profiles(args) => crate::profile::command(args),
         Command::Flash(args) => flash(&args),
         Command::NixBuilder(args) => crate::derivation::command(&args),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "kiln", &mut std::io::stdout().lock());
+            Ok(())
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = std::io::stdout().lock();
+            clap_mangen::Man::new(cmd).render(&mut out).context("writing the manual page")?;
+            out.flush().context("writing to stdout")
+        }
     }
 }
 

@@ -323,3 +323,90 @@ fn module_variant_builds_a_bootable_image() {
     let cmdline = String::from_utf8(bytes).unwrap();
     assert!(cmdline.split_whitespace().any(|p| p == "kiln.module=1"), "the module's parameter is not on {cmdline:?}");
 }
+
+/// Every `.nix` file of the repository, for `nix-instantiate --parse`.
+fn nix_files() -> Vec<PathBuf> {
+    let root = fixtures::workspace_root();
+    let mut files = vec![root.join("flake.nix")];
+    for dir in ["nix", "tests/fixtures"] {
+        for e in std::fs::read_dir(root.join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "nix") {
+                files.push(p);
+            }
+        }
+    }
+    files
+}
+
+/// nixpkgs is not available offline: flake.nix and package.nix are evaluated against stand-ins for the few
+/// nixpkgs attributes they use (`rustPlatform.buildRustPackage` returns its arguments), with nixpkgs' real `lib`.
+/// `nix flake check` itself needs the nixpkgs input (and flakes are experimental in Nix 2.8): the flake's checks
+/// are the tests of this file, run here with nix-build.
+#[test]
+fn nix_files_parse_and_the_flake_and_package_evaluate() {
+    for f in nix_files() {
+        let out = tools::run(
+            std::process::Command::new(tools::require("nix-instantiate", "nix-bin"))
+                .env("NIX_CONFIG", "build-users-group =")
+                .arg("--parse")
+                .arg(&f),
+        );
+        assert!(out.status.success(), "{}: {}", f.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    let root = fixtures::workspace_root();
+    let expr = format!(
+        r#"let
+          lib = import {lib};
+          pkgsFor = system: rec {{
+            inherit system lib;
+            stdenv = {{ buildPlatform.canExecute = _: true; hostPlatform.system = system; }};
+            callPackage = f: extra: import f ({{
+              inherit lib stdenv;
+              rustPlatform.buildRustPackage = a: a // {{ type = "derivation"; name = "${{a.pname}}-${{a.version}}"; }};
+              installShellFiles = "installShellFiles";
+            }} // extra);
+            pkgsStatic = {{ inherit callPackage; }};
+            buildPackages = {{ inherit callPackage; }};
+            nixfmt-rfc-style = null;
+          }};
+          nixpkgs = {{ inherit lib; legacyPackages = lib.genAttrs [ "x86_64-linux" "aarch64-linux" ] pkgsFor; }};
+          flake = (import {root}/flake.nix).outputs {{ self = flake; inherit nixpkgs; }};
+          pkg = flake.packages.x86_64-linux.kiln;
+        in {{
+          packages = builtins.attrNames flake.packages.x86_64-linux;
+          systems = builtins.attrNames flake.packages;
+          inherit (pkg) pname version;
+          lock = toString pkg.cargoLock.lockFile;
+          install = pkg.postInstall;
+          makeImage = builtins.isFunction flake.lib.makeImage;
+          module = toString flake.nixosModules.default;
+          checks = builtins.attrNames flake.checks.x86_64-linux;
+        }}"#,
+        lib = nixpkgs_lib().display(),
+        root = root.display()
+    );
+    let v = eval_json(&expr);
+    assert_eq!(v["packages"], serde_json::json!(["default", "kiln", "kiln-static"]));
+    assert_eq!(v["systems"], serde_json::json!(["aarch64-linux", "x86_64-linux"]));
+    assert_eq!((v["pname"].as_str(), v["version"].as_str()), (Some("kiln"), Some(env!("CARGO_PKG_VERSION"))));
+    assert_eq!(v["lock"], root.join("Cargo.lock").display().to_string());
+    let install = v["install"].as_str().unwrap();
+    for want in ["share/kiln/images", "completions bash", "completions zsh", "completions fish", "installManPage"] {
+        assert!(install.contains(want), "postInstall lacks {want}:\n{install}");
+    }
+    assert_eq!(v["makeImage"], true);
+    assert_eq!(v["module"], root.join("nix/module.nix").display().to_string());
+    assert_eq!(
+        v["checks"],
+        serde_json::json!(["make-image-amazon", "make-image-qemu-efi", "module-image", "module-variants", "package"])
+    );
+
+    // What package.nix's postInstall runs: completions and a manual page from the binary.
+    for shell in ["bash", "zsh", "fish"] {
+        let out = kiln(["completions", shell]).ok();
+        assert!(out.contains("kiln") && out.contains("nix-builder"), "{shell}: {out}");
+    }
+    let man = kiln(["man"]).ok();
+    assert!(man.contains(".TH kiln 1") && man.contains("flash"), "{man}");
+}
