@@ -8,5 +8,6 @@ pub mod disk;
 pub mod ext4;
 pub mod fixtures;
 pub mod nix;
+pub mod ssh_builder;
 pub mod tools;
 pub mod trees;

@@ -360,8 +360,26 @@ pub fn register_in_host_store(fx: &Path) -> Result<Vec<String>> {
 /// # Errors
 /// The build failed: the log, which holds the builder's own error.
 pub fn build_expr(expr: &str, dir: &Path, extra: &[&str]) -> std::result::Result<PathBuf, String> {
+    build_expr_env(expr, dir, extra, &[])
+}
+
+/// [`build_expr`] with more environment variables (such as `NIX_SSHOPTS` for remote builders).
+///
+/// # Errors
+/// As [`build_expr`].
+pub fn build_expr_env(
+    expr: &str,
+    dir: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> std::result::Result<PathBuf, String> {
     let out = tools::run(
-        nix_command("nix-build").current_dir(dir).args(["--no-out-link", "-E", expr]).args(BUILD_OPTIONS).args(extra),
+        nix_command("nix-build")
+            .current_dir(dir)
+            .args(["--no-out-link", "-E", expr])
+            .args(BUILD_OPTIONS)
+            .args(extra)
+            .envs(env.iter().copied()),
     );
     let log = output_text(&out);
     if !out.status.success() {
@@ -373,6 +391,16 @@ pub fn build_expr(expr: &str, dir: &Path, extra: &[&str]) -> std::result::Result
         return Err(format!("nix-build printed no output path:\n{log}"));
     }
     Ok(PathBuf::from(path))
+}
+
+/// Removes `paths` from the host store (`nix-store --delete`; they must not be referenced or rooted).
+///
+/// # Errors
+/// When Nix refuses.
+pub fn delete(paths: &[&Path]) -> Result<()> {
+    let out = tools::run(nix_command("nix-store").arg("--delete").args(paths));
+    ensure!(out.status.success(), "nix-store --delete failed: {}", output_text(&out));
+    Ok(())
 }
 
 /// Whether Nix's host database has `path` as a valid path.

@@ -410,3 +410,59 @@ fn nix_files_parse_and_the_flake_and_package_evaluate() {
     let man = kiln(["man"]).ok();
     assert!(man.contains(".TH kiln 1") && man.contains("flash"), "{man}");
 }
+
+/// A build farm of one: the image built with `--max-jobs 0 --builders ssh://…` on an SSH builder at 127.0.0.1
+/// whose store is not the client's (a chroot store behind `nix-store --serve`), so kiln, the closure and the
+/// image are copied both ways; then `nix-build --check` builds it again here and Nix compares the bytes.
+#[test]
+fn a_remote_builder_makes_the_same_image_as_the_local_build() {
+    let (top, _) = setup();
+    let builder = kiln_tests::ssh_builder::SshBuilder::start().unwrap();
+    // A name of its own, so the client store does not hold the output yet and the builder must build it.
+    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let expr = expr(&format!(r#"profile = "qemu-efi"; name = "remote-{}-{nonce}";"#, std::process::id()));
+    let system = format!("{}-linux", std::env::consts::ARCH);
+    let builders = builder.builders(&system);
+    let opts = builder.ssh_opts();
+    let scratch = tempfile::tempdir().unwrap();
+    let out = nix::build_expr_env(
+        &expr,
+        scratch.path(),
+        &["--max-jobs", "0", "--builders", &builders],
+        &[("NIX_SSHOPTS", &opts)],
+    )
+    .unwrap_or_else(|log| panic!("the remote build failed:\n{log}\nsshd:\n{}", builder.log()));
+    let _remove = Removed(out.clone());
+    // Copied there: the system's closure and kiln; built there; copied back here.
+    for logical in [Path::new(top.as_str()), out.as_path()] {
+        kiln_tests::ssh_builder::ensure_copied(&builder, logical).unwrap();
+    }
+    let drv_kiln = std::fs::read_dir(builder.physical(Path::new("/nix/store")))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().ends_with("-kiln"));
+    assert!(drv_kiln, "kiln was not copied to the builder");
+    assert!(nix::is_valid(&out));
+    let image = out.join(products(&out)[0].1.clone());
+    assert_eq!(image.extension().unwrap(), "qcow2");
+
+    // The local build, compared by Nix with what the builder made.
+    let checked = nix::build_expr(&expr, scratch.path(), &["--check"])
+        .unwrap_or_else(|log| panic!("the local build differs from the remote one:\n{log}"));
+    assert_eq!(checked, out);
+}
+
+/// Removes a store path from the host store when dropped, also when the test fails.
+struct Removed(PathBuf);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let check = PathBuf::from(format!("{}.check", self.0.display()));
+        if check.exists() {
+            tools::run(std::process::Command::new("rm").arg("-rf").arg(&check));
+        }
+        if let Err(e) = nix::delete(&[&self.0]) {
+            eprintln!("{e:#}");
+        }
+    }
+}
