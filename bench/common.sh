@@ -1,7 +1,8 @@
-# Shared by the benchmarks that use the large corpus (sourced; needs msg, die, repo and bench_dir set).
+# Shared by the benchmarks that use a corpus (sourced; needs msg, die, repo and bench_dir set; corpus_size may
+# name the corpus: small, medium or large, default large).
 #
-# Sets kiln (KILN, or a release build of this checkout), corpus and store (the large corpus, built once with
-# MAKE_STORE, default /work/shared/bench/make-store.sh), and defines nixhash.
+# Sets kiln (KILN, or a release build of this checkout), corpus and store (the corpus, built once with
+# MAKE_STORE, default /work/shared/bench/make-store.sh), and defines nixhash, store_path and toplevel.
 
 if [ -n "${KILN:-}" ]; then
   kiln=$KILN
@@ -12,16 +13,17 @@ else
 fi
 [ -x "$kiln" ] || die "kiln '$kiln' is missing"
 
-corpus=$bench_dir/large
+corpus_size=${corpus_size:-large}
+corpus=$bench_dir/$corpus_size
 store=$corpus/nix/store
 if [ ! -d "$store" ]; then
   make_store=${MAKE_STORE:-/work/shared/bench/make-store.sh}
   [ -f "$make_store" ] || die "no corpus at $corpus and no make-store.sh at $make_store (set MAKE_STORE)"
-  msg "building the large corpus in $corpus (downloads Debian packages once)"
+  msg "building the $corpus_size corpus in $corpus (downloads Debian packages once)"
   mkdir -p "$bench_dir"
-  tmp=$bench_dir/.large.tmp.$$
+  tmp=$bench_dir/.$corpus_size.tmp.$$
   rm -rf "$tmp"
-  bash "$make_store" "$tmp" large >&2 || die "make-store.sh failed"
+  bash "$make_store" "$tmp" "$corpus_size" >&2 || die "make-store.sh failed"
   mv "$tmp" "$corpus"
 fi
 

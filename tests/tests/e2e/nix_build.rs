@@ -204,6 +204,35 @@ fn nix_builder_outside_nix_says_what_it_needs() {
             .env("NIX_BUILD_TOP", tempfile::tempdir().unwrap().path()),
     );
     r.fails_with(&["no structured-attrs file", "__structuredAttrs"]);
+
+    // A malformed file, and a graph that lacks the system's own path: errors naming the file.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join(".attrs.json");
+    std::fs::write(&bad, "{\"outputs\": {\"out\": ").unwrap();
+    kiln(["nix-builder".as_ref(), "--attrs".as_ref(), bad.as_os_str()])
+        .fails_with(&[&bad.display().to_string(), "not valid JSON"]);
+    let fx = fixtures::demo_closure();
+    let top = fixtures::toplevel_of(&fx);
+    let attrs = serde_json::json!({
+        "outputs": { "out": dir.path().join("out") },
+        "toplevel": top,
+        "profile": "qemu-efi",
+        "exportReferencesGraph": { "closure": [ top ] },
+        "closure": [],
+    });
+    std::fs::write(&bad, attrs.to_string()).unwrap();
+    let r = crate::util::run(
+        crate::util::kiln_cmd()
+            .args(["build", "--system", &top, "--store-dir"])
+            .arg(crate::util::store_of(&fx))
+            .arg("--closure-attrs")
+            .arg(&bad)
+            .arg("--output")
+            .arg(dir.path().join("x.img"))
+            .args(["--layout", "efi", "--progress", "none"]),
+    );
+    r.fails_with(&[&top, "is not in the closure from structured attrs", &bad.display().to_string()]);
+    assert!(!dir.path().join("x.img").exists());
 }
 
 /// nixpkgs' `lib/` (the module system): `$KILN_NIXPKGS_LIB`, else `../shared/nixpkgs-lib/lib` beside the
