@@ -8,7 +8,7 @@
 //! - [`inode_info`], [`tree_inodes`], [`extract`]: `debugfs`, addressing inodes by number (`<N>`) wherever
 //!   possible so names never pass through its command parser.
 //! - [`compare_tree`]: the filesystem subtree against a host directory, read through `debugfs` (names,
-//!   types, modes, owners, mtimes, bytes, symlink targets and hard-link identity).
+//!   types, modes, owners, mtimes, bytes, symlink targets and hard-link identity, by [`Links`]).
 //! - [`ext4_view_compare`]: the same comparison through the pure-Rust `ext4-view` reader, a second
 //!   implementation that shares no code with e2fsprogs.
 //!
@@ -47,6 +47,18 @@ pub enum Expect {
 impl Expect {
     /// The canonical form of the Nix store: owner 0:0, mtime 1.
     pub const NIX: Expect = Expect::Canonical { uid: 0, gid: 0, mtime: 1 };
+}
+
+/// Which names of the host tree must be one inode (a hard link) in the image, and which must not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Links {
+    /// Exactly the names that are one inode (st_dev, st_ino) on the host: a filesystem writer given a tree
+    /// with hard links keeps them, and makes no others.
+    AsSource,
+    /// Exactly the regular files with the same contents and executable bit (one NAR serialisation, as
+    /// `nix-store --optimise` links them), at most 65,000 names per inode; symlinks are never linked. What
+    /// `kiln build` makes of a store, whatever its hard links on the host.
+    SameContents,
 }
 
 /// One inode as `debugfs stat` reports it.

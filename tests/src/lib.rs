@@ -7,6 +7,7 @@ pub mod boot;
 pub mod disk;
 pub mod ext4;
 pub mod fixtures;
+pub mod identical;
 pub mod nix;
 pub mod ssh_builder;
 pub mod tools;

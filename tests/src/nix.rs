@@ -264,6 +264,14 @@ pub fn requisites(store_root: Option<&Path>, path: &str) -> Vec<String> {
     paths
 }
 
+/// `nix-store --optimise` on the store under `store_root`, *in place* (unlike the queries here, this is meant
+/// to change the store): Nix hard-links identical files through `<store>/.links`, as `auto-optimise-store`
+/// leaves a store. Returns Nix's report (`… freed by hard-linking N files`).
+pub fn optimise(store_root: &Path) -> String {
+    let out = tools::run_ok(nix_command("nix-store").arg("--store").arg(store_uri(store_root)).arg("--optimise"));
+    output_text(&out)
+}
+
 /// The NAR hash (sha256, lowercase base16, no prefix) of the file tree at `physical_path`, as
 /// `nix-hash --type sha256` computes it (hexadecimal is its default; 2.8 has no `--base16` flag): the hash of its NAR serialisation, the same value
 /// `nix-store -q --hash` reports for a valid store path.

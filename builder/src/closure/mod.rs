@@ -155,6 +155,6 @@ impl Closure {
                 inventories.push(inv);
             }
         }
-        Ok((Self { source: Source::Scan, paths }, Inventory::from_paths(inventories)))
+        Ok((Self { source: Source::Scan, paths }, Inventory::from_paths(store, inventories)?))
     }
 }

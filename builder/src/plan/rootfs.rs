@@ -1,5 +1,6 @@
 //! The root filesystem's contents: the closure laid out at `/nix/store` in Nix's canonical form (owner 0:0,
-//! mtime 1, files 0444 or 0555, directories 0555, symlinks 0777), hard links kept as hard links.
+//! mtime 1, files 0444 or 0555, directories 0555, symlinks 0777), each group of identical files (the
+//! inventory's link groups: same contents and executable bit) one inode with a name per file.
 
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
@@ -27,7 +28,7 @@ fn canonical(kind: &Kind) -> Meta {
 }
 
 /// The tree and, for each store path of the inventory and each of its entries, the tree node it became (for a
-/// hard link, the node it links to).
+/// file of a link group, the group's one node).
 pub type StoreTree = (Tree, Vec<Vec<NodeId>>);
 
 /// Builds the tree: `/`, `/nix`, `/nix/store` and every store path of the inventory under it. Directories

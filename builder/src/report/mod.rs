@@ -151,7 +151,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "hard links     {} groups, {} extra names; unique file data {} bytes ({})",
+            "hard links     identical files linked: {} groups, {} extra names; unique file data {} bytes ({})",
             t.hardlink_groups,
             t.hardlink_extra,
             t.unique_bytes,

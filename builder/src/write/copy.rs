@@ -41,7 +41,8 @@ pub struct Job<'a> {
 /// largest first), hashing what it copies from the same reads; checks each narHash against the registered one
 /// when `verify` and one is registered, and always against the one the hash phase took for the paths marked in
 /// `self_hashed` (inventory order: the image's database records that hash, so a store path that changed in
-/// between must fail the build). A file hard-linked from several paths is written once and hashed for each.
+/// between must fail the build). A link group (identical files, one inode in the image) is written once, by
+/// whichever of its names is read first, and hashed for each.
 /// Returns every path's NAR hash and size, in inventory order, and which data jobs it wrote.
 pub fn copy_and_hash(
     job: &Job<'_>,
@@ -171,8 +172,8 @@ impl<'a> ImageTee<'a> {
 }
 
 impl<'a> ImageTee<'a> {
-    /// Makes `entry` the file being read: claims its data job unless another path (a hard link) has, and
-    /// returns whether this path writes it.
+    /// Makes `entry` the file being read: claims its data job unless another name of its inode (an identical
+    /// file of its link group) has, and returns whether this path writes it.
     fn select(&mut self, entry: usize) -> bool {
         if self.current.as_ref().is_none_or(|(e, _)| *e != entry) {
             let node = self.nodes[entry];

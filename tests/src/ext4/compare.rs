@@ -5,7 +5,8 @@ use std::path::Path;
 
 use super::debugfs::{Debugfs, Scan};
 use super::host::{self, HostEntry, Kind};
-use super::{Expect, show};
+use super::{Expect, Links, show};
+use crate::identical::{self, EXT4_LINK_MAX};
 
 /// At most this many differences are listed; the rest are counted.
 const MAX_MESSAGES: usize = 50;
@@ -79,8 +80,8 @@ fn brief(bytes: &[u8]) -> String {
     }
 }
 
-/// Checks names, kinds, metadata, sizes, symlink targets and (when the reader gives inode numbers) hard-link
-/// identity. File bytes are the caller's: see [`content_pairs`].
+/// Checks names, kinds, metadata, sizes and symlink targets. File bytes and hard links are the caller's: see
+/// [`content_pairs`] and [`check_hard_links`].
 ///
 /// The subtree root's own metadata is not compared (`/nix/store` is 1775 root:nixbld in NixOS, and
 /// `mkfs.ext4 -d` leaves `/` at 0755 root): only that it is a directory. `lost+found` at the root of the
@@ -140,8 +141,6 @@ pub(super) fn check_entries(
         diffs.add(rel, format!("{} in the image is not in the source", i.kind.name()));
         pruned.insert(rel);
     }
-
-    check_hard_links(host, image, diffs);
 }
 
 fn check_metadata(rel: &[u8], h: &HostEntry, i: &ImageEntry, expect: Expect, diffs: &mut Diffs) {
@@ -168,8 +167,58 @@ fn check_metadata(rel: &[u8], h: &HostEntry, i: &ImageEntry, expect: Expect, dif
     }
 }
 
-/// Two non-directory names must be one inode in the image exactly when they are one (dev, ino) on the host.
-fn check_hard_links(host: &BTreeMap<Vec<u8>, HostEntry>, image: &BTreeMap<Vec<u8>, ImageEntry>, diffs: &mut Diffs) {
+/// What makes names of the source one inode under a [`Links`] rule: equal identities.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Identity {
+    /// (st_dev, st_ino) on the host.
+    Inode(u64, u64),
+    /// A regular file's size, executable bit and sha256.
+    Contents(u64, bool, [u8; 32]),
+    /// A name that is linked with nothing: its own path.
+    Alone(Vec<u8>),
+}
+
+/// The identity of every non-directory name of `host` (found under `source`) under `links`.
+fn identities<'a>(
+    host: &'a BTreeMap<Vec<u8>, HostEntry>,
+    source: &Path,
+    links: Links,
+) -> Result<BTreeMap<&'a Vec<u8>, Identity>, String> {
+    let names = host.iter().filter(|(_, h)| h.kind != Kind::Dir);
+    if links == Links::AsSource {
+        return Ok(names.map(|(rel, h)| (rel, Identity::Inode(h.id.0, h.id.1))).collect());
+    }
+    let (rels, files): (Vec<&Vec<u8>>, Vec<identical::File>) = host
+        .iter()
+        .filter(|(_, h)| h.kind == Kind::File)
+        .map(|(rel, h)| {
+            let path = host::join_host(source, rel);
+            (rel, identical::File { path, size: h.size, executable: h.perm & 0o100 != 0 })
+        })
+        .unzip();
+    let keys: HashMap<&Vec<u8>, identical::ContentKey> =
+        rels.into_iter().zip(identical::content_keys(&files)?).filter_map(|(rel, key)| key.map(|k| (rel, k))).collect();
+    Ok(names
+        .map(|(rel, _)| {
+            let id = match keys.get(rel) {
+                Some(&(size, executable, sha256)) => Identity::Contents(size, executable, sha256),
+                None => Identity::Alone(rel.clone()),
+            };
+            (rel, id)
+        })
+        .collect())
+}
+
+/// Two non-directory names present in both trees must be one inode in the image exactly when `links` says
+/// they are the same file in the source (with [`Links::SameContents`], names of identical files beyond
+/// 65,000 go to further inodes, none holding more). Differences name both files.
+fn check_hard_links(
+    host: &BTreeMap<Vec<u8>, HostEntry>,
+    image: &BTreeMap<Vec<u8>, ImageEntry>,
+    source: &Path,
+    links: Links,
+    diffs: &mut Diffs,
+) {
     let both = |rel: &Vec<u8>| host.get(rel).is_some_and(|h| h.kind != Kind::Dir) && image.contains_key(rel);
     let mut by_ino: BTreeMap<u32, Vec<&Vec<u8>>> = BTreeMap::new();
     for (rel, i) in image.iter().filter(|(rel, _)| both(rel)) {
@@ -178,26 +227,41 @@ fn check_hard_links(host: &BTreeMap<Vec<u8>, HostEntry>, image: &BTreeMap<Vec<u8
             None => return,
         }
     }
-    let mut by_id: BTreeMap<(u64, u64), Vec<&Vec<u8>>> = BTreeMap::new();
-    for (rel, h) in host.iter().filter(|(rel, _)| both(rel)) {
-        by_id.entry(h.id).or_default().push(rel);
+    let ids = match identities(host, source, links) {
+        Ok(ids) => ids,
+        Err(e) => return diffs.add(b"", e),
+    };
+    let (same, differ, cap) = match links {
+        Links::AsSource => ("hard-linked with", "different files", usize::MAX),
+        Links::SameContents => ("identical to", "not identical (contents, executable bit or kind)", EXT4_LINK_MAX),
+    };
+    let mut by_id: BTreeMap<&Identity, Vec<&Vec<u8>>> = BTreeMap::new();
+    for rel in host.keys().filter(|rel| both(rel)) {
+        by_id.entry(&ids[rel]).or_default().push(rel);
     }
     for (ino, names) in &by_ino {
-        if let Some(other) = names.iter().find(|r| host[**r].id != host[names[0]].id) {
+        if let Some(other) = names.iter().find(|r| ids[**r] != ids[names[0]]) {
             let other = show(&diffs.fs_path(other));
             diffs.add(
                 names[0],
-                format!("is one inode ({ino}) with {other} in the image, but they are different files in the source"),
+                format!("is one inode ({ino}) with {other} in the image, but they are {differ} in the source"),
             );
+        }
+        if names.len() > cap {
+            diffs.add(names[0], format!("inode {ino} has {} names in the image, more than ext4's {cap}", names.len()));
         }
     }
     for names in by_id.values() {
         let ino_of = |r: &Vec<u8>| image[r].ino;
-        if let Some(other) = names.iter().find(|r| ino_of(r) != ino_of(names[0])) {
+        let mut inodes: Vec<Option<u32>> = names.iter().map(|r| ino_of(r)).collect();
+        inodes.sort_unstable();
+        inodes.dedup();
+        if inodes.len() > names.len().div_ceil(cap) {
+            let other = names.iter().find(|r| ino_of(r) != ino_of(names[0])).expect("two inodes");
             diffs.add(
                 names[0],
                 format!(
-                    "is hard-linked with {} in the source, but they are different inodes in the image ({} and {})",
+                    "is {same} {} in the source, but they are different inodes in the image ({} and {})",
                     show(&diffs.fs_path(other)),
                     ino_of(names[0]).unwrap_or_default(),
                     ino_of(other).unwrap_or_default()
@@ -224,7 +288,8 @@ pub(super) fn content_pairs<'a>(
 /// - mode bits, owner and mtime as `expect` says (the subtree root's own metadata is not compared);
 /// - regular files: size and every byte (streamed with `cat`, host holes skipped);
 /// - symlinks: target bytes;
-/// - hard links: two names are one inode in the image iff they are one (dev, ino) on the host.
+/// - hard links: two names are one inode in the image iff `links` says they are the same file on the host
+///   (one (dev, ino), or the same contents and executable bit).
 ///
 /// Link counts are not compared with the host (names outside `source` count there); `e2fsck_clean`
 /// checks them against the directory entries. Err lists every difference (up to 50, then a count), each
@@ -235,6 +300,7 @@ pub fn compare_tree(
     fs_prefix: &[u8],
     source: &Path,
     expect: Expect,
+    links: Links,
 ) -> Result<(), Vec<String>> {
     let mut diffs = Diffs::new(fs_prefix);
     let host = host::walk(source).map_err(|e| vec![e])?;
@@ -269,6 +335,7 @@ pub fn compare_tree(
         image_tree.insert(l.rel.clone(), entry);
     }
     check_entries(&host, &image_tree, expect, &mut diffs);
+    check_hard_links(&host, &image_tree, source, links, &mut diffs);
 
     // Each inode's bytes once, compared with the source file of its first name.
     let mut first_name: HashMap<u32, &Vec<u8>> = HashMap::new();

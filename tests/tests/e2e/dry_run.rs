@@ -1,17 +1,18 @@
 //! `kiln build --dry-run`: the inventory and closure it reports, compared with independent counts (`find`)
 //! and with Nix's own view (`nix-store -qR`, registrations written by Nix).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::path::Path;
 use std::process::Command;
 
-use kiln_tests::{fixtures, tools};
+use kiln_tests::{fixtures, identical, tools};
 use serde_json::Value;
 
 use crate::util::{dry_run_json, kiln, store_of};
 
-/// Entry counts as `find` sees them (it does not follow symlinks).
+/// Entry counts as `find` sees them (it does not follow symlinks), and the hard links kiln makes: identical
+/// regular files (same contents and executable bit, as `nix-store --optimise` links them) are one inode.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Counts {
     files: u64,
@@ -27,10 +28,9 @@ fn find_counts(store_dir: &Path, paths: &[String]) -> Counts {
     for p in paths {
         cmd.arg(store_dir.join(p.strip_prefix("/nix/store/").expect("logical path")));
     }
-    cmd.args(["-printf", "%y %s %D:%i %n\\n"]);
+    cmd.args(["-printf", "%y %s\\n"]);
     let out = tools::run_ok(&mut cmd);
     let mut c = Counts::default();
-    let mut inodes: HashMap<String, u64> = HashMap::new();
     for line in String::from_utf8(out.stdout).unwrap().lines() {
         let f: Vec<&str> = line.split(' ').collect();
         match f[0] {
@@ -42,14 +42,14 @@ fn find_counts(store_dir: &Path, paths: &[String]) -> Counts {
             "l" => c.symlinks += 1,
             other => panic!("find reports type {other} in a store"),
         }
-        if f[0] != "d" && f[3] != "1" {
-            *inodes.entry(f[2].to_owned()).or_default() += 1;
-        }
     }
-    for &n in inodes.values().filter(|&&n| n > 1) {
-        c.hardlink_groups += 1;
-        c.hardlink_extra += n - 1;
+    let mut files = Vec::new();
+    for p in paths {
+        let physical = store_dir.join(p.strip_prefix("/nix/store/").expect("logical path"));
+        files.extend(identical::regular_files(&physical).unwrap_or_else(|e| panic!("{e}")));
     }
+    let keys = identical::content_keys(&files).unwrap_or_else(|e| panic!("{e}"));
+    (c.hardlink_groups, c.hardlink_extra) = identical::link_counts(&keys);
     c
 }
 
@@ -230,7 +230,9 @@ fn synthetic_store_edge_cases_are_inventoried() {
     check_inventory(&report, &store, &every, "scan");
     let t = &report["totals"];
     assert!(t["bytes"].as_u64().unwrap() > 5 << 30, "the sparse > 4 GiB file is counted at its size");
-    assert_eq!((t["hardlink_groups"].as_u64(), t["hardlink_extra"].as_u64()), (Some(3), Some(5)));
+    // Identical files, one inode each: `shared content` (4 names), the executable `tool` (2) and the empty
+    // files (19,997 in bigdir, 2 in `empty`). The symlink the host hard-links is two inodes: only files link.
+    assert_eq!((t["hardlink_groups"].as_u64(), t["hardlink_extra"].as_u64()), (Some(3), Some(3 + 1 + 19_998)));
 }
 
 #[test]

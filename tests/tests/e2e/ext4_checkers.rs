@@ -11,7 +11,7 @@ use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kiln_tests::ext4::{self, Expect, InodeInfo};
+use kiln_tests::ext4::{self, Expect, InodeInfo, Links};
 use kiln_tests::tools;
 use kiln_tests::trees::{self, TreeSize, set_mtime};
 
@@ -49,7 +49,7 @@ fn assert_clean(image: &Path, offset: u64, prefix: &[u8], source: &Path, expect:
     if let Err(e) = ext4::e2fsck_clean(image, offset) {
         panic!("e2fsck: {e}");
     }
-    if let Err(d) = ext4::compare_tree(image, offset, prefix, source, expect) {
+    if let Err(d) = ext4::compare_tree(image, offset, prefix, source, expect, Links::AsSource) {
         panic!("compare_tree found differences:\n{}", d.join("\n"));
     }
     if let Err(d) = ext4::ext4_view_compare(image, offset, prefix, source, expect) {
@@ -240,7 +240,8 @@ fn edge_cases_pass_every_checker() {
     assert_eq!((linked.links, linked.ino), (3, inodes[LINKED].ino));
     assert_eq!(ext4::inode_info(&image, 0, b"/setuid").unwrap().perm(), 0o4755);
     assert!(ext4::inode_info(&image, 0, b"/no such file").is_err());
-    let missing = ext4::compare_tree(&image, 0, b"/no such dir", &source, Expect::AsSource).unwrap_err();
+    let missing =
+        ext4::compare_tree(&image, 0, b"/no such dir", &source, Expect::AsSource, Links::AsSource).unwrap_err();
     assert!(missing[0].contains("File not found"), "{missing:?}");
     assert!(ext4::inode_info(&image, 0, b"relative").is_err());
 }
@@ -288,7 +289,11 @@ fn sparse_file_of_5_gib() {
     File::options().write(true).open(&path).unwrap().write_all_at(b"!", 4 << 30).unwrap();
     set_mtime(&path, 1);
     let want = ["/sparse", "content differs at byte 4294967296"];
-    assert_caught("compare_tree", ext4::compare_tree(&image, 0, b"/", &source, Expect::AsSource), &want);
+    assert_caught(
+        "compare_tree",
+        ext4::compare_tree(&image, 0, b"/", &source, Expect::AsSource, Links::AsSource),
+        &want,
+    );
     assert_caught("ext4_view_compare", ext4::ext4_view_compare(&image, 0, b"/", &source, Expect::AsSource), &want);
 }
 
@@ -320,7 +325,11 @@ fn canonical_form() {
     let image = work.path().join("canonical.img");
     mkfs(&canonical, &image, 128 * MIB);
     assert_clean(&image, 0, b"/", &source, expect);
-    assert_caught("compare_tree", ext4::compare_tree(&image, 0, b"/", &source, Expect::AsSource), &["mtime 1.0"]);
+    assert_caught(
+        "compare_tree",
+        ext4::compare_tree(&image, 0, b"/", &source, Expect::AsSource, Links::AsSource),
+        &["mtime 1.0"],
+    );
 
     // A few files as they are, checked against the canonical form: each rule is applied.
     let plain = work.path().join("plain");
@@ -343,11 +352,11 @@ fn canonical_form() {
         &["/link: mtime 5.000000000 in the image, expected 1"],
     ];
     for want in wants {
-        assert_caught("compare_tree", ext4::compare_tree(&as_source, 0, b"/", &plain, expect), want);
+        assert_caught("compare_tree", ext4::compare_tree(&as_source, 0, b"/", &plain, expect, Links::AsSource), want);
         assert_caught("ext4_view_compare", ext4::ext4_view_compare(&as_source, 0, b"/", &plain, expect), want);
     }
     let both = [
-        ext4::compare_tree(&as_source, 0, b"/", &plain, expect),
+        ext4::compare_tree(&as_source, 0, b"/", &plain, expect, Links::AsSource),
         ext4::ext4_view_compare(&as_source, 0, b"/", &plain, expect),
     ];
     for result in both {
@@ -491,7 +500,7 @@ fn differences_are_caught() {
         let source = work.path().join(m.name);
         edge_tree(&source);
         (m.apply)(&source);
-        let debugfs = ext4::compare_tree(&image, 0, b"/", &source, Expect::AsSource);
+        let debugfs = ext4::compare_tree(&image, 0, b"/", &source, Expect::AsSource, Links::AsSource);
         assert_caught(&format!("compare_tree ({})", m.name), debugfs, m.want);
         let view = ext4::ext4_view_compare(&image, 0, b"/", &source, Expect::AsSource);
         if m.view_sees_it {
@@ -526,7 +535,7 @@ fn image_changes_are_caught() {
         let debugfs = tools::require("debugfs", "e2fsprogs");
         let out = tools::run_ok(Command::new(debugfs).args(["-w", "-R", request]).arg(&image));
         assert!(!String::from_utf8_lossy(&out.stderr).contains(':'), "{request}: {out:?}");
-        assert_caught(request, ext4::compare_tree(&image, 0, b"/", &source, Expect::AsSource), want);
+        assert_caught(request, ext4::compare_tree(&image, 0, b"/", &source, Expect::AsSource, Links::AsSource), want);
         assert_caught(request, ext4::ext4_view_compare(&image, 0, b"/", &source, Expect::AsSource), want);
     }
 }
@@ -629,7 +638,7 @@ fn filesystem_at_an_offset() {
     assert!(e2fsck.status.success(), "e2fsck alone notices: {e2fsck:?}");
     let err = ext4::e2fsck_clean(&cut, MIB).unwrap_err();
     assert!(err.contains("extends past the end"), "{err}");
-    assert!(ext4::compare_tree(&disk, 0, b"/", &source, Expect::AsSource).is_err());
+    assert!(ext4::compare_tree(&disk, 0, b"/", &source, Expect::AsSource, Links::AsSource).is_err());
     assert!(ext4::ext4_view_compare(&disk, 0, b"/", &source, Expect::AsSource).is_err());
     assert!(ext4::e2fsck_clean(&disk, MIB + 4096).is_err());
 }
@@ -678,4 +687,58 @@ fn extract_keeps_what_it_documents() {
     assert_ne!(a.ino(), b.ino());
     assert!(std::fs::metadata(dest.join("sparse")).unwrap().blocks() * 512 >= 3 * MIB);
     assert!(std::fs::symlink_metadata(dest.join("lost+found")).unwrap().is_dir());
+}
+
+/// `Links::SameContents` (what `kiln build` promises): identical files (same bytes and executable bit) must be
+/// one inode, anything else must not; `Links::AsSource` (what a writer of a given tree promises) follows the
+/// host's inodes instead. Each rule catches what the other allows, naming both files.
+#[test]
+fn link_rules_catch_what_they_promise() {
+    let work = tempfile::tempdir().unwrap();
+    let tree = |name: &str, link: bool| {
+        let root = work.path().join(name);
+        std::fs::create_dir_all(root.join("a")).unwrap();
+        std::fs::create_dir_all(root.join("b")).unwrap();
+        std::fs::write(root.join("a/x"), b"identical").unwrap();
+        if link {
+            std::fs::hard_link(root.join("a/x"), root.join("b/y")).unwrap();
+        } else {
+            std::fs::write(root.join("b/y"), b"identical").unwrap();
+        }
+        std::fs::write(root.join("b/run"), b"identical").unwrap();
+        std::fs::set_permissions(root.join("b/run"), Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(root.join("b/other"), b"identicaL").unwrap();
+        std::os::unix::fs::symlink("a/x", root.join("s1")).unwrap();
+        std::os::unix::fs::symlink("a/x", root.join("s2")).unwrap();
+        root
+    };
+    let (copies, linked) = (tree("copies", false), tree("linked", true));
+    let (copies_img, linked_img) = (work.path().join("copies.img"), work.path().join("linked.img"));
+    mkfs(&copies, &copies_img, 16 * MIB);
+    mkfs(&linked, &linked_img, 16 * MIB);
+    let check = |img: &Path, src: &Path, links| ext4::compare_tree(img, 0, b"/", src, Expect::AsSource, links);
+    // Each image against its own tree, by host inodes.
+    assert_eq!(check(&copies_img, &copies, Links::AsSource), Ok(()));
+    assert_eq!(check(&linked_img, &linked, Links::AsSource), Ok(()));
+    // The linked image is what SameContents wants of either tree (metadata aside: compare against `linked`).
+    assert_eq!(check(&linked_img, &linked, Links::SameContents), Ok(()));
+    assert_caught(
+        "SameContents on copies",
+        check(&copies_img, &copies, Links::SameContents),
+        &["/a/x: is identical to /b/y in the source, but they are different inodes in the image"],
+    );
+    // A name linked to a file of other bytes, or of another executable bit, is caught.
+    let (relinked, relinked_img) = (work.path().join("relinked"), work.path().join("relinked.img"));
+    std::fs::create_dir_all(relinked.join("a")).unwrap();
+    std::fs::write(relinked.join("a/x"), b"identical").unwrap();
+    std::fs::write(relinked.join("a/y"), b"different").unwrap();
+    std::fs::hard_link(relinked.join("a/x"), relinked.join("z")).unwrap();
+    mkfs(&relinked, &relinked_img, 16 * MIB);
+    std::fs::remove_file(relinked.join("z")).unwrap();
+    std::fs::write(relinked.join("z"), b"differenT").unwrap();
+    assert_caught(
+        "SameContents on a link of other bytes",
+        check(&relinked_img, &relinked, Links::SameContents),
+        &["/a/x: is one inode (", ") with /z in the image, but they are not identical"],
+    );
 }

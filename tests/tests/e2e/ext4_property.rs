@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use kiln_formats::ext4::{self, Meta, NodeId, Options, Size, Source, Tree};
-use kiln_tests::ext4::{Expect, compare_tree, e2fsck_clean, ext4_view_compare};
+use kiln_tests::ext4::{Expect, Links, compare_tree, e2fsck_clean, ext4_view_compare};
 use kiln_tests::trees::{TreeSize, random_tree};
 
 /// The host directory `dir` as a tree under `/data`, with the host's metadata.
@@ -69,7 +69,7 @@ fn check_seeds(seeds: std::ops::Range<u64>) {
         plan.write(&tree, &file, 0).unwrap_or_else(|e| panic!("seed {seed}: writing: {e}"));
         drop(file);
         e2fsck_clean(&img, 0).unwrap_or_else(|e| panic!("seed {seed}: e2fsck:\n{e}"));
-        compare_tree(&img, 0, b"/data", &src, Expect::AsSource)
+        compare_tree(&img, 0, b"/data", &src, Expect::AsSource, Links::AsSource)
             .unwrap_or_else(|d| panic!("seed {seed}: debugfs read-back:\n{}", d.join("\n")));
         ext4_view_compare(&img, 0, b"/data", &src, Expect::AsSource)
             .unwrap_or_else(|d| panic!("seed {seed}: ext4-view read-back:\n{}", d.join("\n")));

@@ -5,7 +5,7 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::process::Command;
 
-use kiln_tests::ext4::extract;
+use kiln_tests::ext4::{self, extract};
 use kiln_tests::{fixtures, nix, tools};
 
 use crate::util::{kiln, store_of};
@@ -83,6 +83,97 @@ fn nix_accepts_the_store_from_a_reference_scan() {
     let img = tmp.path().join("root.img");
     build_nix_fixture(&copy, &img, &[]);
     check_image(&img, false);
+    tools::run(Command::new("chmod").arg("-R").arg("u+w").arg(tmp.path()));
+}
+
+/// Identical files are one inode in the image whatever the host store's state: the fixture's store optimised
+/// by Nix itself (identical files hard-linked through `.links`, as `auto-optimise-store` leaves a store) and a
+/// copy with no hard links at all give byte-identical images, with one thread or two.
+#[test]
+fn optimised_and_unoptimised_stores_give_the_same_image() {
+    use std::os::unix::fs::MetadataExt;
+    let fx = fixtures::nix_closure();
+    let tmp = tempfile::tempdir().unwrap();
+    let ci = fx.join("closure-info");
+    let hello = std::fs::read_dir(store_of(&fx.join("store-root")))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .find(|n| n.ends_with("-hello-data"))
+        .expect("hello-data in the fixture");
+    let etc = std::fs::read_dir(store_of(&fx.join("store-root")))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .find(|n| n.ends_with("-etc"))
+        .expect("etc in the fixture");
+    // The fixture's identical files (nix-closure.gen.sh): three plain ones across two store paths, the same
+    // bytes executable, and two empty files.
+    let same =
+        [format!("{hello}/share/hello/same-a"), format!("{hello}/share/doc/same-b"), format!("{etc}/etc/same-c")];
+    let same_x = format!("{hello}/share/doc/same-x");
+    let empty = [format!("{hello}/share/hello/empty"), format!("{hello}/share/doc/empty-too")];
+
+    // Optimised by Nix (on a copy of store and database: Nix rewrites the database it opens).
+    let optimised = tmp.path().join("optimised");
+    std::fs::create_dir(&optimised).unwrap();
+    tools::run_ok(Command::new("cp").arg("-a").arg(fx.join("store-root/nix")).arg(&optimised));
+    let said = nix::optimise(&optimised);
+    let ino = |root: &Path, rel: &str| std::fs::metadata(store_of(root).join(rel)).unwrap().ino();
+    assert!(same.iter().all(|r| ino(&optimised, r) == ino(&optimised, &same[0])), "Nix linked none:\n{said}");
+    assert_ne!(ino(&optimised, &same_x), ino(&optimised, &same[0]), "Nix links by NAR: the executable bit counts");
+    assert_eq!(ino(&optimised, &empty[0]), ino(&optimised, &empty[1]), "Nix links empty files too");
+
+    // Copied file by file: no hard links anywhere.
+    let plain = tmp.path().join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    tools::run_ok(
+        Command::new("cp")
+            .args(["-R", "--no-preserve=links", "--preserve=mode"])
+            .arg(fx.join("store-root/nix"))
+            .arg(&plain),
+    );
+    let linked = tools::run_ok(Command::new("find").arg(store_of(&plain)).args(["-links", "+1", "!", "-type", "d"]));
+    assert!(linked.stdout.is_empty(), "the plain copy has hard links:\n{}", String::from_utf8_lossy(&linked.stdout));
+
+    let build = |root: &Path, name: &str, threads: &str| {
+        let img = tmp.path().join(name);
+        let args = ["--closure-info", ci.to_str().unwrap(), "--seed", "dedup", "--format", "raw", "--threads", threads];
+        build_nix_fixture(&store_of(root), &img, &args);
+        img
+    };
+    let images = [
+        build(&optimised, "optimised-1.img", "1"),
+        build(&optimised, "optimised-2.img", "2"),
+        build(&plain, "plain-1.img", "1"),
+        build(&plain, "plain-2.img", "2"),
+    ];
+    for other in &images[1..] {
+        let cmp = tools::run(Command::new(tools::require("cmp", "diffutils")).arg(&images[0]).arg(other));
+        assert!(
+            cmp.status.success(),
+            "{} and {} differ: {}",
+            images[0].display(),
+            other.display(),
+            String::from_utf8_lossy(&cmp.stdout)
+        );
+    }
+
+    // In the image: the three identical files are one inode with three names, the executable copy is another
+    // inode, and the two empty files share one more.
+    let inode = |rel: &str| {
+        let path = format!("/nix/store/{rel}");
+        ext4::inode_info(&images[0], 0, path.as_bytes()).unwrap_or_else(|e| panic!("{path}: {e}"))
+    };
+    let a = inode(&same[0]);
+    assert_eq!(a.links, 3, "{a:?}");
+    for r in &same[1..] {
+        assert_eq!(inode(r).ino, a.ino, "{r} is not one inode with {}", same[0]);
+    }
+    assert_ne!(inode(&same_x).ino, a.ino, "{same_x}: executable, so not linked with {}", same[0]);
+    let e = inode(&empty[0]);
+    assert_eq!((inode(&empty[1]).ino, e.links), (e.ino, 2), "{empty:?}");
+    // And the whole store reads back with exactly the identical files linked.
+    ext4::compare_tree(&images[0], 0, b"/nix/store", &store_of(&plain), ext4::Expect::NIX, ext4::Links::SameContents)
+        .unwrap_or_else(|d| panic!("debugfs read-back differs:\n{}", d.join("\n")));
     tools::run(Command::new("chmod").arg("-R").arg("u+w").arg(tmp.path()));
 }
 
