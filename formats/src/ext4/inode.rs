@@ -80,7 +80,7 @@ impl InodeRec {
             Node::Dir { .. } => 0,
         };
         // dir_nlink: a directory with more subdirectories than a link count holds says 1.
-        let links = if links > 65_000 { 1 } else { links as u16 };
+        let links = if links > super::MAX_LINKS { 1 } else { links as u16 };
         Self {
             mode: kind | (meta.perm & 0o7777),
             uid: meta.uid,

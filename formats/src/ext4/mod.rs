@@ -25,6 +25,9 @@ pub use plan::{DataJob, GroupPlan, Plan, plan};
 pub use tree::{MAX_NAME, MAX_SYMLINK, Meta, NodeId, NodeKind, Source, Tree};
 pub use write::FileWriter;
 
+/// The most names (hard links) a file may have: ext4's `EXT4_LINK_MAX`.
+pub const MAX_LINKS: u32 = 65_000;
+
 /// How big the filesystem is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Size {
@@ -133,6 +136,14 @@ pub enum Error {
         size: u64,
         /// Bytes given.
         bytes: u64,
+    },
+    /// A file or symlink with more names than ext4's link count holds.
+    #[error("node {node} has {links} names; ext4 allows at most {MAX_LINKS} for a file")]
+    TooManyLinks {
+        /// The node.
+        node: NodeId,
+        /// Its names.
+        links: u32,
     },
     /// More than 2^32 nodes.
     #[error("too many files for one filesystem")]

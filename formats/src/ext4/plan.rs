@@ -228,6 +228,10 @@ fn prepare<'t>(tree: &'t Tree, opts: &Options) -> Result<Prepared<'t>, Error> {
             links[dir_id as usize] += 1;
         } else {
             links[child as usize] += 1;
+            // ext4 caps a file's link count (a directory's says 1 past it, dir_nlink; a file's cannot).
+            if links[child as usize] > super::MAX_LINKS {
+                return Err(Error::TooManyLinks { node: child, links: links[child as usize] });
+            }
         }
         if ino[child as usize] == 0 {
             ino[child as usize] = next;

@@ -256,4 +256,21 @@ mod tests {
         // Skipped by write_files when claimed: the rest is written.
         p.write_files(&tree, &sink, 0, &|_| true).unwrap();
     }
+
+    #[test]
+    fn a_file_with_more_names_than_ext4_holds_is_refused() {
+        let meta = Meta { perm: 0o444, uid: 0, gid: 0, mtime: 1 };
+        let mut tree = Tree::new(meta);
+        let dir = tree.mkdir(0, b"d", meta).unwrap();
+        let file = tree.file(0, b"f", meta, 0, Source::Bytes(std::sync::Arc::from(&[][..]))).unwrap();
+        for i in 1..super::super::MAX_LINKS {
+            tree.link(dir, format!("{i}").as_bytes(), file).unwrap();
+        }
+        let mut opts = Options::new(b"t", [1; 16], [2; 16], 1);
+        opts.size = Size::Fixed { bytes: 64 << 20 };
+        assert!(plan(&tree, &opts).is_ok(), "exactly MAX_LINKS names fit");
+        tree.link(dir, b"one-too-many", file).unwrap();
+        let err = plan(&tree, &opts).err().expect("one name more is refused");
+        assert!(matches!(err, Error::TooManyLinks { node, links: 65_001 } if node == file), "{err}");
+    }
 }
