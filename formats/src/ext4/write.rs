@@ -270,7 +270,7 @@ mod tests {
         opts.size = Size::Fixed { bytes: 64 << 20 };
         assert!(plan(&tree, &opts).is_ok(), "exactly MAX_LINKS names fit");
         tree.link(dir, b"one-too-many", file).unwrap();
-        let err = plan(&tree, &opts).err().expect("one name more is refused");
+        let Err(err) = plan(&tree, &opts) else { panic!("one name more is refused") };
         assert!(matches!(err, Error::TooManyLinks { node, links: 65_001 } if node == file), "{err}");
     }
 }
