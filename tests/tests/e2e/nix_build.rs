@@ -106,6 +106,27 @@ fn marker() -> String {
     std::fs::read_to_string(fixtures::demo_closure().join("marker")).unwrap()
 }
 
+/// The image boots to the demo's marker under OVMF, `kiln verify` finds no problem, and Nix's own
+/// `nix-store --verify --check-contents` of the store inside (extracted from the root partition) is clean.
+fn boots_and_verifies(img: &Path, qemu_format: &str) {
+    let outcome = Boot::new(img, marker())
+        .firmware(Firmware::Uefi)
+        .format(qemu_format)
+        .timeout(TIMEOUT)
+        .run()
+        .unwrap_or_else(|e| panic!("{} did not boot: {e}", img.display()));
+    eprintln!("{} (built by Nix) booted in {:.1} s", img.display(), outcome.elapsed.as_secs_f64());
+    let verified = kiln(["verify".as_ref(), img.as_os_str()]).ok();
+    assert!(!verified.contains("problem"), "{verified}");
+    let parts = partitions(img);
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    extract(img, parts[1].0, &root).unwrap();
+    let checked = nix::verify_store_copy(&root).unwrap_or_else(|e| panic!("nix-store --verify:\n{e:#}"));
+    assert!(checked.contains(&setup().0), "Nix checked {checked:?}");
+    tools::run(std::process::Command::new("chmod").arg("-R").arg("u+w").arg(tmp.path()));
+}
+
 #[test]
 fn make_image_builds_a_raw_image_that_boots_verifies_and_passes_nixs_check() {
     let out = build(r#"profile = "qemu-efi"; format = "raw"; name = "demo";"#, &[]);
@@ -117,22 +138,7 @@ fn make_image_builds_a_raw_image_that_boots_verifies_and_passes_nixs_check() {
     assert_eq!(files_under(&out), want, "$out holds the image and nix-support only");
     assert_eq!(std::fs::read_to_string(out.join("nix-support/hydra-release-name")).unwrap(), "demo\n");
 
-    let outcome = Boot::new(&img, marker())
-        .firmware(Firmware::Uefi)
-        .timeout(TIMEOUT)
-        .run()
-        .unwrap_or_else(|e| panic!("{} did not boot: {e}", img.display()));
-    eprintln!("the Nix-built image booted in {:.1} s", outcome.elapsed.as_secs_f64());
-
-    let verified = kiln(["verify".as_ref(), img.as_os_str()]).ok();
-    assert!(!verified.contains("problem"), "{verified}");
-    let parts = partitions(&img);
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("root");
-    extract(&img, parts[1].0, &root).unwrap();
-    let checked = nix::verify_store_copy(&root).unwrap_or_else(|e| panic!("nix-store --verify:\n{e:#}"));
-    assert!(checked.contains(&setup().0), "Nix checked {checked:?}");
-    tools::run(std::process::Command::new("chmod").arg("-R").arg("u+w").arg(tmp.path()));
+    boots_and_verifies(&img, "raw");
 
     // Nix builds it again and compares: a difference fails with "may not be deterministic".
     let again = build(r#"profile = "qemu-efi"; format = "raw"; name = "demo";"#, &["--check"]);
@@ -162,7 +168,20 @@ fn make_image_names_images_as_nixpkgs_and_makes_an_amazon_bundle() {
     assert!(vhd.starts_with(&out) && vhd.is_file(), "{info}");
     let listed = products(&out);
     assert_eq!(listed, [("vpc".to_owned(), vhd.strip_prefix(&out).unwrap().to_path_buf())]);
-    assert!(out.join("nix-support/hydra-release-name").is_file());
+    let mut want: BTreeSet<PathBuf> = listed.iter().map(|(_, p)| p.clone()).collect();
+    want.extend(
+        [
+            "SHA256SUMS",
+            "nix-support/image-info.json",
+            "nix-support/hydra-build-products",
+            "nix-support/hydra-release-name",
+        ]
+        .map(PathBuf::from),
+    );
+    assert_eq!(files_under(&out), want, "the bundle holds the disk, its checksums and nix-support only");
+    boots_and_verifies(&vhd, "vpc");
+    let again = build(r#"profile = "amazon";"#, &["--check"]);
+    assert_eq!(again, out, "nix-build --check: the same bytes again");
 }
 
 #[test]
