@@ -32,43 +32,15 @@
   system ? if builtins.isAttrs kiln && kiln ? system then kiln.system else builtins.currentSystem,
 }:
 let
-  # The format a profile gives (following `extends`): a built-in's from the profiles kiln carries, a profile
-  # file's from that file (a path, copied into the store for the build).
-  profileFile =
-    p: if builtins.isPath p then p else if isFileName p then null else ../images + "/${p}.toml";
-  isFileName = p: builtins.match ".*(/.*|[.]toml)" p != null;
-  profileFormat =
-    p:
-    let
-      file = profileFile p;
-      doc = builtins.fromTOML (builtins.readFile file);
-    in
-    if file == null || !(builtins.pathExists file) then
-      null
-    else if doc ? format then
-      doc.format
-    else if doc ? extends then
-      profileFormat doc.extends
-    else
-      null;
+  profiles = import ./profiles.nix;
 
   effectiveFormat =
     if format != null then
       format
     else if profile != null then
-      profileFormat profile
+      profiles.formatOf profile
     else
       null;
-
-  extensions = {
-    raw = "img";
-    "raw.zst" = "img.zst";
-    qcow2 = "qcow2";
-    vhd = "vhd";
-    vhdx = "vhdx";
-    vmdk = "vmdk";
-    gce = "raw.tar.gz";
-  };
 
   toplevelName =
     let
@@ -101,8 +73,8 @@ let
   filePath =
     if effectiveFormat == "ami" then
       null
-    else if name != null && effectiveFormat != null && extensions ? ${effectiveFormat} then
-      "${name}.${extensions.${effectiveFormat}}"
+    else if name != null && effectiveFormat != null && profiles.extensions ? ${effectiveFormat} then
+      "${name}.${profiles.extensions.${effectiveFormat}}"
     else if name != null && effectiveFormat == null then
       "${name}.img"
     else

@@ -24,27 +24,9 @@ let
 
   makeImage = import ./make-image.nix;
 
-  # The built-in profiles kiln carries (images/*.toml), with the format each gives (following `extends`).
-  profileNames = map (f: lib.removeSuffix ".toml" f) (
-    builtins.filter (f: lib.hasSuffix ".toml" f) (builtins.attrNames (builtins.readDir ../images))
-  );
-  profileFormat =
-    p:
-    let
-      doc = builtins.fromTOML (builtins.readFile (../images + "/${p}.toml"));
-    in
-    doc.format or (if doc ? extends then profileFormat doc.extends else "raw");
-
-  extensions = {
-    raw = "img";
-    "raw.zst" = "img.zst";
-    qcow2 = "qcow2";
-    vhd = "vhd";
-    vhdx = "vhdx";
-    vmdk = "vmdk";
-    gce = "raw.tar.gz";
-    ami = "vhd";
-  };
+  profiles = import ./profiles.nix;
+  inherit (profiles) extensions;
+  profileFormat = p: profiles.formatOf p;
 
   hostSystem =
     let
@@ -55,7 +37,7 @@ let
   format =
     if cfg.format != null then
       cfg.format
-    else if cfg.profile != null then
+    else if cfg.profile != null && profileFormat cfg.profile != null then
       profileFormat cfg.profile
     else
       "raw";
@@ -238,7 +220,7 @@ in
     }
     (lib.optionalAttrs (options ? image && options.image ? modules) {
       image.modules = lib.listToAttrs (
-        map (p: lib.nameValuePair "kiln-${p}" [ (variant p) ]) profileNames
+        map (p: lib.nameValuePair "kiln-${p}" [ (variant p) ]) profiles.names
       );
     })
   ];

@@ -198,14 +198,8 @@ pub fn command(args: &NixBuilderArgs) -> Result<()> {
     };
     opts.output = Some(target.clone());
     opts.nix_out = Some(req.out.clone());
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.threads)
-        .thread_name(|i| format!("kiln-worker-{i}"))
-        .build()
-        .context("starting worker threads")?;
-    opts.threads = pool.current_num_threads();
     let sink = crate::run::progress_sink(ProgressMode::Plain);
-    let (_, _, written) = pool.install(|| crate::build::run(&opts, &sink))?;
+    let (_, _, _, written) = crate::run::build_in_pool(opts, &sink)?;
     let written = written.context("the build wrote no image")?;
     let release = match &req.image_name {
         Some(n) if format != Format::Ami => n.clone(),

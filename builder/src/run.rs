@@ -101,16 +101,27 @@ pub fn progress_sink(mode: ProgressMode) -> Timed {
     Timed::new(inner)
 }
 
-fn build(args: &BuildArgs) -> Result<()> {
-    let mut opts = Options::from_args(args)?;
+/// Runs the build pipeline for `opts` on a pool of `opts.threads` workers (0: one per core), reporting to `sink`.
+///
+/// # Errors
+/// Whatever the build fails at.
+pub fn build_in_pool(
+    mut opts: Options,
+    sink: &Timed,
+) -> Result<(Options, crate::report::Report, Option<crate::plan::Plan>, Option<Written>)> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.threads)
         .thread_name(|i| format!("kiln-worker-{i}"))
         .build()
         .context("starting worker threads")?;
     opts.threads = pool.current_num_threads();
+    let (report, plan, written) = pool.install(|| build::run(&opts, sink))?;
+    Ok((opts, report, plan, written))
+}
+
+fn build(args: &BuildArgs) -> Result<()> {
     let sink = progress_sink(args.progress);
-    let (report, plan, written) = pool.install(|| build::run(&opts, &sink))?;
+    let (opts, report, plan, written) = build_in_pool(Options::from_args(args)?, &sink)?;
     let mut out = std::io::stdout().lock();
     match (args.progress, written) {
         (ProgressMode::Json, None) => {

@@ -116,6 +116,25 @@ pub struct BootOutcome {
     pub elapsed: Duration,
 }
 
+impl BootOutcome {
+    /// The kernel command line the demo closure's stage 1 printed (`KILN-CMDLINE-HEX <hex of /proc/cmdline>`),
+    /// without its trailing newline.
+    ///
+    /// # Panics
+    /// If the serial output has no such line, or it is not hex of UTF-8.
+    #[must_use]
+    pub fn cmdline(&self) -> String {
+        let hex = self
+            .serial
+            .lines()
+            .find_map(|l| l.split_once("KILN-CMDLINE-HEX ").map(|(_, h)| h.trim().to_owned()))
+            .unwrap_or_else(|| panic!("no KILN-CMDLINE-HEX line in the serial output:\n{}", self.serial));
+        let bytes: Vec<u8> =
+            (0..hex.len() / 2).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
+        String::from_utf8(bytes).unwrap().trim_end_matches('\n').to_owned()
+    }
+}
+
 /// Why a boot did not reach its marker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BootFailureKind {

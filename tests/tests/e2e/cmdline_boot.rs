@@ -33,13 +33,7 @@ fn boot_cmdline(img: &std::path::Path, firmware: Firmware) -> String {
         .timeout(TIMEOUT)
         .run()
         .unwrap_or_else(|e| panic!("{} did not boot with {firmware:?}: {e}", img.display()));
-    let hex = outcome
-        .serial
-        .lines()
-        .find_map(|l| l.split_once("KILN-CMDLINE-HEX ").map(|(_, h)| h.trim().to_owned()))
-        .unwrap_or_else(|| panic!("no KILN-CMDLINE-HEX line in the serial output:\n{}", outcome.serial));
-    let bytes: Vec<u8> = (0..hex.len() / 2).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
-    String::from_utf8(bytes).unwrap().trim_end_matches('\n').to_owned()
+    outcome.cmdline()
 }
 
 /// The command line without what the loaders add of their own: GRUB's `BOOT_IMAGE=<kernel>`, systemd-boot's

@@ -362,13 +362,7 @@ fn module_variant_builds_a_bootable_image() {
         .timeout(TIMEOUT)
         .run()
         .unwrap_or_else(|e| panic!("{} did not boot: {e}", img.display()));
-    let hex = outcome
-        .serial
-        .lines()
-        .find_map(|l| l.split_once("KILN-CMDLINE-HEX ").map(|(_, h)| h.trim().to_owned()))
-        .unwrap_or_else(|| panic!("no KILN-CMDLINE-HEX line in the serial output:\n{}", outcome.serial));
-    let bytes: Vec<u8> = (0..hex.len() / 2).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
-    let cmdline = String::from_utf8(bytes).unwrap();
+    let cmdline = outcome.cmdline();
     assert!(cmdline.split_whitespace().any(|p| p == "kiln.module=1"), "the module's parameter is not on {cmdline:?}");
 }
 
