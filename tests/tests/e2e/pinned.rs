@@ -62,15 +62,15 @@ pub fn pinned_system(root: &Path) -> PathBuf {
 
 /// (output name, its sha256) for every build of [`builds`], in order.
 const PINS: &[(&str, &str)] = &[
-    ("synthetic-none.img", "9619bd696d8c40d994d7d489a99ec0a24f2dbc80bc39e85603b4df7b0eca47dc"),
-    ("efi.img", "855bedcabd9923669b4161675fae7737c8895bb73f30375b56ff4237b23de163"),
-    ("efi-4kn.img", "22cfcf5be563b6c67d93af9b2992548a231853f1d1fe8a1ce2a22e15e5f7693c"),
-    ("efixbootldr.img", "93551544c9ff85c4f16d3d5595ac7ac825510f428c3244486bcf037fb16c4687"),
-    ("efi.qcow2", "9b384bd614860b5a11f40e21ab3484162f4974afb444a732b94a954eb8f45921"),
-    ("efi.vhd", "f4f8405259450c333dc801ecfe29789219a03f3cf3371369b4e33d6a20e59f0c"),
-    ("efi.vmdk", "0b1d267cd2591538eaf0c1b8a76cf44a75b6f7a47e436555b199e372f7fa0126"),
-    ("efi.raw.zst", "a6e2d587d0a670b480128c5cfc83640d0ab913e17803edc8f4f014282cc74630"),
-    ("efi.raw.tar.gz", "11a21497af734e59ecc623427cc317e876d5e658dbf2d47c328a0210bd8b0c86"),
+    ("synthetic-none.img", "9356b289d9d95834d67ed7766c7cfa5d9d0af41673a48602bbda37da85c51f1c"),
+    ("efi.img", "b2626b992092125fb8dabb10af39a70dae4970ba8f2d02c2a3d2f670ea312763"),
+    ("efi-4kn.img", "be1b1f4d660d81204b691c973a72d920f576f91d017b0d02ce23edb04f13ab14"),
+    ("efixbootldr.img", "3d9db9775ef2779729b60c0303bbe1dbe1370a1cbcf1c610d6ba45f7ab7a512f"),
+    ("efi.qcow2", "d2796c3df394a4756813301bf3748f57f148609d83a3d53e15a93d1b2c92bc14"),
+    ("efi.vhd", "b82187a57fc0719bd14382815364c9378201368cd3795c7e964e5e914727bd22"),
+    ("efi.vmdk", "e612df2448b3144967fb8bf3143c0749fe2e458a7e03af379e3267f1856b83ae"),
+    ("efi.raw.zst", "3b46c94566a56670fcc82c12b3dad1564dda0ef23342d318142117ad800db46b"),
+    ("efi.raw.tar.gz", "f59d0c05d5a35fdd3fde54a5648aca62b39816ec5851414699ac84b53ce6b1c9"),
 ];
 
 fn builds(pinned_store: &Path, synthetic: &Path) -> Vec<(&'static str, Vec<OsString>, &'static str)> {
