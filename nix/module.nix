@@ -20,6 +20,11 @@
 }:
 let
   inherit (lib) mkOption types;
+
+  # An option that is null unless set: kiln then takes the profile's value, else its own default.
+  orProfile =
+    type: description: extra:
+    mkOption ({ type = types.nullOr type; default = null; inherit description; } // extra);
   cfg = config.kiln;
 
   makeImage = import ./make-image.nix;
@@ -106,11 +111,9 @@ in
         qemu-bios, usb-hybrid, metal-efi). Null: no profile; the layout defaults to `efi`.
       '';
     };
-    format = mkOption {
-      type = types.nullOr (types.enum (builtins.attrNames extensions));
-      default = null;
-      description = "Output format (`kiln build --format`); null: the profile's, else raw.";
-    };
+    format = orProfile (types.enum (
+      builtins.attrNames extensions
+    )) "Output format (`kiln build --format`); null: the profile's, else raw." { };
     layout = mkOption {
       type = types.nullOr (
         types.enum [
@@ -125,44 +128,26 @@ in
       default = null;
       description = "Partition layout (`kiln build --layout`); null: the profile's, else efi.";
     };
-    size = mkOption {
-      type = types.nullOr types.str;
-      default = null;
+    size = orProfile types.str "Disk size: `auto` (what the closure needs plus extraSpace) or a size." {
       example = "8G";
-      description = "Disk size: `auto` (what the closure needs plus extraSpace) or a size; null: the profile's.";
     };
-    extraSpace = mkOption {
-      type = types.nullOr types.str;
-      default = null;
+    extraSpace = orProfile types.str "Free space left in the root filesystem of an `auto`-sized image." {
       example = "1G";
-      description = "Free space left in the root filesystem of an `auto`-sized image; null: the profile's.";
     };
-    espSize = mkOption {
-      type = types.nullOr types.str;
-      default = null;
+    espSize = orProfile types.str "Size of the EFI system partition (kiln's default: 512M)." {
       example = "256M";
-      description = "Size of the EFI system partition; null: the profile's, else 512M.";
     };
-    sectorSize = mkOption {
-      type = types.nullOr (types.enum [ 512 4096 ]);
-      default = null;
-      description = "Logical sector size of the disk (4096 for 4Kn disks, UEFI layouts only).";
-    };
-    seed = mkOption {
-      type = types.nullOr types.str;
-      default = null;
-      description = "Seed for the image's GUIDs, UUIDs and volume ids; null: derived from the toplevel.";
-    };
+    sectorSize = orProfile (types.enum [
+      512
+      4096
+    ]) "Logical sector size of the disk (4096 for 4Kn disks, UEFI layouts only)." { };
+    seed = orProfile types.str "Seed for the image's GUIDs, UUIDs and volume ids (default: from the toplevel)." { };
     bmap = mkOption {
       type = types.bool;
       default = false;
       description = "Also write a bmaptool block map beside a raw or raw.zst image.";
     };
-    checksum = mkOption {
-      type = types.nullOr types.bool;
-      default = null;
-      description = "Write the image's sha256 (`IMAGE.sha256`); null: the format's default.";
-    };
+    checksum = orProfile types.bool "Write the image's sha256 (`IMAGE.sha256`); null: the format's default." { };
     extraKernelParams = mkOption {
       type = types.listOf types.str;
       default = [ ];

@@ -335,14 +335,20 @@ fn module_merges_options_takes_nixos_defaults_and_offers_every_profile_as_a_vari
 
     // mkForce replaces every other definition; an attribute-set hostPlatform names the image too.
     let forced = r#"{ kiln.extraKernelParams = [ "a" ]; }
-                   { kiln.extraKernelParams = lib.mkForce [ "c" ]; nixpkgs.hostPlatform = { system = "aarch64-linux"; }; }"#;
+                   { kiln.extraKernelParams = lib.mkForce [ "c" ]; nixpkgs.hostPlatform = { system = "aarch64-linux"; };
+                     kiln.size = "8G"; kiln.sectorSize = 4096; kiln.checksum = false; }"#;
     let v = eval_json(&module_expr(
         forced,
-        "{ params = r.config.kiln.kernelParams; name = r.config.kiln.baseName; layout = r.image.drvAttrs.layout; }",
+        "{ params = r.config.kiln.kernelParams; name = r.config.kiln.baseName; layout = r.image.drvAttrs.layout;
+           args = r.image.drvAttrs.extraArgs; }",
     ));
     assert_eq!(v["params"], serde_json::json!(["c"]));
     assert_eq!(v["name"], "nixos-image-24.11.demo-aarch64-linux");
     assert_eq!(v["layout"], "efi", "no profile and no layout: efi");
+    assert_eq!(
+        v["args"],
+        serde_json::json!(["--size", "8G", "--sector-size", "4096", "--no-checksum", "--kernel-param", "c"])
+    );
 }
 
 #[test]
