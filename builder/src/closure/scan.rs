@@ -113,7 +113,7 @@ impl Candidates {
                 match &e.kind {
                     Kind::Symlink { target } => self.scan_bytes(target.as_os_str().as_bytes(), &mut found),
                     Kind::File { size, sparse, .. } if *size > 0 => {
-                        let path = if e.rel.as_os_str().is_empty() { root.clone() } else { root.join(&e.rel) };
+                        let path = crate::store::entry_path(&root, &e.rel);
                         let file = files.open(&e.rel).with_context(|| format!("{}: cannot read", path.display()))?;
                         self.scan_file(&file, &path, *size, *sparse, &mut found)?;
                     }

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::store::{LOGICAL_STORE, StoreDir, StorePath};
+use crate::store::{LOGICAL_STORE, StoreDir, StoreFiles, StorePath, entry_path};
 
 /// The longest logical path (`/nix/store/…`, in bytes) of an entry kiln puts in an image. `kiln verify` reads
 /// images back with `ext4-view`, which resolves every file by its absolute path and refuses paths longer than
@@ -316,7 +316,7 @@ fn content_groups(store: &StoreDir, paths: &[PathInventory], cap: usize) -> Resu
     // Empty files are linked too, without reading them: they all have the same (empty) NAR contents, so
     // `nix-store --optimise` links them, and in the image they have no data blocks to share but each would
     // cost an inode (256 bytes of inode table) — a Python closure has thousands of empty `__init__.py`.
-    let mut reads: Vec<(PathBuf, u64)> = Vec::new();
+    let mut reads: Vec<(usize, usize, u64)> = Vec::new();
     let mut read_of_inode: HashMap<(u64, u64), usize> = HashMap::new();
     let mut read_of: Vec<Option<usize>> = Vec::with_capacity(files.len());
     for &(pi, ei, size, _) in &files {
@@ -332,13 +332,29 @@ fn content_groups(store: &StoreDir, paths: &[PathInventory], cap: usize) -> Resu
             None => fresh,
         };
         if r == fresh {
-            let (root, rel) = (store.physical(&p.path), &p.entries[ei].rel);
-            // A store path that is one file is its own root (`join("")` would add a `/`).
-            reads.push((if rel.as_os_str().is_empty() { root } else { root.join(rel) }, size));
+            reads.push((pi, ei, size));
         }
         read_of.push(Some(r));
     }
-    let digests: Vec<[u8; 32]> = reads.par_iter().map(|(path, size)| sha256_of(path, *size)).collect::<Result<_>>()?;
+    // Each store path's files are opened beneath its directory, never through a symlink (as the copy reads them).
+    let mut opened: HashMap<usize, StoreFiles> = HashMap::new();
+    for &(pi, _, _) in &reads {
+        if let std::collections::hash_map::Entry::Vacant(v) = opened.entry(pi) {
+            v.insert(StoreFiles::new(&store.physical(&paths[pi].path))?);
+        }
+    }
+    let digests: Vec<[u8; 32]> = reads
+        .par_iter()
+        .map(|&(pi, ei, size)| {
+            let rel = &paths[pi].entries[ei].rel;
+            sha256_of(&opened[&pi], rel, size).with_context(|| {
+                format!(
+                    "{}: reading its contents to find identical files",
+                    entry_path(&store.physical(&paths[pi].path), rel).display()
+                )
+            })
+        })
+        .collect::<Result<_>>()?;
     let empty: [u8; 32] = Sha256::digest([]).into();
 
     // Group by contents; numbers in order of first appearance, runs of at most `cap` names.
@@ -368,34 +384,32 @@ fn content_groups(store: &StoreDir, paths: &[PathInventory], cap: usize) -> Resu
     Ok(groups)
 }
 
-/// The sha256 of the regular file at `path`, which the inventory found `size` bytes long.
-fn sha256_of(path: &Path, size: u64) -> Result<[u8; 32]> {
+/// The sha256 of the regular file `rel` of a store path, which the inventory found `size` bytes long. Errors
+/// say what is wrong without the path, which the caller adds.
+fn sha256_of(files: &StoreFiles, rel: &Path, size: u64) -> Result<[u8; 32]> {
     const CHUNK: u64 = 256 << 10;
-    let read = || -> Result<[u8; 32]> {
-        let mut file = std::fs::File::open(path).context("cannot open")?;
-        let mut hasher = Sha256::new();
-        // One byte more than the size, so that a file that grew shows in the reads.
-        let mut buf = vec![0u8; usize::try_from((size + 1).min(CHUNK)).expect("chunk fits usize")];
-        let mut total = 0u64;
-        loop {
-            let n = match file.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e).context("cannot read"),
-            };
-            hasher.update(&buf[..n]);
-            total += n as u64;
-            if total > size {
-                bail!("changed since the inventory: {size} bytes then, more now");
-            }
+    let mut file = files.open(rel)?;
+    let mut hasher = Sha256::new();
+    // One byte more than the size, so that a file that grew shows in the reads.
+    let mut buf = vec![0u8; usize::try_from((size + 1).min(CHUNK)).expect("chunk fits usize")];
+    let mut total = 0u64;
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).context("cannot read"),
+        };
+        hasher.update(&buf[..n]);
+        total += n as u64;
+        if total > size {
+            bail!("changed since the inventory: {size} bytes then, more now");
         }
-        if total != size {
-            bail!("changed since the inventory: {size} bytes then, {total} now");
-        }
-        Ok(hasher.finalize().into())
-    };
-    read().with_context(|| format!("{}: reading its contents to find identical files", path.display()))
+    }
+    if total != size {
+        bail!("changed since the inventory: {size} bytes then, {total} now");
+    }
+    Ok(hasher.finalize().into())
 }
 
 #[cfg(test)]

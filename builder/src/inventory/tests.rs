@@ -240,6 +240,25 @@ fn a_file_that_changed_is_named() {
     assert!(err.starts_with(&want), "{err}");
 }
 
+/// A file replaced by a symlink after the listing is not read through (it could point anywhere): the error
+/// names the file.
+#[test]
+fn a_file_replaced_by_a_symlink_is_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (x, y) = (format!("{A}/x"), format!("{B}/sub/y"));
+    write_files(dir.path(), &[(&x, b"abc", false), (&y, b"abc", false)]);
+    let outside = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(outside.path(), "abc").unwrap();
+    let store = StoreDir::new(dir.path()).unwrap();
+    let paths = [A, B].map(|p| PathInventory::walk(&store, &StorePath::from_base_name(p).unwrap()).unwrap()).to_vec();
+    let victim = dir.path().join(&y);
+    std::fs::remove_file(&victim).unwrap();
+    std::os::unix::fs::symlink(outside.path(), &victim).unwrap();
+    let err = format!("{:#}", Inventory::from_paths(&store, paths).unwrap_err());
+    assert!(err.starts_with(&format!("{}: reading its contents to find identical files", victim.display())), "{err}");
+    assert!(err.contains("symlink"), "{err}");
+}
+
 /// The deepest and longest paths `kiln verify` can read back are accepted; one component or byte more is
 /// refused, naming the store path and the limit.
 #[test]

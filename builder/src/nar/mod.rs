@@ -412,7 +412,7 @@ pub fn write_path_tee<S: NarSink>(
 ) -> Result<()> {
     let files = StoreFiles::new(root)?;
     for (i, e) in inv.entries.iter().enumerate() {
-        let physical = || if e.rel.as_os_str().is_empty() { root.to_path_buf() } else { root.join(&e.rel) };
+        let physical = || crate::store::entry_path(root, &e.rel);
         writer.entry(&e.rel, &e.kind).with_context(|| format!("{}: NAR serialisation", physical().display()))?;
         if let Kind::File { size, sparse, .. } = e.kind {
             files

@@ -50,7 +50,7 @@ pub fn store_tree(store: &StoreDir, inv: &Inventory, timestamp: i64) -> Result<S
                 let parent = *dirs.get(parent_rel).expect("NAR order puts directories before their entries");
                 (parent, e.rel.file_name().expect("relative path has a name").as_bytes())
             };
-            let physical = || if e.rel.as_os_str().is_empty() { root.clone() } else { root.join(&e.rel) };
+            let physical = || crate::store::entry_path(&root, &e.rel);
             if let Some(group) = e.link_group
                 && let Some(&node) = linked.get(&group)
             {

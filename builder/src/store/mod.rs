@@ -303,6 +303,14 @@ impl StoreDir {
     }
 }
 
+/// Where the entry `rel` (relative to its store path; empty for the store path itself) of the store path at
+/// `root` physically lives: `root/rel`, or `root` itself (`join("")` would add a `/`, which names a single-file
+/// store path as a directory).
+#[must_use]
+pub fn entry_path(root: &Path, rel: &Path) -> PathBuf {
+    if rel.as_os_str().is_empty() { root.to_path_buf() } else { root.join(rel) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
