@@ -185,26 +185,27 @@ pub fn command(args: &NixBuilderArgs) -> Result<()> {
     }
     let mut opts = Options::from_args(&build_args)?;
     let format = opts.emit.format;
-    let target = match extension(format) {
+    // The image's name without extension (`None` for an ami bundle, which names its disk itself) and path.
+    let (name, target) = match extension(format) {
         Some(ext) => {
             let name = match &req.image_name {
                 Some(n) => n.clone(),
                 None => default_name(&opts, &req.toplevel)?,
             };
             std::fs::create_dir(&req.out).with_context(|| format!("creating the output {}", req.out.display()))?;
-            req.out.join(format!("{name}.{ext}"))
+            let target = req.out.join(format!("{name}.{ext}"));
+            (Some(name), target)
         }
-        None => req.out.clone(),
+        None => (None, req.out.clone()),
     };
     opts.output = Some(target.clone());
     opts.nix_out = Some(req.out.clone());
     let sink = crate::run::progress_sink(ProgressMode::Plain);
     let (_, _, _, written) = crate::run::build_in_pool(opts, &sink)?;
     let written = written.context("the build wrote no image")?;
-    let release = match &req.image_name {
-        Some(n) if format != Format::Ami => n.clone(),
-        _ => file_stem(&written.image),
-    };
+    // Hydra's release name: the image's, or for a bundle its disk's (`nixos-amazon-image-…`, without `.vhd`).
+    let release =
+        name.unwrap_or_else(|| written.image.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
     support_files(&req.out, &written, &release)?;
     let mut out = std::io::stderr().lock();
     for f in &written.files {
@@ -223,16 +224,6 @@ fn default_name(opts: &Options, toplevel: &Path) -> Result<String> {
         None => System::load(&store, &top)?.boot.system,
     };
     Ok(format!("nixos-image-{}-{system}", label_of(top.name())))
-}
-
-/// A file's name without its image extension(s).
-fn file_stem(path: &Path) -> String {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    [".raw.tar.gz", ".img.zst", ".img", ".qcow2", ".vhdx", ".vhd", ".vmdk"]
-        .iter()
-        .find_map(|ext| name.strip_suffix(ext))
-        .unwrap_or(&name)
-        .to_owned()
 }
 
 /// `$out/nix-support`: `hydra-build-products` (one `file <subtype> <absolute path>` line per file written, as
@@ -313,13 +304,5 @@ mod tests {
         assert_eq!(extension(Format::Raw), Some("img"));
         assert_eq!(extension(Format::Gce), Some("raw.tar.gz"));
         assert_eq!(extension(Format::Ami), None);
-        assert_eq!(
-            file_stem(Path::new("/o/nixos-image-24.11-x86_64-linux.raw.tar.gz")),
-            "nixos-image-24.11-x86_64-linux"
-        );
-        assert_eq!(
-            file_stem(Path::new("/o/nixos-amazon-image-24.11-x86_64-linux.vhd")),
-            "nixos-amazon-image-24.11-x86_64-linux"
-        );
     }
 }

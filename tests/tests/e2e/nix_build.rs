@@ -179,6 +179,8 @@ fn make_image_names_images_as_nixpkgs_and_makes_an_amazon_bundle() {
         .map(PathBuf::from),
     );
     assert_eq!(files_under(&out), want, "the bundle holds the disk, its checksums and nix-support only");
+    let release = std::fs::read_to_string(out.join("nix-support/hydra-release-name")).unwrap();
+    assert_eq!(release, format!("{}\n", vhd.file_stem().unwrap().to_string_lossy()), "the disk's name");
     boots_and_verifies(&vhd, "vpc");
     let again = build(r#"profile = "amazon";"#, &["--check"]);
     assert_eq!(again, out, "nix-build --check: the same bytes again");
