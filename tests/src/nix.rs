@@ -30,7 +30,9 @@ pub const CLOSURE_FIXTURE_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/f
 const VERIFY_PROGRESS: [&str; 4] =
     ["reading the Nix store...", "checking path existence...", "checking link hashes...", "checking store hashes..."];
 
-fn nix_command(name: &str) -> Command {
+/// The Nix command `name` (from nix-bin), with the settings every Nix command of the tests runs with.
+#[must_use]
+pub fn nix_command(name: &str) -> Command {
     let mut cmd = Command::new(tools::require(name, "nix-bin"));
     cmd.env("NIX_CONFIG", NIX_CONFIG);
     cmd

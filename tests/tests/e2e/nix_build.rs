@@ -59,11 +59,7 @@ fn build_fails(expr: &str) -> String {
 
 /// The output path `expr` would have: the derivation is instantiated, not built.
 fn out_path_of(expr: &str) -> PathBuf {
-    let out = tools::run_ok(
-        std::process::Command::new("nix-instantiate")
-            .env("NIX_CONFIG", "build-users-group =\ngc-reserved-space = 0")
-            .args(["--eval", "-E", &format!("({expr}).outPath")]),
-    );
+    let out = tools::run_ok(nix::nix_command("nix-instantiate").args(["--eval", "-E", &format!("({expr}).outPath")]));
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().trim_matches('"'))
 }
 
@@ -284,11 +280,7 @@ fn module_expr(modules: &str, body: &str) -> String {
 
 /// `nix-instantiate --eval --strict --json` of `expr`.
 fn eval_json(expr: &str) -> serde_json::Value {
-    let out = tools::run(
-        std::process::Command::new(tools::require("nix-instantiate", "nix-bin"))
-            .env("NIX_CONFIG", "build-users-group =\ngc-reserved-space = 0")
-            .args(["--eval", "--strict", "--json", "-E", expr]),
-    );
+    let out = tools::run(nix::nix_command("nix-instantiate").args(["--eval", "--strict", "--json", "-E", expr]));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "evaluating failed:\n{stderr}\n{expr}");
     serde_json::from_slice(&out.stdout).unwrap()
@@ -396,12 +388,7 @@ fn nix_files() -> Vec<PathBuf> {
 #[test]
 fn nix_files_parse_and_the_flake_and_package_evaluate() {
     for f in nix_files() {
-        let out = tools::run(
-            std::process::Command::new(tools::require("nix-instantiate", "nix-bin"))
-                .env("NIX_CONFIG", "build-users-group =")
-                .arg("--parse")
-                .arg(&f),
-        );
+        let out = tools::run(nix::nix_command("nix-instantiate").arg("--parse").arg(&f));
         assert!(out.status.success(), "{}: {}", f.display(), String::from_utf8_lossy(&out.stderr));
     }
     let root = fixtures::workspace_root();
