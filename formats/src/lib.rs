@@ -2,6 +2,7 @@
 
 pub mod copy;
 pub mod disk;
+pub mod erofs;
 pub mod ext4;
 pub mod fat;
 pub mod grub;

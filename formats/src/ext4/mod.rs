@@ -22,6 +22,7 @@ mod write;
 
 pub use layout::{BLOCK, Geometry};
 pub use plan::{DataJob, GroupPlan, Plan, plan};
+pub(crate) use tree::Node;
 pub use tree::{MAX_NAME, MAX_SYMLINK, Meta, NodeId, NodeKind, Source, Tree};
 pub use write::FileWriter;
 

@@ -7,6 +7,7 @@
 mod common;
 
 mod disk;
+mod erofs;
 mod ext4;
 mod fat;
 mod grub;
