@@ -11,6 +11,7 @@ pub mod sink;
 pub mod sparse;
 pub mod swap;
 pub mod units;
+pub mod verity;
 
 #[cfg(test)]
 mod tests {

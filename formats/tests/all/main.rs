@@ -14,3 +14,4 @@ mod grub;
 mod qcow2;
 mod stream;
 mod vdisk;
+mod verity;

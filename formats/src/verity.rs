@@ -1,0 +1,314 @@
+//! dm-verity hash trees, as `veritysetup format` writes them (format version 1, sha256, 4 KiB data and hash
+//! blocks, with cryptsetup's superblock), so that `veritysetup open`, systemd-veritysetup and the kernel's
+//! `dm-verity` target take the hash device as it is.
+//!
+//! The hash device: block 0 holds the 512-byte superblock (`"verity\0\0"`, version 1, hash type 1, UUID,
+//! `"sha256"`, block sizes, data block count, salt); the tree follows from block 1, its top level first and
+//! the level that hashes the data last. Each hash block holds 128 digests of `sha256(salt ‖ block)` of the
+//! level below, zero-padded; the root hash is that of the top level's single block. (The dm-verity kernel
+//! documentation and cryptsetup's "DMVerity" wiki page are the spec.)
+
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::sink::WriteAt;
+
+/// Data and hash block size.
+pub const BLOCK: u64 = 4096;
+/// Digests per hash block.
+const FANOUT: u64 = BLOCK / 32;
+/// Size of the superblock (in a hash block of its own).
+pub const SUPERBLOCK: usize = 512;
+const SIGNATURE: &[u8; 8] = b"verity\0\0";
+/// The most salt the superblock holds.
+pub const MAX_SALT: usize = 256;
+
+/// What can go wrong making or checking a hash tree.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Data that is empty or not whole blocks.
+    #[error("verity data of {0} bytes: must be a non-zero multiple of 4096")]
+    DataSize(u64),
+    /// A salt over 256 bytes.
+    #[error("verity salt of {0} bytes (at most 256)")]
+    SaltTooLong(usize),
+    /// A hash device whose superblock is not one kiln reads.
+    #[error("not a dm-verity superblock kiln reads: {0}")]
+    Superblock(&'static str),
+    /// A data block whose hash is not the one the tree holds.
+    #[error("data block {block} (byte {}) does not match its hash in the verity tree", block * BLOCK)]
+    DataMismatch {
+        /// The data block.
+        block: u64,
+    },
+    /// A hash block whose hash is not the one the level above holds (or, for the top block, the root hash).
+    #[error("hash block {block} of the hash device does not match its hash one level up")]
+    HashMismatch {
+        /// The block, counted from the start of the hash device (the superblock's block is 0).
+        block: u64,
+    },
+    /// Reading data or hashes failed.
+    #[error("reading {what} at byte {offset}")]
+    Read {
+        /// Which device.
+        what: &'static str,
+        /// Byte offset in it.
+        offset: u64,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Writing the hash device failed.
+    #[error("writing the verity hash tree at image offset {offset}")]
+    Write {
+        /// Byte offset in the sink.
+        offset: u64,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Reads `buf.len()` bytes at a byte offset, from any thread.
+pub type ReadAt<'a> = dyn Fn(&mut [u8], u64) -> std::io::Result<()> + Sync + 'a;
+
+/// A hash tree's shape and parameters, for data of a given size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verity {
+    /// Data blocks covered.
+    pub data_blocks: u64,
+    /// Salt hashed before each block.
+    pub salt: Vec<u8>,
+    /// The UUID in the superblock.
+    pub uuid: [u8; 16],
+    /// Per level, leaf level (hashes of data blocks) first: (first block in the hash device, blocks).
+    levels: Vec<(u64, u64)>,
+}
+
+impl Verity {
+    /// The tree for `data_bytes` of data.
+    ///
+    /// # Errors
+    /// Data that is empty or not whole blocks, a salt over 256 bytes.
+    pub fn new(data_bytes: u64, salt: &[u8], uuid: [u8; 16]) -> Result<Self, Error> {
+        if data_bytes == 0 || !data_bytes.is_multiple_of(BLOCK) {
+            return Err(Error::DataSize(data_bytes));
+        }
+        if salt.len() > MAX_SALT {
+            return Err(Error::SaltTooLong(salt.len()));
+        }
+        let data_blocks = data_bytes / BLOCK;
+        let mut counts = Vec::new();
+        let mut below = data_blocks;
+        // One block of data needs no tree: its hash is the root.
+        while below > 1 {
+            below = below.div_ceil(FANOUT);
+            counts.push(below);
+        }
+        // Top level first, from block 1 (after the superblock).
+        let mut next = 1;
+        let mut levels = vec![(0, 0); counts.len()];
+        for (i, &count) in counts.iter().enumerate().rev() {
+            levels[i] = (next, count);
+            next += count;
+        }
+        Ok(Self { data_blocks, salt: salt.to_vec(), uuid, levels })
+    }
+
+    /// Reads the parameters from a hash device's first block, for data of `data_bytes`.
+    ///
+    /// # Errors
+    /// Not a superblock of the kind [`Verity::superblock`] writes, or one for data of another size.
+    pub fn from_superblock(sb: &[u8]) -> Result<Self, Error> {
+        let bad = Error::Superblock;
+        if sb.len() < SUPERBLOCK || &sb[..8] != SIGNATURE {
+            return Err(bad("no \"verity\" signature"));
+        }
+        let le32 = |at: usize| u32::from_le_bytes(sb[at..at + 4].try_into().expect("4 bytes"));
+        if le32(8) != 1 || le32(12) != 1 {
+            return Err(bad("version or hash type other than 1"));
+        }
+        if &sb[32..39] != b"sha256\0" {
+            return Err(bad("hash other than sha256"));
+        }
+        if u64::from(le32(64)) != BLOCK || u64::from(le32(68)) != BLOCK {
+            return Err(bad("block sizes other than 4096"));
+        }
+        let data_blocks = u64::from_le_bytes(sb[72..80].try_into().expect("8 bytes"));
+        let salt_len = usize::from(u16::from_le_bytes([sb[80], sb[81]]));
+        if salt_len > MAX_SALT {
+            return Err(bad("salt longer than 256 bytes"));
+        }
+        let uuid = sb[16..32].try_into().expect("16 bytes");
+        Self::new(data_blocks * BLOCK, &sb[88..88 + salt_len], uuid)
+    }
+
+    /// Bytes of the hash device: the superblock's block and the tree.
+    #[must_use]
+    pub fn hash_bytes(&self) -> u64 {
+        (1 + self.levels.iter().map(|l| l.1).sum::<u64>()) * BLOCK
+    }
+
+    /// The superblock (512 bytes).
+    #[must_use]
+    pub fn superblock(&self) -> [u8; SUPERBLOCK] {
+        let mut sb = [0u8; SUPERBLOCK];
+        sb[..8].copy_from_slice(SIGNATURE);
+        sb[8..12].copy_from_slice(&1u32.to_le_bytes());
+        sb[12..16].copy_from_slice(&1u32.to_le_bytes());
+        sb[16..32].copy_from_slice(&self.uuid);
+        sb[32..38].copy_from_slice(b"sha256");
+        sb[64..68].copy_from_slice(&(BLOCK as u32).to_le_bytes());
+        sb[68..72].copy_from_slice(&(BLOCK as u32).to_le_bytes());
+        sb[72..80].copy_from_slice(&self.data_blocks.to_le_bytes());
+        sb[80..82].copy_from_slice(&(self.salt.len() as u16).to_le_bytes());
+        sb[88..88 + self.salt.len()].copy_from_slice(&self.salt);
+        sb
+    }
+
+    fn hash(&self, block: &[u8]) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(&self.salt);
+        h.update(block);
+        h.finalize().into()
+    }
+
+    /// Hashes of the data, a hash block's worth (128 blocks) per task, in parallel: one digest per block.
+    fn leaf_digests(&self, data: &ReadAt<'_>) -> Result<Vec<Vec<[u8; 32]>>, Error> {
+        (0..self.data_blocks.div_ceil(FANOUT))
+            .into_par_iter()
+            .map(|b| {
+                let first = b * FANOUT;
+                let n = FANOUT.min(self.data_blocks - first);
+                let mut buf = vec![0u8; (n * BLOCK) as usize];
+                let offset = first * BLOCK;
+                data(&mut buf, offset).map_err(|source| Error::Read { what: "verity data", offset, source })?;
+                Ok(buf.chunks(BLOCK as usize).map(|blk| self.hash(blk)).collect())
+            })
+            .collect()
+    }
+
+    /// Writes the superblock and the tree for `data` into `sink` at byte `base`; returns the root hash.
+    ///
+    /// # Errors
+    /// Reading the data or writing the hash device.
+    pub fn write(&self, data: &ReadAt<'_>, sink: &dyn WriteAt, base: u64) -> Result<[u8; 32], Error> {
+        let put =
+            |buf: &[u8], at: u64| sink.write_all_at(buf, at).map_err(|source| Error::Write { offset: at, source });
+        put(&self.superblock(), base)?;
+        let mut digests = self.leaf_digests(data)?;
+        if self.levels.is_empty() {
+            return Ok(digests[0][0]);
+        }
+        for &(start, _) in &self.levels {
+            // Each group of digests is one hash block of this level; the level above hashes those blocks.
+            let above: Vec<[u8; 32]> = digests
+                .par_iter()
+                .enumerate()
+                .map(|(i, group)| {
+                    let block = hash_block(group);
+                    put(&block, base + (start + i as u64) * BLOCK)?;
+                    Ok(self.hash(&block))
+                })
+                .collect::<Result<_, Error>>()?;
+            digests = above.chunks(FANOUT as usize).map(<[_]>::to_vec).collect();
+        }
+        Ok(digests[0][0])
+    }
+
+    /// Checks `data` and the tree in `hashes` (the hash device, superblock first) against `root`: the first
+    /// data block or hash block that does not match is named.
+    ///
+    /// # Errors
+    /// A mismatch, or reading either device.
+    pub fn check(&self, data: &ReadAt<'_>, hashes: &ReadAt<'_>, root: &[u8; 32]) -> Result<(), Error> {
+        let read_hash = |block: u64| {
+            let mut buf = vec![0u8; BLOCK as usize];
+            let offset = block * BLOCK;
+            hashes(&mut buf, offset).map_err(|source| Error::Read { what: "verity hash device", offset, source })?;
+            Ok::<_, Error>(buf)
+        };
+        if self.levels.is_empty() {
+            let d = self.leaf_digests(data)?;
+            return if &d[0][0] == root { Ok(()) } else { Err(Error::DataMismatch { block: 0 }) };
+        }
+        // Top down: each block's hash against the level above's digest (the root for the top block).
+        let mut expected: Vec<[u8; 32]> = vec![*root];
+        for &(start, count) in self.levels.iter().rev() {
+            let blocks: Vec<Vec<u8>> =
+                (start..start + count).into_par_iter().map(read_hash).collect::<Result<_, _>>()?;
+            for (i, b) in blocks.iter().enumerate() {
+                if self.hash(b) != expected[i] {
+                    return Err(Error::HashMismatch { block: start + i as u64 });
+                }
+            }
+            expected = blocks.iter().flat_map(|b| b.chunks(32).map(|c| c.try_into().expect("32 bytes"))).collect();
+        }
+        let leaves = self.leaf_digests(data)?;
+        for (i, d) in leaves.iter().flatten().enumerate() {
+            if *d != expected[i] {
+                return Err(Error::DataMismatch { block: i as u64 });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn hash_block(digests: &[[u8; 32]]) -> Vec<u8> {
+    let mut block = vec![0u8; BLOCK as usize];
+    for (i, d) in digests.iter().enumerate() {
+        block[i * 32..i * 32 + 32].copy_from_slice(d);
+    }
+    block
+}
+
+/// Lowercase hex of `bytes` (how root hashes are given on command lines).
+#[must_use]
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::MemSink;
+
+    fn mem_reader(bytes: &[u8]) -> impl Fn(&mut [u8], u64) -> std::io::Result<()> + Sync + '_ {
+        move |buf: &mut [u8], at: u64| {
+            buf.copy_from_slice(&bytes[at as usize..at as usize + buf.len()]);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn levels_are_sized_and_stored_top_first() {
+        let v = Verity::new(BLOCK * 128 * 128 + BLOCK, b"salt", [0; 16]).unwrap();
+        // 16385 data blocks: 129 leaf blocks, 2 above them, 1 top.
+        assert_eq!(v.levels, vec![(4, 129), (2, 2), (1, 1)]);
+        assert_eq!(v.hash_bytes(), (1 + 1 + 2 + 129) * BLOCK);
+        assert_eq!(Verity::new(BLOCK * 128, b"", [0; 16]).unwrap().levels, vec![(1, 1)]);
+        assert!(Verity::new(BLOCK, b"", [0; 16]).unwrap().levels.is_empty());
+        assert!(matches!(Verity::new(100, b"", [0; 16]), Err(Error::DataSize(100))));
+        assert!(matches!(Verity::new(BLOCK, &[0; 257], [0; 16]), Err(Error::SaltTooLong(257))));
+    }
+
+    #[test]
+    fn written_trees_check_and_name_the_block_that_changed() {
+        let data: Vec<u8> = (0..300 * BLOCK as usize).map(|i| (i / 4096 % 251) as u8).collect();
+        let v = Verity::new(data.len() as u64, &[5; 32], [9; 16]).unwrap();
+        let sink = MemSink::new(v.hash_bytes() as usize);
+        let root = v.write(&mem_reader(&data), &sink, 0).unwrap();
+        let hashes = sink.into_inner();
+        assert_eq!(Verity::from_superblock(&hashes).unwrap(), v);
+        v.check(&mem_reader(&data), &mem_reader(&hashes), &root).unwrap();
+        let mut flipped = data.clone();
+        flipped[77 * 4096 + 5] ^= 1;
+        let err = v.check(&mem_reader(&flipped), &mem_reader(&hashes), &root).unwrap_err();
+        assert!(matches!(err, Error::DataMismatch { block: 77 }), "{err}");
+        let mut bad_tree = hashes.clone();
+        bad_tree[2 * 4096 + 1] ^= 1;
+        let err = v.check(&mem_reader(&data), &mem_reader(&bad_tree), &root).unwrap_err();
+        assert!(matches!(err, Error::HashMismatch { block: 2 }), "{err}");
+        let err = v.check(&mem_reader(&data), &mem_reader(&hashes), &[0; 32]).unwrap_err();
+        assert!(matches!(err, Error::HashMismatch { block: 1 }), "{err}");
+    }
+}
