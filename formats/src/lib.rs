@@ -10,6 +10,7 @@ pub mod image;
 pub mod sink;
 pub mod sparse;
 pub mod swap;
+pub mod uki;
 pub mod units;
 pub mod verity;
 

@@ -13,5 +13,6 @@ mod fat;
 mod grub;
 mod qcow2;
 mod stream;
+mod uki;
 mod vdisk;
 mod verity;
