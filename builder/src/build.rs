@@ -38,7 +38,10 @@ pub fn run(opts: &Options, progress: &dyn Progress) -> Result<(Report, Option<Pl
     let mut report = report::report(&r, &plan.entries);
     report.image = Some(plan.summary(opts.emit.format));
     let Some(target) = &opts.output else { return Ok((report, Some(plan), None)) };
-    let written = write_output(opts, &r, &plan, container.as_ref(), target, progress)?;
+    let (written, root_hash) = write_output(opts, &r, &plan, container.as_ref(), target, progress)?;
+    if let (Some(image), Some(hash)) = (report.image.as_mut(), root_hash) {
+        image.set_root_hash(&hash);
+    }
     Ok((report, Some(plan), Some(written)))
 }
 
@@ -50,7 +53,7 @@ fn write_output(
     container: &dyn kiln_formats::image::Container,
     target: &Path,
     progress: &dyn Progress,
-) -> Result<Written> {
+) -> Result<(Written, Option<[u8; 32]>)> {
     let free_before = free_space(target);
     let facts = emit::SystemFacts {
         toplevel_name: r.system.toplevel.name().to_owned(),
@@ -59,10 +62,13 @@ fn write_output(
     };
     let out = emit::Output { req: &opts.emit, container, facts: &facts, target, force: opts.force };
     let shown = target.display().to_string();
-    emit::write(&out, plan.virtual_size, progress, |sink| {
-        crate::write::write(plan, r, opts.verify_hashes, sink, &shown, progress)
+    let mut root_hash = None;
+    let written = emit::write(&out, plan.virtual_size, progress, |sink| {
+        root_hash = crate::write::write(plan, r, opts.verify_hashes, sink, &shown, progress)?;
+        Ok(())
     })
-    .map_err(|e| explain_no_space(e, target, free_before))
+    .map_err(|e| explain_no_space(e, target, free_before))?;
+    Ok((written, root_hash))
 }
 
 /// Checks every path the build will write (the output and its side files) before anything is read: each can

@@ -328,6 +328,9 @@ pub enum Layout {
     Hybrid,
     /// GPT: ESP + XBOOTLDR + root.
     Efixbootldr,
+    /// GPT: ESP + the store's dm-verity hash partition + the store (erofs, read-only, verified) + a writable
+    /// root; as nixpkgs' `image.repart.verityStore` lays it out (`usrhash=` on the command line).
+    EfiVerity,
     /// No partition table: a bare root filesystem.
     None,
     /// A profile's own partition list (`[[partitions]]`); not a command-line value.

@@ -17,6 +17,8 @@ pub enum Phase {
     Plan,
     /// Writing the image.
     Write,
+    /// Hashing the store partition into its dm-verity tree (`efi-verity`).
+    Verity,
     /// Turning the raw image into the output format.
     Format,
     /// Checksums and block maps of the outputs.
@@ -37,6 +39,7 @@ impl Phase {
             Self::Hash => "hash",
             Self::Plan => "plan",
             Self::Write => "write",
+            Self::Verity => "verity",
             Self::Format => "format",
             Self::Checksum => "checksum",
             Self::Verify => "verify",

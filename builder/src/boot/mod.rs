@@ -30,7 +30,9 @@ impl Boots {
     /// The bootloaders of `layout`; refuses layouts not implemented.
     pub fn of(layout: crate::cli::Layout) -> Result<Self> {
         Ok(match layout {
-            crate::cli::Layout::Efi => Self { uefi: true, bios: false, xbootldr: false },
+            crate::cli::Layout::Efi | crate::cli::Layout::EfiVerity => {
+                Self { uefi: true, bios: false, xbootldr: false }
+            }
             crate::cli::Layout::LegacyGpt | crate::cli::Layout::Legacy => {
                 Self { uefi: false, bios: true, xbootldr: false }
             }

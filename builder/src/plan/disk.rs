@@ -114,9 +114,27 @@ pub struct Numbers {
     pub xbootldr: Option<usize>,
     /// Swap partitions, with their labels.
     pub swaps: Vec<(usize, String)>,
+    /// The store partition (`efi-verity`).
+    pub store: Option<usize>,
+    /// The store's dm-verity hash partition (`efi-verity`).
+    pub store_verity: Option<usize>,
     /// The root filesystem.
     pub root: usize,
 }
+
+/// The sizes of the store's partitions (`efi-verity`): its filesystem's and its hash tree's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreSizes {
+    /// The store filesystem.
+    pub fs: u64,
+    /// The dm-verity hash device (superblock and tree).
+    pub hash: u64,
+}
+
+/// GPT partition names (Linux: `PARTLABEL`) of the store partitions, as nixpkgs' verity store module labels them.
+pub const STORE_LABEL: &str = "store";
+/// The store's hash partition's name.
+pub const STORE_VERITY_LABEL: &str = "store-verity";
 
 /// The root partition's type for the system's architecture (the architecture table's, from the Discoverable
 /// Partitions Specification); generic Linux data for a system type the table has no row for.
@@ -124,12 +142,16 @@ fn root_type(system_type: &str) -> Guid {
     crate::arch::Arch::of(system_type).map_or(partition_type::LINUX_DATA, |a| a.root_type)
 }
 
-/// The partition table: BIOS boot (GPT with GRUB), ESP, root; or an MBR with the root alone.
+/// The partition table: BIOS boot (GPT with GRUB), ESP, root; or an MBR with the root alone. With `store`
+/// (`efi-verity`), the store's hash partition and the store partition come between the ESP and the root (their
+/// GUIDs are placeholders here: the root hash gives them when the store is written).
+#[allow(clippy::too_many_arguments)]
 pub fn layout(
     kind: Layout,
     parts: &DiskParts,
     system_type: &str,
     seed: &Seed,
+    store: Option<StoreSizes>,
     root: PartitionSize,
     disk: DiskSize,
 ) -> Result<(DiskLayout, Numbers)> {
@@ -167,11 +189,25 @@ pub fn layout(
             let guid = guid("gpt-xbootldr");
             requests.push(request("XBOOTLDR", partition_type::XBOOTLDR, guid, GptAttributes::NONE, size));
         }
+        if let Some(sizes) = store {
+            let arch = crate::arch::Arch::of(system_type)?;
+            let (hash, fs) = (PartitionSize::AtLeast(Bytes(sizes.hash)), PartitionSize::AtLeast(Bytes(sizes.fs)));
+            let none = GptAttributes::NONE;
+            requests.push(request(STORE_VERITY_LABEL, arch.usr_verity_type, guid("gpt-store-verity"), none, hash));
+            requests.push(request(STORE_LABEL, arch.usr_type, guid("gpt-store"), none, fs));
+        }
         requests.push(request("nixos", root_type, guid("gpt-root"), GptAttributes::NONE, root));
         (PartitionTable::Gpt { disk_guid: guid("gpt-disk") }, requests)
     };
     let number = |name: &str| requests.iter().position(|r| r.name == name).map(|i| i + 1);
-    let numbers = Numbers { esp: number("ESP"), xbootldr: number("XBOOTLDR"), swaps: Vec::new(), root: requests.len() };
+    let numbers = Numbers {
+        esp: number("ESP"),
+        xbootldr: number("XBOOTLDR"),
+        swaps: Vec::new(),
+        store: store.and(number(STORE_LABEL)),
+        store_verity: store.and(number(STORE_VERITY_LABEL)),
+        root: requests.len(),
+    };
     let layout = DiskLayout::sequential(parts.sector, table, disk, requests).context("laying out partitions")?;
     Ok((layout, numbers))
 }
@@ -275,6 +311,8 @@ pub fn custom_layout(
         esp: number(Role::Esp),
         xbootldr: number(Role::Xbootldr),
         swaps,
+        store: None,
+        store_verity: None,
         root: number(Role::Root).context("the partitions have no root partition")?,
     };
     Ok((layout, numbers))

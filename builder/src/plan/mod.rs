@@ -12,9 +12,10 @@ pub mod summary;
 
 use anyhow::{Context, Result, bail};
 use kiln_formats::disk::DiskLayout;
-use kiln_formats::ext4;
 use kiln_formats::grub::Embedding;
 use kiln_formats::image::Container;
+use kiln_formats::verity::Verity;
+use kiln_formats::{erofs, ext4};
 
 pub use fat::{BootFs, BootFsKind};
 pub use summary::ImageSummary;
@@ -49,6 +50,9 @@ pub struct Plan {
     pub self_hashed: Vec<bool>,
     /// The root filesystem.
     pub root: RootFs,
+    /// The store on a partition of its own, read-only and verified (`efi-verity`); `None`: the store is in the
+    /// root filesystem.
+    pub store: Option<StoreFs>,
     /// The disk around it; `None` for a bare filesystem (`--layout none`).
     pub disk: Option<Disk>,
     /// The disk's size as the output container presents it.
@@ -69,6 +73,27 @@ pub struct RootFs {
     /// Its byte offset in the image.
     pub offset: u64,
 }
+
+/// The store as a filesystem of its own with a dm-verity hash tree beside it (`efi-verity`).
+#[derive(Debug)]
+pub struct StoreFs {
+    /// Its tree: `/nix/store` and the closure in it.
+    pub tree: ext4::Tree,
+    /// The tree node of each inventory entry, per store path (inventory order).
+    pub nodes: Vec<Vec<ext4::NodeId>>,
+    /// The EROFS plan.
+    pub plan: erofs::Plan,
+    /// Its byte offset in the image.
+    pub offset: u64,
+    /// The hash tree's shape, salt and UUID.
+    pub verity: Verity,
+    /// The hash partition's byte offset in the image.
+    pub verity_offset: u64,
+}
+
+/// What the kernel command line says until the store's root hash is known: `usrhash=` and 64 zeros, replaced
+/// (same length) in every boot file once the store is written.
+pub const ROOT_HASH_PLACEHOLDER: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// The disk around the root filesystem.
 #[derive(Debug)]
@@ -123,10 +148,18 @@ pub fn plan(
             arch.name()
         );
     }
-    let entries = boot::entries(&r.system, &opts.kernel_params_for(&r.system.boot.system))?;
+    let mut entries = boot::entries(&r.system, &opts.kernel_params_for(&r.system.boot.system))?;
+    if layout == Layout::EfiVerity {
+        for e in &mut entries {
+            if e.cmdline.split(' ').any(|p| p.starts_with("usrhash=")) {
+                bail!("kernel parameters: usrhash= is set by --layout efi-verity (the store's root hash); remove it");
+            }
+            e.cmdline = format!("{} usrhash={ROOT_HASH_PLACEHOLDER}", e.cmdline);
+        }
+    }
     let parts = disk::parts(r, opts, boots, &entries)?;
     let default_entry = disk::default_entry(&entries, opts.default_specialisation.as_deref())?;
-    let (root, disk) = progress::phase(
+    let (root, store, disk) = progress::phase(
         progress,
         Phase::Plan,
         || {
@@ -136,7 +169,7 @@ pub fn plan(
                 &Planning { layout, boots, seed: &seed, entries: &entries, default_entry, parts: &parts },
             )
         },
-        |(root, d)| match d {
+        |(root, _, d)| match d {
             None => format!("ext4 of {} bytes, {} free", root.plan.size_bytes(), root.plan.free_blocks * ext4::BLOCK),
             Some(d) => format!(
                 "disk of {} bytes, {} partitions; root ext4 of {} bytes",
@@ -156,6 +189,7 @@ pub fn plan(
         default_entry,
         self_hashed,
         root,
+        store,
         disk,
         // Disks are whole MiB already; a bare filesystem in a container that rounds gets zeros after it.
         virtual_size: container.virtual_size(raw_size),
@@ -178,9 +212,13 @@ struct Planning<'a> {
     parts: &'a disk::DiskParts,
 }
 
-fn plan_image(r: &Resolved, opts: &Options, p: &Planning<'_>) -> Result<(RootFs, Option<Disk>)> {
+fn plan_image(r: &Resolved, opts: &Options, p: &Planning<'_>) -> Result<(RootFs, Option<StoreFs>, Option<Disk>)> {
     let timestamp = i64::from(opts.timestamp);
-    let (tree, nodes) = root_tree(r, opts, p)?;
+    let verity = p.layout == Layout::EfiVerity;
+    let (tree, nodes) = root_tree(r, opts, p, !verity)?;
+    let store = if verity { Some(store_fs(r, opts, p.seed)?) } else { None };
+    let store_sizes =
+        store.as_ref().map(|(_, _, plan, v)| disk::StoreSizes { fs: plan.size_bytes(), hash: v.hash_bytes() });
     let custom = opts.custom_partitions();
     let label = custom_label(custom, Role::Root).map_or(ROOT_LABEL, str::as_bytes);
     let mut options =
@@ -188,12 +226,12 @@ fn plan_image(r: &Resolved, opts: &Options, p: &Planning<'_>) -> Result<(RootFs,
     let sizing = root::Sizing::new(opts.size, opts.extra_space, r.inventory.totals.unique_bytes)?;
     if p.layout == Layout::None {
         let plan = root::bare(&tree, &mut options, sizing)?;
-        return Ok((RootFs { tree, nodes, plan, options, offset: 0 }, None));
+        return Ok((RootFs { tree, nodes, plan, options, offset: 0 }, None, None));
     }
     let system_type = &r.system.boot.system;
     let lay = |root, size| match custom {
         Some(specs) => disk::custom_layout(specs, p.parts, system_type, p.seed, root, size),
-        None => disk::layout(p.layout, p.parts, system_type, p.seed, root, size),
+        None => disk::layout(p.layout, p.parts, system_type, p.seed, store_sizes, root, size),
     };
     let (plan, layout, numbers) = root::on_disk(&tree, &mut options, sizing, &lay)?;
     let boot_fs = fat::plan_all(p.parts, &layout, &numbers, custom, p.seed, timestamp)?;
@@ -207,13 +245,39 @@ fn plan_image(r: &Resolved, opts: &Options, p: &Planning<'_>) -> Result<(RootFs,
         None => None,
     };
     let offset = layout.byte_range(numbers.root).expect("root partition").start.get();
-    Ok((RootFs { tree, nodes, plan, options, offset }, Some(Disk { layout, numbers, boot_fs, swaps, grub })))
+    let store = store.map(|(tree, nodes, plan, verity)| {
+        let at = |n: Option<usize>| layout.byte_range(n.expect("store partitions")).expect("planned").start.get();
+        StoreFs { tree, nodes, plan, offset: at(numbers.store), verity, verity_offset: at(numbers.store_verity) }
+    });
+    let root = RootFs { tree, nodes, plan, options, offset };
+    Ok((root, store, Some(Disk { layout, numbers, boot_fs, swaps, grub })))
 }
 
-/// The root filesystem's tree: the store, the Nix database and profile, `/boot` (with grub.cfg for BIOS).
-fn root_tree(r: &Resolved, opts: &Options, p: &Planning<'_>) -> Result<rootfs::StoreTree> {
+/// The store as an EROFS filesystem (label `store`, the canonical mtime as its build time so every store inode is
+/// compact) and the shape of its hash tree, salted from the seed.
+fn store_fs(
+    r: &Resolved,
+    opts: &Options,
+    seed: &Seed,
+) -> Result<(ext4::Tree, Vec<Vec<ext4::NodeId>>, erofs::Plan, Verity)> {
+    let (tree, nodes) = rootfs::store_tree(&r.store, &r.inventory, i64::from(opts.timestamp))?;
+    let options =
+        erofs::Options { label: disk::STORE_LABEL.as_bytes().to_vec(), uuid: seed.uuid("erofs-uuid"), timestamp: 1 };
+    let plan = erofs::plan(&tree, &options).context("planning the store filesystem")?;
+    let salt = seed.derive("verity-salt");
+    let verity = Verity::new(plan.size_bytes(), &salt, seed.uuid("verity-uuid")).context("planning the hash tree")?;
+    Ok((tree, nodes, plan, verity))
+}
+
+/// The root filesystem's tree: the store (unless `with_store` is false: an empty `/nix/store` to mount it on),
+/// the Nix database and profile, `/boot` (with grub.cfg for BIOS).
+fn root_tree(r: &Resolved, opts: &Options, p: &Planning<'_>, with_store: bool) -> Result<rootfs::StoreTree> {
     let timestamp = i64::from(opts.timestamp);
-    let (mut tree, nodes) = rootfs::store_tree(&r.store, &r.inventory, timestamp)?;
+    let (mut tree, nodes) = if with_store {
+        rootfs::store_tree(&r.store, &r.inventory, timestamp)?
+    } else {
+        (rootfs::skeleton(timestamp)?.0, Vec::new())
+    };
     let state = rootfs::NixState {
         toplevel: &r.system.toplevel,
         db: crate::nixdb::database(&r.closure.paths, timestamp)?,

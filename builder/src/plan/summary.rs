@@ -28,6 +28,9 @@ pub struct ImageSummary {
     pub bootloaders: Vec<&'static str>,
     /// The root filesystem.
     pub root_fs: FsSummary,
+    /// The store's own read-only filesystem and its dm-verity hash tree (`efi-verity`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreSummary>,
     /// The FAT32 filesystems of the boot partitions.
     pub boot_filesystems: Vec<BootFsSummary>,
     /// Swap signatures: partition, label, UUID.
@@ -82,6 +85,35 @@ pub struct FsSummary {
     pub journal_bytes: u64,
     /// Descriptor blocks reserved for online growth.
     pub reserved_gdt_blocks: u64,
+}
+
+/// The store's filesystem and hash tree.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreSummary {
+    /// Filesystem type.
+    pub kind: &'static str,
+    /// Label.
+    pub label: String,
+    /// UUID.
+    pub uuid: String,
+    /// Its partition.
+    pub partition: usize,
+    /// Byte offset in the image.
+    pub offset: u64,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// Inodes.
+    pub inodes: u64,
+    /// The hash tree's partition.
+    pub verity_partition: usize,
+    /// The hash partition's byte offset in the image.
+    pub verity_offset: u64,
+    /// Bytes of the hash device (superblock and tree).
+    pub verity_bytes: u64,
+    /// Its salt, hex.
+    pub verity_salt: String,
+    /// The root hash, hex: known once the store is written (`None` in a dry run).
+    pub root_hash: Option<String>,
 }
 
 /// A boot partition's FAT32 filesystem.
@@ -177,6 +209,7 @@ impl Plan {
                 .map(|(_, name)| *name)
                 .collect(),
             root_fs: self.root_summary(),
+            store: self.store_summary(),
             boot_filesystems,
             swaps: self.disk.as_ref().map_or_else(Vec::new, |d| {
                 d.swaps
@@ -194,6 +227,25 @@ impl Plan {
         }
     }
 
+    fn store_summary(&self) -> Option<StoreSummary> {
+        let (s, d) = (self.store.as_ref()?, self.disk.as_ref()?);
+        let o = s.plan.options();
+        Some(StoreSummary {
+            kind: "erofs",
+            label: String::from_utf8_lossy(&o.label).into_owned(),
+            uuid: format_uuid(&o.uuid),
+            partition: d.numbers.store?,
+            offset: s.offset,
+            size_bytes: s.plan.size_bytes(),
+            inodes: s.tree.len() as u64,
+            verity_partition: d.numbers.store_verity?,
+            verity_offset: s.verity_offset,
+            verity_bytes: s.verity.hash_bytes(),
+            verity_salt: kiln_formats::verity::hex(&s.verity.salt),
+            root_hash: None,
+        })
+    }
+
     fn root_summary(&self) -> FsSummary {
         let (plan, opts) = (&self.root.plan, &self.root.options);
         let g = &plan.geometry;
@@ -209,6 +261,25 @@ impl Plan {
             free_bytes: plan.free_blocks * ext4::BLOCK,
             journal_bytes: (plan.journal.end - plan.journal.start) * ext4::BLOCK,
             reserved_gdt_blocks: g.reserved_gdt,
+        }
+    }
+}
+
+impl ImageSummary {
+    /// Fills in what the store's root hash decides, once it is written: the hash, the store partitions' GUIDs
+    /// (its halves) and `usrhash=` in the command lines.
+    pub fn set_root_hash(&mut self, hash: &[u8; 32]) {
+        let Some(store) = self.store.as_mut() else { return };
+        let hex = kiln_formats::verity::hex(hash);
+        store.root_hash = Some(hex.clone());
+        for (n, half) in [(store.partition, &hash[..16]), (store.verity_partition, &hash[16..])] {
+            if let Some(p) = self.partitions.iter_mut().find(|p| p.number == n) {
+                p.guid = kiln_formats::disk::Guid::from_bytes(half.try_into().expect("16 bytes")).to_string();
+            }
+        }
+        let placeholder = format!("usrhash={}", super::ROOT_HASH_PLACEHOLDER);
+        for e in &mut self.entries {
+            e.command_line = e.command_line.replace(&placeholder, &format!("usrhash={hex}"));
         }
     }
 }

@@ -11,6 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use anyhow::{Context, Result};
+use kiln_formats::erofs;
 use kiln_formats::ext4::{self, BLOCK};
 use rayon::prelude::*;
 
@@ -31,10 +32,81 @@ pub struct Job<'a> {
     pub r: &'a Resolved,
     /// The tree node of each inventory entry, per store path.
     pub nodes: &'a [Vec<ext4::NodeId>],
-    /// The root filesystem's plan.
-    pub plan: &'a ext4::Plan,
+    /// The plan of the filesystem that holds the store.
+    pub plan: StorePlan<'a>,
     /// The root filesystem's offset in the image.
     pub base: u64,
+}
+
+/// The plan of the filesystem the store is copied into: the root filesystem's (ext4), or the store's own
+/// (EROFS, `efi-verity`).
+#[derive(Debug, Clone, Copy)]
+pub enum StorePlan<'a> {
+    /// An ext4 root filesystem.
+    Ext4(&'a ext4::Plan),
+    /// An EROFS store.
+    Erofs(&'a erofs::Plan),
+}
+
+impl<'a> StorePlan<'a> {
+    fn jobs(self) -> usize {
+        match self {
+            Self::Ext4(p) => p.data.len(),
+            Self::Erofs(p) => p.data.len(),
+        }
+    }
+
+    fn job_of(self, node: ext4::NodeId) -> Option<usize> {
+        match self {
+            Self::Ext4(p) => p.job_of(node),
+            Self::Erofs(p) => p.job_of(node),
+        }
+    }
+
+    fn file_writer(
+        self,
+        node: ext4::NodeId,
+        sink: &'a dyn kiln_formats::sink::WriteAt,
+        base: u64,
+    ) -> Option<FileWriter<'a>> {
+        match self {
+            Self::Ext4(p) => p.file_writer(node, sink, base).map(FileWriter::Ext4),
+            Self::Erofs(p) => p.file_writer(node, sink, base).map(FileWriter::Erofs),
+        }
+    }
+}
+
+/// One file's writer, of either filesystem.
+#[derive(Debug)]
+enum FileWriter<'a> {
+    Ext4(ext4::FileWriter<'a>),
+    Erofs(erofs::FileWriter<'a>),
+}
+
+impl FileWriter<'_> {
+    fn locate(&self, offset: u64) -> Option<(u64, u64)> {
+        match self {
+            Self::Ext4(w) => w.locate(offset),
+            Self::Erofs(w) => w.locate(offset),
+        }
+    }
+
+    fn write_at(&self, offset: u64, bytes: &[u8]) -> Result<()> {
+        match self {
+            Self::Ext4(w) => w.write_at(offset, bytes)?,
+            Self::Erofs(w) => w.write_at(offset, bytes)?,
+        }
+        Ok(())
+    }
+
+    /// Whether the bytes after the file's end, to the end of its block, are its own (zeros a gathered write may
+    /// cover): not for an EROFS tail kept inline, which other inodes follow.
+    fn owns_block_slack(&self) -> bool {
+        match self {
+            Self::Ext4(_) => true,
+            Self::Erofs(w) => w.owns_block_slack(),
+        }
+    }
 }
 
 /// Copies the closure's file data into the image, one store path at a time in NAR order (paths in parallel,
@@ -52,7 +124,7 @@ pub fn copy_and_hash(
     meter: &Meter<'_>,
 ) -> Result<(Vec<NarInfo>, Vec<AtomicBool>)> {
     let Job { r, nodes, plan, base } = *job;
-    let claimed: Vec<AtomicBool> = (0..plan.data.len()).map(|_| AtomicBool::new(false)).collect();
+    let claimed: Vec<AtomicBool> = (0..plan.jobs()).map(|_| AtomicBool::new(false)).collect();
     let paths = &r.inventory.paths;
     let mut order: Vec<(u64, usize)> = paths.iter().enumerate().map(|(i, p)| (p.counts().bytes, i)).collect();
     order.sort_unstable_by(|a, b| b.cmp(a));
@@ -74,6 +146,7 @@ pub fn copy_and_hash(
                 buf: vec![0; CHUNK],
                 fill: 0,
                 at: 0,
+                slack_ok: false,
                 pending: None,
             };
             let mut done = Vec::new();
@@ -133,7 +206,7 @@ struct Pending {
 
 /// A [`crate::nar::Tee`] that writes what is read into the image, gathering adjacent files into one write.
 struct ImageTee<'a> {
-    plan: &'a ext4::Plan,
+    plan: StorePlan<'a>,
     sink: &'a File,
     base: u64,
     claimed: &'a [AtomicBool],
@@ -141,11 +214,14 @@ struct ImageTee<'a> {
     /// The tree node of each entry of the current store path.
     nodes: &'a [ext4::NodeId],
     /// (entry, writer) of the file being read; the writer is `None` unless this path writes that file.
-    current: Option<(usize, Option<ext4::FileWriter<'a>>)>,
+    current: Option<(usize, Option<FileWriter<'a>>)>,
     buf: Vec<u8>,
     /// `buf[..fill]` is to be written at image offset `at`.
     fill: usize,
     at: u64,
+    /// Whether the bytes after what is gathered, to the end of its block, belong to the file gathered last
+    /// (may be covered with zeros to gather the next file after them).
+    slack_ok: bool,
     pending: Option<Pending>,
 }
 
@@ -213,7 +289,8 @@ impl crate::nar::Tee for ImageTee<'_> {
         };
         // Next to what is gathered (in the block after its end, or right at it): gather; else write that first.
         let end = self.at + self.fill as u64;
-        let pad = if self.fill > 0 && at == end.next_multiple_of(BLOCK) { Some((at - end) as usize) } else { None };
+        let next_block = at == end.next_multiple_of(BLOCK) && (self.slack_ok || at == end);
+        let pad = if self.fill > 0 && next_block { Some((at - end) as usize) } else { None };
         let start = match pad {
             Some(pad) if CHUNK - self.fill - pad >= want => {
                 self.buf[self.fill..self.fill + pad].fill(0);
@@ -249,6 +326,7 @@ impl crate::nar::Tee for ImageTee<'_> {
             self.at = p.at;
         }
         self.fill = p.start + n;
+        self.slack_ok = matches!(&self.current, Some((_, Some(w))) if w.owns_block_slack());
         Ok(())
     }
 }

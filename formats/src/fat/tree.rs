@@ -97,6 +97,26 @@ impl Tree {
         Self { nodes: vec![root] }
     }
 
+    /// Gives every file held in memory the bytes `f` returns for it (`None`: unchanged), which must be as many
+    /// as it had: a plan made for the tree (which depends on sizes only) stays valid. For contents known only
+    /// once other partitions are written (a root hash in a boot entry). Returns how many files changed.
+    ///
+    /// # Panics
+    /// When `f` returns another length.
+    pub fn rewrite_bytes(&mut self, mut f: impl FnMut(&[u8]) -> Option<Vec<u8>>) -> usize {
+        let mut changed = 0;
+        for node in &mut self.nodes {
+            if let Kind::File { source: Source::Bytes(bytes), .. } = &mut node.kind
+                && let Some(new) = f(bytes)
+            {
+                assert_eq!(new.len(), bytes.len(), "{}: rewritten contents of another length", node.name);
+                *bytes = Arc::from(new.into_boxed_slice());
+                changed += 1;
+            }
+        }
+        changed
+    }
+
     /// The root directory.
     #[must_use]
     pub fn root(&self) -> NodeId {
