@@ -39,8 +39,8 @@ pub fn run(opts: &Options, progress: &dyn Progress) -> Result<(Report, Option<Pl
     report.image = Some(plan.summary(opts.emit.format));
     let Some(target) = &opts.output else { return Ok((report, Some(plan), None)) };
     let (written, root_hash) = write_output(opts, &r, &plan, container.as_ref(), target, progress)?;
-    if let (Some(image), Some(hash)) = (report.image.as_mut(), root_hash) {
-        image.set_root_hash(&hash);
+    if let Some(hash) = root_hash {
+        report.set_root_hash(&hash);
     }
     Ok((report, Some(plan), Some(written)))
 }

@@ -13,6 +13,7 @@
 //! - [`container`]: what a file that is no raw disk is (qcow2, VHDX, VMDK, VHD, VDI, zstd, gzip, xz, tar), and
 //!   the error for a file that is no disk image ([`not_a_disk_image`]).
 //! - [`fs`]: filesystems by magic number, and the fields of the ext4 superblock and the FAT boot sector.
+//! - [`erofs`]: an EROFS reader for the store partition of `efi-verity` images.
 //! - [`root`]: where the root filesystem is ([`RootFs`]); [`Layout::with_role`] finds the ESP and XBOOTLDR.
 //! - [`mount`]: the `ext4-view` and fatfs adapters: [`open_ext4`], [`open_fat`] (through [`FatIo`], whose
 //!   writes always fail).
@@ -22,6 +23,7 @@
 
 pub mod container;
 pub mod disk;
+pub mod erofs;
 pub mod fs;
 pub mod mount;
 pub mod root;

@@ -35,6 +35,28 @@ pub fn image_text(image: &ImageSummary) -> String {
         human_bytes(f.journal_bytes),
         f.reserved_gdt_blocks
     );
+    if let Some(st) = &image.store {
+        let _ = writeln!(
+            s,
+            "store fs       {} label {} uuid {}: {} inodes, {} ({} bytes), read-only on partition {}",
+            st.kind,
+            st.label,
+            st.uuid,
+            st.inodes,
+            human_bytes(st.size_bytes),
+            st.size_bytes,
+            st.partition
+        );
+        let _ = writeln!(
+            s,
+            "store verity   dm-verity sha256 on partition {}: {} ({} bytes), salt {}; root hash {}",
+            st.verity_partition,
+            human_bytes(st.verity_bytes),
+            st.verity_bytes,
+            st.verity_salt,
+            st.root_hash.as_deref().unwrap_or("computed when the image is written (usrhash= and the store GUIDs)")
+        );
+    }
     for p in &image.partitions {
         let _ = writeln!(
             s,

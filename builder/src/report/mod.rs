@@ -71,6 +71,21 @@ pub struct Report {
     pub image: Option<crate::plan::ImageSummary>,
 }
 
+impl Report {
+    /// Fills in what the store's root hash decides once the image is written (`efi-verity`): in the image's
+    /// summary and in each entry's command line.
+    pub fn set_root_hash(&mut self, hash: &[u8; 32]) {
+        if let Some(image) = self.image.as_mut() {
+            image.set_root_hash(hash);
+        }
+        let placeholder = format!("usrhash={}", crate::plan::ROOT_HASH_PLACEHOLDER);
+        let real = format!("usrhash={}", kiln_formats::verity::hex(hash));
+        for e in &mut self.entries {
+            e.command_line = e.command_line.replace(&placeholder, &real);
+        }
+    }
+}
+
 /// The report of what was resolved, with the boot entries as they will be (no image yet: see
 /// [`Report::image`]).
 #[must_use]

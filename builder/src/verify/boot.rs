@@ -174,6 +174,32 @@ impl Volume {
     }
 }
 
+/// The command lines of the ESP's boot entries (`loader/entries/*.conf` `options`, and the `.cmdline` of each
+/// Unified Kernel Image under `EFI/Linux/`): (where, command line).
+pub(crate) fn command_lines(cx: &Context<'_>, problems: &mut Vec<Problem>) -> Result<Vec<(String, String)>> {
+    let Some(esp_part) = cx.layout.with_role(Role::Esp).next() else { return Ok(Vec::new()) };
+    let esp = Volume::open(cx, esp_part, problems);
+    let mut out = Vec::new();
+    for (lower, (path, is_dir)) in &esp.entries {
+        if *is_dir {
+            continue;
+        }
+        let Some(bytes) = esp.read(path)? else { continue };
+        if lower.starts_with("loader/entries/") && lower.ends_with(".conf") {
+            let text = String::from_utf8_lossy(&bytes);
+            if let Some(options) = text.lines().find_map(|l| l.strip_prefix("options ")) {
+                out.push((esp.subject(path), options.to_owned()));
+            }
+        } else if lower.starts_with("efi/linux/")
+            && lower.ends_with(".efi")
+            && let Ok(Some(cmdline)) = kiln_formats::uki::section(&bytes, kiln_formats::uki::section::CMDLINE)
+        {
+            out.push((esp.subject(path), String::from_utf8_lossy(cmdline).trim_end_matches('\0').to_owned()));
+        }
+    }
+    Ok(out)
+}
+
 /// Every file and directory of a FAT volume, by lower-case path.
 fn list(fs: &fatfs::FileSystem<FatIo>) -> std::io::Result<BTreeMap<String, (String, bool)>> {
     let mut out = BTreeMap::new();

@@ -13,6 +13,7 @@ use ext4_view::{Ext4, Ext4Error, Metadata};
 use crate::closure::NarInfo;
 use crate::inventory::Kind;
 use crate::nar::NarHasher;
+use crate::readback::erofs::{Erofs, Inode};
 use crate::readback::{Window, ext4_error as why, open_ext4};
 use crate::store::LOGICAL_STORE;
 
@@ -21,9 +22,11 @@ const CANONICAL_MTIME: i64 = 1;
 /// Non-canonical entries listed per store path (the rest are counted).
 const LISTED_VIOLATIONS: usize = 3;
 
-/// The root filesystem of an image, open for reading.
+/// The root filesystem of an image, open for reading; with a store partition of its own (`efi-verity`), paths
+/// under `/nix/store` are read from that (EROFS) instead.
 pub(crate) struct Image {
     fs: Ext4,
+    store: Option<Erofs>,
 }
 
 impl std::fmt::Debug for Image {
@@ -57,12 +60,25 @@ pub(crate) fn show(bytes: &[u8]) -> String {
 impl Image {
     /// Opens the filesystem in `window` (its partition, or the whole image). Reads past the window's end, or the
     /// image's, fail naming the image, the byte offset and what was being read.
-    pub(crate) fn open(window: &Window) -> Result<Self> {
-        Ok(Self { fs: open_ext4(window)? })
+    pub(crate) fn open(window: &Window, store: Option<&Window>) -> Result<Self> {
+        let store = store.map(Erofs::open).transpose().context("the store partition")?;
+        Ok(Self { fs: open_ext4(window)?, store })
+    }
+
+    /// The store filesystem, when `path` is in it.
+    fn in_store(&self, path: &str) -> Option<&Erofs> {
+        self.store.as_ref().filter(|_| path.strip_prefix(LOGICAL_STORE).is_some_and(|r| r.starts_with('/')))
     }
 
     /// The whole contents of the regular file at absolute `path`, or `None` if nothing is there.
     pub(crate) fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        if let Some(st) = self.in_store(path) {
+            return match st.lookup(path.as_bytes(), true).with_context(|| path.to_owned())? {
+                Some(i) if i.is_file() => Ok(Some(st.read_all(&i).with_context(|| path.to_owned())?)),
+                Some(_) => Err(anyhow!("{path}: not a regular file")),
+                None => Ok(None),
+            };
+        }
         match self.fs.read(path) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(Ext4Error::NotFound) => Ok(None),
@@ -73,6 +89,13 @@ impl Image {
     /// The target of the symlink at absolute `path`: `Ok(None)` if nothing is there, an error if it is not a
     /// symlink.
     pub(crate) fn read_link(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        if let Some(st) = self.in_store(path) {
+            return match st.lookup(path.as_bytes(), false).with_context(|| path.to_owned())? {
+                Some(i) if i.is_symlink() => Ok(Some(st.read_all(&i).with_context(|| path.to_owned())?)),
+                Some(_) => Err(anyhow!("{path}: not a symlink")),
+                None => Ok(None),
+            };
+        }
         match self.fs.symlink_metadata(path) {
             Err(Ext4Error::NotFound) => return Ok(None),
             Err(e) => return Err(anyhow!("{path}: {}", why(&e))),
@@ -85,6 +108,9 @@ impl Image {
 
     /// Whether anything (a file, directory or symlink) is at absolute `path`.
     pub(crate) fn exists(&self, path: &str) -> Result<bool> {
+        if let Some(st) = self.in_store(path) {
+            return Ok(st.lookup(path.as_bytes(), false).with_context(|| path.to_owned())?.is_some());
+        }
         match self.fs.symlink_metadata(path) {
             Ok(_) => Ok(true),
             Err(Ext4Error::NotFound) => Ok(false),
@@ -115,6 +141,12 @@ impl Image {
 
     /// The names directly under `/nix/store`, sorted.
     pub(crate) fn store_entries(&self) -> Result<Vec<Vec<u8>>> {
+        if let Some(st) = &self.store {
+            let dir = st.lookup(LOGICAL_STORE.as_bytes(), false)?.context("the store partition has no /nix/store")?;
+            let mut names: Vec<Vec<u8>> = st.read_dir(&dir)?.into_iter().map(|(n, _)| n).collect();
+            names.sort_unstable();
+            return Ok(names);
+        }
         let store = ext4_path(LOGICAL_STORE.as_bytes())?;
         Ok(self.sorted_dir(&store)?.into_iter().map(|(name, _)| name).collect())
     }
@@ -124,6 +156,18 @@ impl Image {
     /// symlinks 0777). `buf` is a reusable read buffer.
     pub(crate) fn check_store_path(&self, base: &str, buf: &mut Vec<u8>) -> Result<PathCheck> {
         let abs = format!("{LOGICAL_STORE}/{base}");
+        if let Some(st) = &self.store {
+            let inode =
+                st.lookup(abs.as_bytes(), false)?.with_context(|| format!("{abs}: not in the store partition"))?;
+            if buf.len() < 1 << 16 {
+                buf.resize(1 << 16, 0);
+            }
+            let mut walk = ErofsWalk { fs: st, hasher: NarHasher::new(), check: PathCheck::default(), buf };
+            walk.node(&abs, &inode, &mut PathBuf::new())?;
+            let ErofsWalk { hasher, mut check, .. } = walk;
+            check.nar = Some(hasher.finish().with_context(|| format!("{abs}: NAR serialisation"))?);
+            return Ok(check);
+        }
         let root = ext4_path(abs.as_bytes())?;
         let md = self.fs.symlink_metadata(&root).map_err(|e| anyhow!("{abs}: {}", why(&e)))?;
         if buf.len() < 1 << 16 {
@@ -134,6 +178,81 @@ impl Image {
         let Walk { hasher, mut check, .. } = walk;
         check.nar = Some(hasher.finish().with_context(|| format!("{abs}: NAR serialisation"))?);
         Ok(check)
+    }
+}
+
+/// One store path's walk in NAR order through the store partition (EROFS).
+struct ErofsWalk<'a> {
+    fs: &'a Erofs,
+    hasher: NarHasher,
+    check: PathCheck,
+    buf: &'a mut Vec<u8>,
+}
+
+impl ErofsWalk<'_> {
+    fn node(&mut self, path: &str, inode: &Inode, rel: &mut PathBuf) -> Result<()> {
+        self.check.entries += 1;
+        let kind = if inode.is_file() {
+            Kind::File { size: inode.size, executable: inode.mode & 0o100 != 0, sparse: false }
+        } else if inode.is_dir() {
+            Kind::Dir
+        } else if inode.is_symlink() {
+            let target = self.fs.read_all(inode).with_context(|| path.to_owned())?;
+            Kind::Symlink { target: PathBuf::from(std::ffi::OsStr::from_bytes(&target)) }
+        } else {
+            anyhow::bail!("{path}: mode {:o}, which a store path cannot hold", inode.mode);
+        };
+        let perm = u32::from(inode.mode) & 0o7777;
+        let mut what = Vec::new();
+        if inode.uid != 0 || inode.gid != 0 {
+            what.push(format!("owner {}:{} (want 0:0)", inode.uid, inode.gid));
+        }
+        let want: &[u32] = match kind {
+            Kind::File { .. } => &[0o444, 0o555],
+            Kind::Dir => &[0o555],
+            Kind::Symlink { .. } => &[0o777],
+        };
+        if !want.contains(&perm) {
+            let want: Vec<String> = want.iter().map(|m| format!("{m:04o}")).collect();
+            what.push(format!("mode {perm:04o} (want {})", want.join(" or ")));
+        }
+        if inode.mtime != CANONICAL_MTIME as u64 {
+            what.push(format!("mtime {} (want {CANONICAL_MTIME})", inode.mtime));
+        }
+        if !what.is_empty() {
+            self.check.violation_count += 1;
+            if self.check.violations.len() < LISTED_VIOLATIONS {
+                self.check.violations.push((path.to_owned(), what.join(", ")));
+            }
+        }
+        self.hasher.entry(rel, &kind).with_context(|| format!("{path}: NAR serialisation"))?;
+        match kind {
+            Kind::File { size, .. } => {
+                let mut at = 0;
+                while at < size {
+                    let n = (size - at).min(self.buf.len() as u64) as usize;
+                    self.fs
+                        .read_at(inode, at, &mut self.buf[..n])
+                        .with_context(|| format!("{path}: reading byte {at}"))?;
+                    self.hasher.file_chunk(&self.buf[..n]).with_context(|| path.to_owned())?;
+                    at += n as u64;
+                }
+                self.hasher.end_file().with_context(|| path.to_owned())?;
+            }
+            Kind::Dir => {
+                let mut entries = self.fs.read_dir(inode).with_context(|| path.to_owned())?;
+                entries.sort_unstable();
+                for (name, nid) in entries {
+                    let child = self.fs.inode(nid).with_context(|| path.to_owned())?;
+                    let child_path = format!("{path}/{}", show(&name));
+                    rel.push(std::ffi::OsStr::from_bytes(&name));
+                    self.node(&child_path, &child, rel)?;
+                    rel.pop();
+                }
+            }
+            Kind::Symlink { .. } => {}
+        }
+        Ok(())
     }
 }
 

@@ -26,6 +26,7 @@ mod foreign;
 mod host;
 mod image;
 mod profile;
+mod verity;
 
 use std::fmt::{self, Write as _};
 use std::path::PathBuf;
@@ -97,6 +98,9 @@ pub enum ProblemKind {
     Boot,
     /// A file, directory or symlink outside the store, or on a boot partition, that kiln did not put there.
     Foreign,
+    /// The verified store (`efi-verity`): a data block or hash block that does not match the tree, a root hash
+    /// that is not the boot entries', partition GUIDs that are not the root hash's.
+    Verity,
 }
 
 /// One thing wrong with the image.
@@ -243,7 +247,8 @@ pub fn verify(req: &Request) -> Result<Report> {
         elapsed: Duration::ZERO,
         problems: Vec::new(),
     };
-    let parts = Parts { disk: &disk, layout: &layout, root: &root_fs, window: &window };
+    let store_window = layout.with_role(crate::readback::Role::Usr).next().map(|p| disk.window(p.range));
+    let parts = Parts { disk: &disk, layout: &layout, root: &root_fs, window: &window, store: store_window };
     match check_root(req, &parts, store.as_ref(), system.as_ref(), &mut report, &mut problems) {
         Ok(()) => {}
         Err(e) if truncated => problems.push(Problem {
@@ -273,6 +278,8 @@ struct Parts<'a> {
     root: &'a RootFs,
     /// The root filesystem's partition (or the whole image).
     window: &'a Window,
+    /// The store's own partition (`efi-verity`), which holds `/nix/store`.
+    store: Option<Window>,
 }
 
 /// Checks the root filesystem: the database, every store path, the profile, the host store, the boot files and
@@ -286,7 +293,7 @@ fn check_root(
     problems: &mut Vec<Problem>,
 ) -> Result<()> {
     let name = req.image.display().to_string();
-    let img = image::Image::open(parts.window)?;
+    let img = image::Image::open(parts.window, parts.store.as_ref())?;
     let valid = read_db(&img, &name, problems)?;
     report.valid_paths = valid.len();
     let present = check_store_entries(&img, &valid, problems)?;
@@ -300,7 +307,7 @@ fn check_root(
     .clamp(1, jobs.len().max(1));
     report.threads = threads;
     report.paths_hashed = jobs.len();
-    let results = hash_paths(parts.window, &jobs, threads)?;
+    let results = hash_paths(parts.window, parts.store.as_ref(), &jobs, threads)?;
     let mut metadata_count = 0u64;
     let mut metadata = Vec::new();
     for (p, result) in jobs.iter().zip(results) {
@@ -355,6 +362,13 @@ fn check_root(
     if let Some(top) = &toplevel {
         let cx = boot::Context { disk: parts.disk, layout: parts.layout, root: parts.root, image: &img, valid: &valid };
         report.boot = boot::check(&cx, top, problems)?;
+        let usr = parts.layout.with_role(crate::readback::Role::Usr).next();
+        let usr_verity = parts.layout.with_role(crate::readback::Role::UsrVerity).next();
+        if let (Some(data), Some(hash)) = (usr, usr_verity) {
+            let command_lines = boot::command_lines(&cx, problems)?;
+            let s = verity::Store { disk: parts.disk, data, hash, command_lines: &command_lines };
+            report.boot.extend(verity::check(&s, problems)?);
+        }
         let disk = parts.layout.table != Table::None;
         foreign::check(&img, top, boot::boots(parts.layout), disk, problems)?;
     }
@@ -443,7 +457,12 @@ fn check_system(want: &StorePath, toplevel: Option<&StorePath>, valid: &db::Vali
 
 /// Hashes `jobs` (store paths present in the image) on `threads` workers, each with its own reader; results in
 /// the order of `jobs`.
-fn hash_paths(window: &Window, jobs: &[&StorePath], threads: usize) -> Result<Vec<Result<image::PathCheck>>> {
+fn hash_paths(
+    window: &Window,
+    store: Option<&Window>,
+    jobs: &[&StorePath],
+    threads: usize,
+) -> Result<Vec<Result<image::PathCheck>>> {
     let next = AtomicUsize::new(0);
     let mut done: Vec<(usize, Result<image::PathCheck>)> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
@@ -453,7 +472,7 @@ fn hash_paths(window: &Window, jobs: &[&StorePath], threads: usize) -> Result<Ve
                     .name(format!("kiln-verify-{i}"))
                     .stack_size(WORKER_STACK)
                     .spawn_scoped(s, move || -> Result<Vec<(usize, Result<image::PathCheck>)>> {
-                        let img = image::Image::open(window)?;
+                        let img = image::Image::open(window, store)?;
                         let mut buf = Vec::new();
                         let mut out = Vec::new();
                         loop {

@@ -27,3 +27,4 @@ mod progress;
 mod security;
 mod util;
 mod verify;
+mod verity;

@@ -23,6 +23,10 @@ pub enum Role {
     Xbootldr,
     /// The BIOS boot partition holding GRUB's core.img.
     BiosBoot,
+    /// A `/usr` partition of the Discoverable Partitions Specification: kiln's verified store (`efi-verity`).
+    Usr,
+    /// A `/usr` partition's dm-verity hash partition.
+    UsrVerity,
     /// Anything else (the root among them).
     Other,
 }
@@ -39,8 +43,10 @@ const GPT_TYPES: &[(&str, &str, Role, u8)] = &[
     ("44479540-F297-41B2-9AF7-D131D5F0458A", "Linux root (x86)", Role::Other, 3),
     ("69DAD710-2CE4-4E3C-B16C-21A1D49ABED3", "Linux root (ARM)", Role::Other, 3),
     ("72EC70A6-CF74-40E6-BD49-4BDA08E8F224", "Linux root (RISC-V 64)", Role::Other, 3),
-    ("8484680C-9521-48C6-9C11-B0720656F69E", "Linux /usr (x86-64)", Role::Other, 0),
-    ("B0E01050-EE5F-4390-949A-9101B17104E9", "Linux /usr (ARM64)", Role::Other, 0),
+    ("8484680C-9521-48C6-9C11-B0720656F69E", "Linux /usr (x86-64)", Role::Usr, 0),
+    ("B0E01050-EE5F-4390-949A-9101B17104E9", "Linux /usr (ARM64)", Role::Usr, 0),
+    ("77FF5F63-E7B6-4633-ACF4-1565B864C0E6", "Linux /usr verity (x86-64)", Role::UsrVerity, 0),
+    ("6E11A4E7-FBCA-4DED-B9E9-E1A512BB664E", "Linux /usr verity (ARM64)", Role::UsrVerity, 0),
     ("0FC63DAF-8483-4772-8E79-3D69D8477DE4", "Linux filesystem data", Role::Other, 1),
     ("0657FD6D-A4AB-43C4-84E5-0933C84B4F4F", "Linux swap", Role::Other, 0),
     ("933AC7E1-2EB4-4F13-B844-0E14E2AEF915", "Linux home", Role::Other, 0),
