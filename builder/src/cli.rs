@@ -168,6 +168,17 @@ pub struct BuildArgs {
     #[arg(long)]
     pub registration_file: bool,
 
+    /// Boot Unified Kernel Images (`EFI/Linux/<entry>.efi`: systemd's EFI stub with the kernel, initrd, command
+    /// line and os-release inside) instead of entry files, so the command line (with the store's root hash for
+    /// efi-verity) cannot be edited at the boot menu. The stub comes from the closure's systemd.
+    #[arg(long)]
+    pub uki: bool,
+
+    /// The EFI stub for --uki when the closure has none (Debian's systemd-boot-efi:
+    /// /usr/lib/systemd/boot/efi/linuxx64.efi.stub).
+    #[arg(long, value_name = "FILE", requires = "uki")]
+    pub uki_stub: Option<PathBuf>,
+
     /// Replace the output if it exists.
     #[arg(long)]
     pub force: bool,

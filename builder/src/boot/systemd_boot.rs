@@ -26,6 +26,93 @@ pub struct Options {
     pub default_specialisation: Option<String>,
     /// Time the entries say they were built (a Unix time; deterministic, not now).
     pub build_time: i64,
+    /// Unified Kernel Images instead of entry files (`--uki`): where the EFI stub comes from.
+    pub uki: Option<UkiStub>,
+}
+
+/// Where a UKI's EFI stub comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UkiStub {
+    /// The closure's systemd (`<toplevel>/systemd/lib/systemd/boot/efi/linux<arch>.efi.stub`).
+    Closure,
+    /// A file on the build host (`--uki-stub`).
+    Host(PathBuf),
+}
+
+/// What a Unified Kernel Image is made of: the stub, the kernel and initrd by logical path, the command line
+/// and the os-release text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UkiParts {
+    /// The EFI stub: a logical path in the closure, or a host file.
+    pub stub: UkiStubFile,
+    /// The kernel (`.linux`).
+    pub kernel: PathBuf,
+    /// The initrd (`.initrd`).
+    pub initrd: Option<PathBuf>,
+    /// The command line (`.cmdline`).
+    pub cmdline: String,
+    /// The os-release text (`.osrel`).
+    pub osrel: String,
+}
+
+/// The stub file of a UKI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UkiStubFile {
+    /// By logical path, in the closure.
+    Store(PathBuf),
+    /// On the build host.
+    Host(PathBuf),
+}
+
+/// Where a UKI goes on the ESP: `EFI/Linux/<entry id>.efi`, where systemd-boot finds Type #2 entries.
+#[must_use]
+pub fn uki_path(e: &Entry) -> String {
+    format!("EFI/Linux/{}.efi", e.id)
+}
+
+/// The `.osrel` of an entry's UKI: what systemd-boot shows (`PRETTY_NAME`) and sorts by.
+#[must_use]
+pub fn uki_osrel(e: &Entry) -> String {
+    format!(
+        "NAME=NixOS\nID=nixos\nPRETTY_NAME=\"{}\"\nVERSION=\"Generation {GENERATION} {}\"\nIMAGE_ID=nixos\n",
+        e.title.replace('"', "'"),
+        e.label.replace('"', "'")
+    )
+}
+
+/// The closure's EFI stub for `system`, by logical path.
+pub fn closure_stub(system: &System) -> Result<PathBuf> {
+    let a = arch_of(system)?;
+    Ok(system.toplevel.logical().join(format!("systemd/lib/systemd/boot/efi/linux{}.efi.stub", a.efi)))
+}
+
+/// The kernel release a Linux x86 boot image says (its setup header's version string), for `.uname`; `None`
+/// for other kernels (arm64 `Image` carries none there).
+#[must_use]
+pub fn kernel_release(kernel: &[u8]) -> Option<String> {
+    if kernel.len() < 0x210 || &kernel[0x202..0x206] != b"HdrS" {
+        return None;
+    }
+    let at = usize::from(u16::from_le_bytes([kernel[0x20E], kernel[0x20F]])) + 0x200;
+    let text = kernel.get(at..at + 256)?;
+    let end = text.iter().position(|&b| b == 0 || b == b' ')?;
+    std::str::from_utf8(&text[..end]).ok().map(str::to_owned)
+}
+
+/// A UKI made of `parts`, whose stub, kernel and initrd bytes are given.
+pub fn build_uki(parts: &UkiParts, stub: &[u8], kernel: &[u8], initrd: Option<&[u8]>) -> Result<Vec<u8>> {
+    use kiln_formats::uki::{self, section};
+    let uname = kernel_release(kernel);
+    let mut add: Vec<(&str, &[u8])> =
+        vec![(section::OSREL, parts.osrel.as_bytes()), (section::CMDLINE, parts.cmdline.as_bytes())];
+    if let Some(u) = &uname {
+        add.push((section::UNAME, u.as_bytes()));
+    }
+    if let Some(i) = initrd {
+        add.push((section::INITRD, i));
+    }
+    add.push((section::LINUX, kernel));
+    uki::build(stub, &add).map_err(anyhow::Error::new)
 }
 
 /// The architecture table's row for `system`'s type, for systemd-boot's file names.
@@ -64,6 +151,8 @@ pub enum EspSource {
     Store(PathBuf),
     /// Text kiln writes: `loader.conf` and the entries.
     Text(String),
+    /// A Unified Kernel Image kiln assembles (`--uki`).
+    Uki(Box<UkiParts>),
 }
 
 /// The systemd-boot binary of `system` in its closure, by logical path: `<toplevel>/systemd/lib/systemd/boot/efi/
@@ -73,10 +162,11 @@ pub fn binary(system: &System) -> Result<PathBuf> {
     Ok(system.toplevel.logical().join(format!("systemd/lib/systemd/boot/efi/{file}")))
 }
 
-/// `loader/loader.conf`: the menu timeout, the entry booted by default (`<id>.conf`), and the console mode.
+/// `loader/loader.conf`: the menu timeout, the entry booted by default (its file name: `<id>.conf`, or
+/// `<id>.efi` for a UKI), and the console mode.
 #[must_use]
-pub fn loader_conf(timeout: u32, default_id: &str) -> String {
-    format!("timeout {timeout}\ndefault {default_id}.conf\nconsole-mode keep\n")
+pub fn loader_conf(timeout: u32, default_file: &str) -> String {
+    format!("timeout {timeout}\ndefault {default_file}\nconsole-mode keep\n")
 }
 
 /// Whether the ESP file at `path` goes on the XBOOTLDR partition when there is one: what `nixos-rebuild` manages
@@ -97,6 +187,21 @@ pub fn esp_plan(system: &System, entries: &[Entry], opts: &Options) -> Result<BT
     files.insert(format!("EFI/systemd/{}", arch.systemd_boot_file()), EspSource::Store(binary.clone()));
     files.insert(arch.removable_boot_path(), EspSource::Store(binary));
     for e in entries {
+        if let Some(stub) = &opts.uki {
+            let stub = match stub {
+                UkiStub::Closure => UkiStubFile::Store(closure_stub(system)?),
+                UkiStub::Host(p) => UkiStubFile::Host(p.clone()),
+            };
+            let parts = UkiParts {
+                stub,
+                kernel: e.kernel.logical.clone(),
+                initrd: e.initrd.as_ref().map(|i| i.logical.clone()),
+                cmdline: e.cmdline.clone(),
+                osrel: uki_osrel(e),
+            };
+            files.insert(uki_path(e), EspSource::Uki(Box::new(parts)));
+            continue;
+        }
         files.insert(esp_path(&e.kernel), EspSource::Store(e.kernel.logical.clone()));
         if let Some(initrd) = &e.initrd {
             files.insert(esp_path(initrd), EspSource::Store(initrd.logical.clone()));
@@ -110,7 +215,8 @@ pub fn esp_plan(system: &System, entries: &[Entry], opts: &Options) -> Result<BT
             anyhow::anyhow!("default specialisation {name:?} does not exist (the system has: {known:?})")
         })?,
     };
-    files.insert("loader/loader.conf".to_owned(), EspSource::Text(loader_conf(opts.timeout, &default.id)));
+    let default_id = if opts.uki.is_some() { format!("{}.efi", default.id) } else { format!("{}.conf", default.id) };
+    files.insert("loader/loader.conf".to_owned(), EspSource::Text(loader_conf(opts.timeout, &default_id)));
     Ok(files)
 }
 
@@ -143,10 +249,55 @@ pub fn esp_files(store: &StoreDir, system: &System, entries: &[Entry], opts: &Op
                 }
                 Source::Host(host)
             }
+            EspSource::Uki(parts) => Source::Bytes(Arc::from(assemble_uki(store, &parts, arch)?.into_boxed_slice())),
         };
         files.insert(path, source);
     }
     Ok(files)
+}
+
+/// Reads a UKI's parts from the closure (and the host, for a host stub) and assembles it.
+fn assemble_uki(store: &StoreDir, parts: &UkiParts, arch: &Arch) -> Result<Vec<u8>> {
+    let read = |logical: &Path, what: &str| -> Result<Vec<u8>> {
+        let host = store.resolve_in_store(logical).with_context(|| format!("the {what} of a UKI"))?;
+        std::fs::read(&host).with_context(|| format!("{}: reading the {what}", host.display()))
+    };
+    let (stub, shown) = match &parts.stub {
+        UkiStubFile::Store(logical) => (
+            store
+                .resolve_in_store(logical)
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "--uki: the closure has no EFI stub ({}): {e:#}; give one with --uki-stub (Debian's \
+                         systemd-boot-efi has /usr/lib/systemd/boot/efi/linux{}.efi.stub)",
+                        logical.display(),
+                        arch.efi
+                    )
+                })
+                .and_then(|host| {
+                    std::fs::read(&host).with_context(|| format!("{}: reading the EFI stub", host.display()))
+                })?,
+            logical.clone(),
+        ),
+        UkiStubFile::Host(p) => (
+            std::fs::read(p).with_context(|| format!("{}: reading the EFI stub (--uki-stub)", p.display()))?,
+            p.clone(),
+        ),
+    };
+    match kiln_formats::uki::machine(&stub) {
+        Ok(m) if m == arch.pe_machine => {}
+        Ok(m) => bail!(
+            "{}: the EFI stub is a UEFI binary for {}, but the system is {}",
+            shown.display(),
+            arch::pe_machine_name(m),
+            arch.system
+        ),
+        Err(e) => bail!("{}: not an EFI stub: {e}", shown.display()),
+    }
+    let kernel = read(&parts.kernel, "kernel")?;
+    let initrd = parts.initrd.as_deref().map(|i| read(i, "initrd")).transpose()?;
+    build_uki(parts, &stub, &kernel, initrd.as_deref())
+        .with_context(|| format!("assembling a UKI with {}", shown.display()))
 }
 
 /// Refuses a UEFI binary (`what`, at `host`, `logical` in the closure) built for another architecture than

@@ -59,6 +59,7 @@ pub fn parts(r: &Resolved, opts: &Options, boots: Boots, entries: &[Entry]) -> R
             timeout: boot::MENU_TIMEOUT,
             default_specialisation: default_specialisation.map(str::to_owned),
             build_time,
+            uki: opts.uki.clone(),
         };
         let files = systemd_boot::esp_files(store, system, entries, &opts)?;
         let (mut esp, mut xbootldr) = (fat::Tree::new(), fat::Tree::new());

@@ -46,6 +46,8 @@ pub struct Options {
     pub verify_hashes: bool,
     /// Also write `/nix-path-registration`.
     pub registration_file: bool,
+    /// Unified Kernel Images instead of entry files (`--uki`), and their stub (`--uki-stub`; else the closure's).
+    pub uki: Option<crate::boot::systemd_boot::UkiStub>,
     /// ESP size (default 512 MiB).
     pub esp_size: Option<u64>,
     /// GRUB package directory, instead of the closure's.
@@ -140,6 +142,7 @@ impl Options {
             timestamp: timestamp()?,
             verify_hashes: !args.no_verify_hashes,
             registration_file: args.registration_file,
+            uki: uki(args, layout)?,
             esp_size: args.esp_size.or(p.and_then(|p| p.esp_size.map(|b| b.get()))),
             grub: args.grub.clone(),
             default_specialisation: args.default_specialisation.clone(),
@@ -156,6 +159,21 @@ impl Options {
     pub fn custom_partitions(&self) -> Option<&[crate::profile::PartitionSpec]> {
         self.base.profile.as_ref().and_then(|p| p.partitions.as_deref()).filter(|_| self.layout == Some(Layout::Custom))
     }
+}
+
+/// `--uki` (with its stub): only where systemd-boot boots.
+fn uki(args: &BuildArgs, layout: Option<Layout>) -> Result<Option<crate::boot::systemd_boot::UkiStub>> {
+    use crate::boot::systemd_boot::UkiStub;
+    if !args.uki {
+        return Ok(None);
+    }
+    if let Some(l) = layout
+        && l != Layout::Custom
+        && !Boots::of(l)?.uefi
+    {
+        bail!("--uki: --layout {} boots by BIOS only; Unified Kernel Images are for UEFI layouts", value_name(l));
+    }
+    Ok(Some(args.uki_stub.clone().map_or(UkiStub::Closure, UkiStub::Host)))
 }
 
 /// The disk's sector size: the user's (refused with a bare filesystem), else the profile's (dropped there).

@@ -174,6 +174,46 @@ impl Volume {
     }
 }
 
+/// A Unified Kernel Image against what kiln puts in one: its kernel and initrd the closure's (as the root
+/// filesystem or store partition has them), its os-release kiln's, its command line the entry's (checked by the
+/// caller to boot its init).
+fn check_uki(
+    cx: &Context<'_>,
+    got: &[u8],
+    parts: &systemd_boot::UkiParts,
+    subject: &str,
+    problem: &mut impl FnMut(ProblemKind, String, String),
+) {
+    use kiln_formats::uki::section;
+    let mut expect: Vec<(&str, Vec<u8>, String)> =
+        vec![(section::OSREL, parts.osrel.clone().into_bytes(), "kiln's os-release".into())];
+    for (name, logical) in [(section::LINUX, Some(&parts.kernel)), (section::INITRD, parts.initrd.as_ref())] {
+        let Some(logical) = logical else { continue };
+        let shown = logical.display().to_string();
+        match cx.image.read(&shown) {
+            Ok(Some(bytes)) => expect.push((name, bytes, shown)),
+            Ok(None) => problem(
+                ProblemKind::Boot,
+                subject.to_owned(),
+                format!("its {name} is {shown}, which the image does not have"),
+            ),
+            Err(e) => problem(ProblemKind::Boot, subject.to_owned(), format!("cannot compare its {name}: {e:#}")),
+        }
+    }
+    for (name, want, what) in expect {
+        match section(got, name) {
+            Ok(Some(have)) if have == want.as_slice() => {}
+            Ok(Some(have)) => problem(
+                ProblemKind::Boot,
+                subject.to_owned(),
+                format!("its {name} section differs from {what}: {}", first_difference(have, &want)),
+            ),
+            Ok(None) => problem(ProblemKind::Boot, subject.to_owned(), format!("a UKI without a {name} section")),
+            Err(e) => problem(ProblemKind::Boot, subject.to_owned(), format!("not a UKI kiln reads: {e}")),
+        }
+    }
+}
+
 /// The command lines of the ESP's boot entries (`loader/entries/*.conf` `options`, and the `.cmdline` of each
 /// Unified Kernel Image under `EFI/Linux/`): (where, command line).
 pub(crate) fn command_lines(cx: &Context<'_>, problems: &mut Vec<Problem>) -> Result<Vec<(String, String)>> {
@@ -243,14 +283,28 @@ fn check_systemd_boot(
     };
     let mut problem = |kind, subject: String, detail: String| problems.push(Problem { kind, subject, detail });
 
+    // Unified Kernel Images (`--uki`) when the ESP has the default entry's.
+    let uki = esp.entries.contains_key(&systemd_boot::uki_path(&entries[0]).to_ascii_lowercase());
     // The command lines are what the entries say (kiln does not record the changes it made to them), as long
     // as each boots its own init.
     for (e, boot) in entries.iter_mut().zip(boot_entries) {
-        let path = format!("loader/entries/{}.conf", e.id);
+        let (path, options) = if uki {
+            let path = systemd_boot::uki_path(e);
+            let Some(bytes) = esp.read(&path)? else { continue };
+            let Ok(Some(cmdline)) = kiln_formats::uki::section(&bytes, kiln_formats::uki::section::CMDLINE) else {
+                continue;
+            };
+            (path, String::from_utf8_lossy(cmdline).into_owned())
+        } else {
+            let path = format!("loader/entries/{}.conf", e.id);
+            let vol = volume_of(&path);
+            let Some(text) = vol.read(&path)? else { continue };
+            let text = String::from_utf8_lossy(&text).into_owned();
+            let Some(options) = text.lines().find_map(|l| l.strip_prefix("options ")) else { continue };
+            (path, options.to_owned())
+        };
         let vol = volume_of(&path);
-        let Some(text) = vol.read(&path)? else { continue };
-        let text = String::from_utf8_lossy(&text);
-        let Some(options) = text.lines().find_map(|l| l.strip_prefix("options ")) else { continue };
+        let options = options.as_str();
         if !boots_init(options, boot) {
             problem(
                 ProblemKind::Boot,
@@ -266,12 +320,19 @@ fn check_systemd_boot(
     }
     // loader.conf may boot any of the entries by default.
     let conf = esp.read("loader/loader.conf")?;
+    let ext = if uki { "efi" } else { "conf" };
     let default = entries
         .iter()
-        .find(|e| conf.as_deref() == Some(systemd_boot::loader_conf(MENU_TIMEOUT, &e.id).as_bytes()))
+        .find(|e| {
+            conf.as_deref() == Some(systemd_boot::loader_conf(MENU_TIMEOUT, &format!("{}.{ext}", e.id)).as_bytes())
+        })
         .and_then(|e| e.specialisation.clone());
-    let opts =
-        systemd_boot::Options { timeout: MENU_TIMEOUT, default_specialisation: default, build_time: build_time(cx)? };
+    let opts = systemd_boot::Options {
+        timeout: MENU_TIMEOUT,
+        default_specialisation: default,
+        build_time: build_time(cx)?,
+        uki: uki.then_some(systemd_boot::UkiStub::Closure),
+    };
     let plan = systemd_boot::esp_plan(system, &entries, &opts)
         .with_context(|| format!("planning the ESP of {}", system.toplevel))?;
 
@@ -293,6 +354,9 @@ fn check_systemd_boot(
                 format!("not what kiln writes for {}: {}", system.toplevel, first_difference(&got, want.as_bytes())),
             ),
             systemd_boot::EspSource::Text(_) => {}
+            systemd_boot::EspSource::Uki(parts) => {
+                check_uki(cx, &got, parts, &vol.subject(path), &mut problem);
+            }
             systemd_boot::EspSource::Store(logical) => {
                 let shown = logical.display().to_string();
                 match cx.image.read(&shown) {

@@ -268,3 +268,76 @@ impl Drop for Loop {
         let _ = Command::new("losetup").args(["-d", &self.dev]).status();
     }
 }
+
+#[test]
+fn uki_carries_the_root_hash_in_its_command_line_and_systemd_boot_boots_it() {
+    let (tmp, img) = build_demo_disk("efi-verity", &["--uki"]);
+    let p = parts(&img);
+    let listing = {
+        let at = format!("{}@@{}", img.display(), p[0].start);
+        let out = tools::run_ok(
+            Command::new(tools::require("mdir", "mtools"))
+                .env("MTOOLS_SKIP_CHECK", "1")
+                .args(["-/", "-b", "-i", &at, "::/"]),
+        );
+        String::from_utf8_lossy(&out.stdout).to_lowercase()
+    };
+    for want in ["::/efi/linux/nixos-generation-1.efi", "::/efi/linux/nixos-generation-1-specialisation-debug.efi"] {
+        assert!(listing.contains(want), "ESP lacks {want}:\n{listing}");
+    }
+    assert!(!listing.contains("loader/entries/"), "UKIs replace the entry files:\n{listing}");
+    assert!(!listing.contains("::/efi/nixos/"), "the kernels are inside the UKIs:\n{listing}");
+    assert!(esp_file(&img, &p[0], "loader/loader.conf").contains("default nixos-generation-1.efi\n"));
+    // binutils reads the UKI's sections; the command line holds the root hash the partitions were named by.
+    let uki = tmp.path().join("uki.efi");
+    let at = format!("{}@@{}", img.display(), p[0].start);
+    tools::run_ok(Command::new("mcopy").env("MTOOLS_SKIP_CHECK", "1").args([
+        "-i",
+        &at,
+        "::/EFI/Linux/nixos-generation-1.efi",
+        uki.to_str().unwrap(),
+    ]));
+    let objdump = tools::run_ok(Command::new(tools::require("objdump", "binutils")).arg("-h").arg(&uki));
+    let objdump = text(&objdump);
+    for s in [".osrel", ".cmdline", ".uname", ".initrd", ".linux"] {
+        assert!(objdump.lines().any(|l| l.split_whitespace().nth(1) == Some(s)), "no {s}:\n{objdump}");
+    }
+    let cmdline = tmp.path().join("cmdline");
+    tools::run_ok(
+        Command::new(tools::require("objcopy", "binutils"))
+            .args(["-O", "binary", "--only-section", ".cmdline"])
+            .arg(&uki)
+            .arg(&cmdline),
+    );
+    let cmdline = std::fs::read_to_string(&cmdline).unwrap();
+    let hash = cmdline.split_whitespace().find_map(|w| w.strip_prefix("usrhash=")).unwrap().to_owned();
+    assert_eq!(p[2].guid, guid_of(&hash[..32]), "{cmdline}");
+    let top = fixtures::toplevel_of(&fixtures::demo_closure());
+    assert!(cmdline.starts_with(&format!("init={top}/init ")), "{cmdline}");
+    let verified = kiln([std::ffi::OsStr::new("verify"), img.as_os_str()]).ok();
+    assert!(verified.contains(&format!("and root hash {hash}")), "{verified}");
+    let outcome = Boot::new(&img, std::fs::read_to_string(fixtures::demo_closure().join("marker")).unwrap())
+        .firmware(Firmware::Uefi)
+        .timeout(TIMEOUT)
+        .run()
+        .unwrap_or_else(|e| panic!("{} did not boot its UKI: {e}", img.display()));
+    assert!(outcome.cmdline().contains(&format!("usrhash={hash}")), "{}", outcome.cmdline());
+    assert!(outcome.serial.contains("demo-stage1: store verified by dm-verity"), "{}", outcome.serial);
+    // UKIs on a plain efi layout too; not on a BIOS one.
+    let (_d, plain) = build_demo_disk("efi", &["--uki"]);
+    let verified = kiln([std::ffi::OsStr::new("verify"), plain.as_os_str()]).ok();
+    assert!(verified.contains("systemd-boot: 5 files"), "{verified}");
+    let fx = fixtures::demo_closure();
+    let refused = kiln([
+        "build",
+        "--layout",
+        "legacy",
+        "--uki",
+        "--dry-run",
+        "--system",
+        &fixtures::toplevel_of(&fx),
+        "--store-dir",
+        store_of(&fx).to_str().unwrap(),
+    ]);
+    refused.fails_with(&["--uki", "BIOS only"]);
+}
