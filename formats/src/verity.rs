@@ -148,6 +148,19 @@ impl Verity {
         (1 + self.levels.iter().map(|l| l.1).sum::<u64>()) * BLOCK
     }
 
+    /// The root hash the tree in `hashes` (the hash device) leads to: the hash of its top block; `None` for
+    /// data of one block, whose root hash is that block's (no tree).
+    ///
+    /// # Errors
+    /// Reading the hash device.
+    pub fn root_of(&self, hashes: &ReadAt<'_>) -> Result<Option<[u8; 32]>, Error> {
+        let Some(&(top, _)) = self.levels.last() else { return Ok(None) };
+        let mut block = vec![0u8; BLOCK as usize];
+        let offset = top * BLOCK;
+        hashes(&mut block, offset).map_err(|source| Error::Read { what: "verity hash device", offset, source })?;
+        Ok(Some(self.hash(&block)))
+    }
+
     /// The superblock (512 bytes).
     #[must_use]
     pub fn superblock(&self) -> [u8; SUPERBLOCK] {
@@ -298,6 +311,7 @@ mod tests {
         let sink = MemSink::new(v.hash_bytes() as usize);
         let root = v.write(&mem_reader(&data), &sink, 0).unwrap();
         let hashes = sink.into_inner();
+        assert_eq!(v.root_of(&mem_reader(&hashes)).unwrap(), Some(root));
         assert_eq!(Verity::from_superblock(&hashes).unwrap(), v);
         v.check(&mem_reader(&data), &mem_reader(&hashes), &root).unwrap();
         let mut flipped = data.clone();

@@ -16,6 +16,10 @@ pub enum Filesystem {
     Ext4(Ext4),
     /// FAT12/16/32.
     Fat(Fat),
+    /// EROFS (kiln's verified store).
+    Erofs(Erofs),
+    /// A dm-verity hash device (cryptsetup's superblock).
+    Verity(VerityHashes),
     /// Recognised by its magic number, not read further.
     Other {
         /// What it is: `swap`, `xfs`, `btrfs`, `squashfs`, `erofs`, `luks`, `ntfs`, `exfat`, `iso9660`.
@@ -56,6 +60,35 @@ pub struct Ext4 {
     pub features: Vec<String>,
 }
 
+/// An EROFS superblock's facts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Erofs {
+    /// Volume name.
+    pub label: String,
+    /// UUID.
+    pub uuid: String,
+    /// Size in bytes (blocks × 4096).
+    #[serde(serialize_with = "ser::bytes")]
+    pub size: Bytes,
+    /// Inodes.
+    pub inodes: u64,
+}
+
+/// A dm-verity hash device's facts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerityHashes {
+    /// Hash algorithm.
+    pub algorithm: &'static str,
+    /// Data blocks (4096 bytes) covered.
+    pub data_blocks: u64,
+    /// The salt, hex.
+    pub salt: String,
+    /// The UUID in the superblock.
+    pub uuid: String,
+    /// The root hash the tree leads to, hex (what `usrhash=`/`roothash=` must say).
+    pub root_hash: Option<String>,
+}
+
 /// A FAT boot sector's facts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Fat {
@@ -88,9 +121,38 @@ pub(crate) fn report(window: &Window, magic: &Magic, warnings: &mut Vec<String>)
     match magic {
         Magic::Ext4(sb) => Filesystem::Ext4(ext4(sb)),
         Magic::Fat(boot) => Filesystem::Fat(fat(window, boot, warnings)),
+        Magic::Other("erofs") => erofs(window).map_or(Filesystem::Other { name: "erofs" }, Filesystem::Erofs),
         Magic::Other(name) => Filesystem::Other { name },
-        Magic::Unknown => Filesystem::Unknown,
+        Magic::Unknown => verity(window).map_or(Filesystem::Unknown, Filesystem::Verity),
     }
+}
+
+fn erofs(window: &Window) -> Option<Erofs> {
+    let mut sb = [0u8; 128];
+    window.read("the EROFS superblock", Bytes(1024), &mut sb).ok()?;
+    let text = |b: &[u8]| String::from_utf8_lossy(b).trim_end_matches('\0').to_owned();
+    Some(Erofs {
+        label: text(&sb[0x40..0x50]),
+        uuid: crate::seed::format_uuid(&sb[0x30..0x40].try_into().expect("16 bytes")),
+        size: Bytes(u64::from(u32::from_le_bytes(sb[0x24..0x28].try_into().expect("4 bytes"))) << 12),
+        inodes: u64::from_le_bytes(sb[0x10..0x18].try_into().expect("8 bytes")),
+    })
+}
+
+fn verity(window: &Window) -> Option<VerityHashes> {
+    use kiln_formats::verity::{SUPERBLOCK, Verity, hex};
+    let mut sb = [0u8; SUPERBLOCK];
+    window.read("a verity superblock", Bytes(0), &mut sb).ok()?;
+    let v = Verity::from_superblock(&sb).ok()?;
+    let read =
+        |buf: &mut [u8], at: u64| window.read("the verity hash tree", Bytes(at), buf).map_err(std::io::Error::other);
+    Some(VerityHashes {
+        algorithm: "sha256",
+        data_blocks: v.data_blocks,
+        salt: hex(&v.salt),
+        uuid: crate::seed::format_uuid(&v.uuid),
+        root_hash: v.root_of(&read).ok().flatten().map(|h| hex(&h)),
+    })
 }
 
 /// Feature names by bit, as e2fsprogs' `lib/e2p/feature.c` has them.

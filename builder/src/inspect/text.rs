@@ -126,6 +126,21 @@ fn filesystem(o: &mut Out, depth: usize, fs: &Filesystem) {
                 o.line(depth + 1, "free", sized(free.get()));
             }
         }
+        Filesystem::Erofs(e) => {
+            o.line(depth, "filesystem", "erofs");
+            o.line(depth + 1, "label", &e.label);
+            o.line(depth + 1, "UUID", &e.uuid);
+            o.line(depth + 1, "size", sized(e.size.get()));
+            o.line(depth + 1, "inodes", e.inodes);
+        }
+        Filesystem::Verity(v) => {
+            o.line(depth, "filesystem", "dm-verity hash tree");
+            o.line(depth + 1, "hash", v.algorithm);
+            o.line(depth + 1, "data blocks", format!("{} of 4096 bytes", v.data_blocks));
+            o.line(depth + 1, "salt", &v.salt);
+            o.line(depth + 1, "UUID", &v.uuid);
+            o.line(depth + 1, "root hash", v.root_hash.as_deref().unwrap_or("(one data block: no tree)"));
+        }
         Filesystem::Other { name } => o.line(depth, "filesystem", format!("{name} (not read further)")),
         Filesystem::Unknown => o.line(depth, "filesystem", "unknown"),
     }

@@ -151,6 +151,11 @@ fn efi_verity_disk_passes_every_checker_and_boots_through_dm_verity() {
     let verified = kiln([std::ffi::OsStr::new("verify"), img.as_os_str()]).ok();
     assert!(verified.contains(&format!("and root hash {hash}")), "{verified}");
     assert!(verified.contains("store          8 valid paths; 8 hashed"), "{verified}");
+    // kiln inspect names the store filesystem and reads the root hash off the hash partition's tree.
+    let shown = kiln([std::ffi::OsStr::new("inspect"), img.as_os_str()]).ok();
+    assert!(shown.contains("filesystem     erofs\n    label        store\n"), "{shown}");
+    assert!(shown.contains("filesystem     dm-verity hash tree\n"), "{shown}");
+    assert!(shown.contains(&format!("    root hash    {hash}\n")), "{shown}");
     let outcome = Boot::new(&img, std::fs::read_to_string(fixtures::demo_closure().join("marker")).unwrap())
         .firmware(Firmware::Uefi)
         .timeout(TIMEOUT)
