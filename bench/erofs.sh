@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Benchmarks kiln's verified store against what nixpkgs' verity store module runs for it: the corpus as a
+# NixOS system built with `kiln build --layout efi-verity` (the whole disk: ESP, the store as EROFS, its
+# dm-verity tree, the ext4 root; every narHash checked while copying) against `mkfs.erofs` of the same store
+# plus `veritysetup format` of the result (the store partition and its tree alone), in alternation, the
+# corpus in the page cache, a sync outside every timing. Prints median wall times, the ratio and the sizes;
+# never asserts timings.
+#
+# Usage: bench/erofs.sh [RUNS]                                   (default 3)
+#
+# Environment (all optional):
+#   CORPUS      small, medium or large (default large)
+#   BENCH_DIR   corpus cache and work directory (default /var/tmp/kiln-bench)
+#   MAKE_STORE  the corpus builder (default /work/shared/bench/make-store.sh)
+#   KILN        a kiln binary to use instead of building one
+#   THREADS     kiln's --threads (default: nproc)
+set -euo pipefail
+export LC_ALL=C
+
+msg() { printf 'bench: %s\n' "$*" >&2; }
+die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
+
+runs=${1:-3}
+[[ $runs =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer, not '$runs'"
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/.." && pwd)
+bench_dir=${BENCH_DIR:-/var/tmp/kiln-bench}
+threads=${THREADS:-$(nproc)}
+export PATH=$PATH:/usr/sbin:/sbin
+for t in mkfs.erofs:erofs-utils veritysetup:cryptsetup-bin debugfs:e2fsprogs python3:python3; do
+  command -v "${t%%:*}" >/dev/null || die "'${t%%:*}' not found: install the Debian package ${t#*:}"
+done
+[ -f /usr/lib/systemd/boot/efi/systemd-bootx64.efi ] || die "install the Debian package 'systemd-boot-efi'"
+corpus_size=${CORPUS:-large}
+# shellcheck source=bench/common.sh
+source "$here/common.sh"
+
+# A NixOS system over the corpus: the host's kernel and systemd-boot as store paths of their own.
+x86_kernel=$(ls /boot/vmlinuz-* 2>/dev/null | sort -V | tail -n 1)
+[ -n "$x86_kernel" ] || die "no /boot/vmlinuz-* (install linux-image-amd64)"
+chmod u+w "$store"
+kernel=$(store_path linux-verity-bench "$x86_kernel" bzImage)
+systemd=$(store_path systemd-verity-bench /usr/lib/systemd/boot/efi/systemd-bootx64.efi lib/systemd/boot/efi/systemd-bootx64.efi)
+top=$(toplevel nixos-system-verity-bench-24.11 x86_64-linux "$kernel/bzImage" "$systemd")
+chmod a-w "$store"
+
+work=$(mktemp -d "$bench_dir/erofs-bench.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+# A closureInfo for the system (what nixpkgs hands an image builder), made once from kiln's own registration
+# of a reference scan: the timed builds check every narHash against it while copying.
+ci=$bench_dir/$corpus_size.verity-closure-info
+if [ ! -s "$ci/registration" ] || [ "$ci/registration" -ot "$store" ]; then
+  msg "making a closureInfo for the system (once)"
+  "$kiln" build --system "/nix/store/$top" --store-dir "$store" --layout none --registration-file --progress none \
+    --force --output "$work/scan.img" >&2 || die "kiln build (scan) failed"
+  rm -rf "$ci.tmp" && mkdir -p "$ci.tmp"
+  debugfs -R 'cat /nix-path-registration' "$work/scan.img" >"$ci.tmp/registration" 2>/dev/null
+  python3 - "$ci.tmp/registration" >"$ci.tmp/store-paths" <<'PY'
+import sys
+lines = open(sys.argv[1]).read().split("\n")[:-1]
+paths, i = [], 0
+while i < len(lines):
+    paths.append(lines[i]); i += 5 + int(lines[i + 4])
+print("\n".join(sorted(paths)))
+PY
+  rm -rf "$ci" && mv "$ci.tmp" "$ci"
+  rm -f "$work/scan.img"
+fi
+
+msg "warming the page cache (reading the corpus once)"
+find "$store" -type f -print0 | xargs -0 -r cat >/dev/null
+
+seconds() { awk -v s="$1" -v e="$2" 'BEGIN { printf "%.3f\n", e - s }'; }
+run_kiln() {
+  local start end
+  rm -f "$work/kiln.img"
+  sync
+  start=$EPOCHREALTIME
+  "$kiln" build --system "/nix/store/$top" --store-dir "$store" --closure-info "$ci" --layout efi-verity \
+    --threads "$threads" --progress none --force --output "$work/kiln.img" >"$work/log.kiln" 2>&1 ||
+    { cat "$work/log.kiln" >&2; die "kiln build failed"; }
+  end=$EPOCHREALTIME
+  seconds "$start" "$end" >>"$work/times.kiln"
+}
+run_anchor() {
+  local start mid end
+  rm -f "$work/store.erofs" "$work/hashes"
+  sync
+  start=$EPOCHREALTIME
+  # What systemd-repart does for a Format=erofs partition (it runs mkfs.erofs), with the store's own times and
+  # owners, then Verity=hash: veritysetup format over the filesystem.
+  mkfs.erofs -T1 --all-root -U 5b6f1d8e-3c5a-4d2e-9f00-000000000001 "$work/store.erofs" "$corpus" \
+    >"$work/log.mkfs" 2>&1 || { cat "$work/log.mkfs" >&2; die "mkfs.erofs failed"; }
+  mid=$EPOCHREALTIME
+  veritysetup format "$work/store.erofs" "$work/hashes" >"$work/log.verity" 2>&1 ||
+    { cat "$work/log.verity" >&2; die "veritysetup format failed"; }
+  end=$EPOCHREALTIME
+  seconds "$start" "$end" >>"$work/times.anchor"
+  seconds "$start" "$mid" >>"$work/times.mkfs"
+}
+msg "one untimed run of each"
+run_kiln
+run_anchor
+rm -f "$work"/times.*
+for ((i = 1; i <= runs; i++)); do
+  msg "round $i of $runs"
+  if ((i % 2)); then run_kiln; run_anchor; else run_anchor; run_kiln; fi
+done
+
+median() { sort -n | awk '{ a[NR] = $1 } END { printf "%.3f", NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+mk=$(median <"$work/times.kiln")
+ma=$(median <"$work/times.anchor")
+mm=$(median <"$work/times.mkfs")
+store_part=$(sfdisk --json "$work/kiln.img" | python3 -c '
+import json, sys
+for p in json.load(sys.stdin)["partitiontable"]["partitions"]:
+    if p.get("name") == "store":
+        print(p["start"] * 512, p["size"] * 512)')
+kiln_fs=$("$kiln" inspect --json "$work/kiln.img" | python3 -c '
+import json, sys
+for p in json.load(sys.stdin)["partitions"]:
+    fs = p.get("filesystem") or {}
+    if fs.get("kind") == "erofs":
+        print(fs["size"])')
+cat <<EOF
+
+== verified store of the $corpus_size corpus: kiln build --layout efi-verity vs mkfs.erofs + veritysetup format, $runs runs each ==
+machine   $(nproc) CPUs, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -r)
+kiln      $kiln (git $(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown)), --threads $threads
+anchor    mkfs.erofs $(dpkg-query -W -f '${Version}' erofs-utils 2>/dev/null || echo "?"); $(veritysetup --version)
+corpus    $(find "$store" -mindepth 1 -maxdepth 1 ! -name '.*' | wc -l) store paths, $(find "$store" -type f | wc -l) files, $(du -sb "$store" | cut -f1) bytes
+
+median wall seconds
+  kiln build --layout efi-verity (whole disk)   $mk    (runs: $(tr '\n' ' ' <"$work/times.kiln"))
+  mkfs.erofs + veritysetup format               $ma    (runs: $(tr '\n' ' ' <"$work/times.anchor"))
+    of which mkfs.erofs                         $mm
+
+ratio     anchor / kiln = $(awk -v a="$ma" -v k="$mk" 'BEGIN { printf "%.2f", a / k }')x   (target >= 3x uncompressed: $(awk -v a="$ma" -v k="$mk" 'BEGIN { print (a / k >= 3 ? "met" : "MISSED") }'))
+sizes     kiln's EROFS $kiln_fs bytes (partition $store_part), mkfs.erofs $(stat -c %s "$work/store.erofs") bytes
+EOF
