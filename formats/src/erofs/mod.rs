@@ -1,4 +1,4 @@
-//! A planned, parallel, deterministic EROFS writer (uncompressed).
+//! A planned, parallel, deterministic EROFS writer, uncompressed or with LZ4 ([`lz4`]).
 //!
 //! The same [`Tree`](crate::ext4::Tree) the ext4 writer takes is [`plan`]ned (pure: every inode's place,
 //! every data block and the exact size are resolved), then [`Plan::write`] puts it into any
@@ -11,19 +11,24 @@
 //! block; then the data area: each file's and large directory's whole blocks, contiguous, in node order.
 //! Inodes are compact (32 bytes) unless a size, link count, owner or modification time needs the extended
 //! (64-byte) form; compact inodes take their modification time from the superblock's build time, so a tree
-//! whose nodes all have the options' timestamp (a Nix store's mtime 1) is all compact. No xattrs, no
-//! compression, no holes: a file's blocks are all allocated (all-zero blocks are left unwritten in the sink,
-//! which reads as zeros there).
+//! whose nodes all have the options' timestamp (a Nix store's mtime 1) is all compact. No xattrs, no holes: a
+//! file's blocks are all allocated (all-zero blocks are left unwritten in the sink, which reads as zeros there).
+//!
+//! Compression ([`pack`], then [`plan_packed`]): a file LZ4 shrinks by at least a block is stored as 4 KiB
+//! clusters ([`lz4`]) with a full cluster map after its inode (`EROFS_INODE_COMPRESSED_FULL`: an 8-byte index
+//! per 4 KiB of the file); every other file is stored as it is, with its tail inline. Which files and clusters
+//! are compressed depends on their bytes alone, so the image is as deterministic as an uncompressed one.
 
 mod dir;
+pub mod lz4;
 mod plan;
 mod write;
 
 #[cfg(test)]
 mod tests;
 
-pub use plan::{DataJob, Plan, plan};
-pub use write::FileWriter;
+pub use plan::{DataJob, Plan, plan, plan_packed};
+pub use write::{FileWriter, pack};
 
 use crate::ext4::NodeId;
 
@@ -68,6 +73,12 @@ pub enum Error {
     TooLarge {
         /// Blocks needed.
         blocks: u64,
+    },
+    /// Clusters given for a node that is not a file, or that do not start at byte 0 and advance within it.
+    #[error("node {node}: its compressed clusters do not cover it in order")]
+    BadClusters {
+        /// The node.
+        node: NodeId,
     },
     /// A label longer than 16 bytes.
     #[error("label of {0} bytes (at most 16)")]

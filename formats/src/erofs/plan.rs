@@ -2,6 +2,7 @@
 
 use std::ops::Range;
 
+use super::lz4::Extent;
 use super::{BLOCK, Error, Options, dir};
 use crate::ext4::{Node, NodeId, Tree};
 
@@ -23,8 +24,11 @@ pub(crate) struct Inode {
     pub(crate) extended: bool,
     /// Bytes of data right after the inode (`EROFS_INODE_FLAT_INLINE` when not zero).
     pub(crate) inline: u32,
-    /// First of its blocks in the data area (0 when it has none).
+    /// First of its blocks in the data area (0 when it has none); for a compressed file, its first cluster's.
     pub(crate) blkaddr: u32,
+    /// Bytes of the compressed file's cluster map after the inode (`EROFS_INODE_COMPRESSED_FULL` when not
+    /// zero): the map header, 8 reserved bytes and one 8-byte index per 4 KiB of the file.
+    pub(crate) map: u32,
     /// `i_size`.
     pub(crate) size: u64,
     /// `i_nlink`.
@@ -43,7 +47,7 @@ impl Inode {
 
     /// Bytes up to where its inline data ends, from the start of the metadata area.
     pub(crate) fn end(&self) -> u64 {
-        self.pos + self.isize() + u64::from(self.inline)
+        self.pos + self.isize() + u64::from(self.inline) + u64::from(self.map)
     }
 }
 
@@ -59,6 +63,8 @@ pub struct DataJob {
     pub blocks: Range<u64>,
     /// Byte offset in the filesystem of its inline tail (the last `size % 4096` bytes), if it has one.
     pub tail: Option<u64>,
+    /// Stored compressed: `blocks` are its clusters, one per extent of [`Plan::extents`].
+    pub packed: bool,
 }
 
 impl DataJob {
@@ -85,6 +91,8 @@ pub struct Plan {
     pub(crate) job_of: Vec<u32>,
     /// Runs of nodes serialised together.
     pub(crate) chunks: Vec<Range<NodeId>>,
+    /// Per node: the clusters of a file stored compressed (empty for every other node).
+    pub(crate) packed: Vec<Vec<Extent>>,
 }
 
 impl Plan {
@@ -111,6 +119,18 @@ impl Plan {
     pub fn options(&self) -> &Options {
         &self.opts
     }
+
+    /// The clusters of file `node` if it is stored compressed, else an empty slice.
+    #[must_use]
+    pub fn extents(&self, node: NodeId) -> &[Extent] {
+        self.packed.get(node as usize).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether any file is stored compressed.
+    #[must_use]
+    pub fn compressed(&self) -> bool {
+        self.data.iter().any(|j| j.packed)
+    }
 }
 
 /// Where a node's inode goes given the metadata area's fill `cursor`, and whether its `want` bytes of data
@@ -132,11 +152,21 @@ fn place(cursor: u64, isize: u64, want: u64) -> (u64, bool) {
     }
 }
 
-/// Plans `tree` as an EROFS filesystem.
+/// Plans `tree` as an EROFS filesystem, every file stored as it is.
 ///
 /// # Errors
 /// A duplicate name in a directory, a label over 16 bytes, more than 2^32 blocks.
 pub fn plan(tree: &Tree, opts: &Options) -> Result<Plan, Error> {
+    plan_packed(tree, opts, Vec::new())
+}
+
+/// Plans `tree` as an EROFS filesystem with the files `packed` gives clusters for (per node, empty for a file
+/// stored as it is; missing nodes at the end are stored as they are) stored LZ4-compressed: their inodes carry
+/// the cluster map, their clusters are contiguous in the data area.
+///
+/// # Errors
+/// As [`plan`]; a compressed node that is not a file, or whose clusters do not start at 0 and advance.
+pub fn plan_packed(tree: &Tree, opts: &Options, mut packed: Vec<Vec<Extent>>) -> Result<Plan, Error> {
     if opts.label.len() > 16 {
         return Err(Error::LabelTooLong(opts.label.len()));
     }
@@ -158,9 +188,39 @@ pub fn plan(tree: &Tree, opts: &Options) -> Result<Plan, Error> {
             }
         }
     }
+    packed.resize(n, Vec::new());
+    for (id, extents) in packed.iter().enumerate().filter(|(_, e)| !e.is_empty()) {
+        let size = match tree.nodes[id] {
+            Node::File { size, .. } => size,
+            _ => return Err(Error::BadClusters { node: id as NodeId }),
+        };
+        let ordered = extents.first().is_some_and(|e| e.start == 0)
+            && extents.windows(2).all(|w| w[0].start < w[1].start)
+            && extents.last().is_some_and(|e| e.start < size);
+        if !ordered {
+            return Err(Error::BadClusters { node: id as NodeId });
+        }
+    }
     let mut inodes = Vec::with_capacity(n);
     let mut cursor = 0u64;
     for (id, node) in tree.nodes.iter().enumerate() {
+        if !packed[id].is_empty() {
+            let size = match node {
+                Node::File { size, .. } => *size,
+                _ => unreachable!("checked above"),
+            };
+            let nlink =
+                u32::try_from(links[id]).map_err(|_| Error::TooManyLinks { node: id as NodeId, links: links[id] })?;
+            let extended = needs_extended(size, nlink, node.meta(), opts);
+            let isize = if extended { EXTENDED } else { COMPACT };
+            let (pos, _) = place(cursor, isize, 0);
+            let map = u32::try_from(MAP_HEADER + 8 * size.div_ceil(BLOCK))
+                .map_err(|_| Error::TooLarge { blocks: size.div_ceil(BLOCK) })?;
+            let inode = Inode { pos, extended, inline: 0, blkaddr: 0, map, size, nlink };
+            cursor = inode.end().next_multiple_of(SLOT);
+            inodes.push(inode);
+            continue;
+        }
         let (size, want) = match node {
             Node::Dir { entries, .. } => {
                 let sorted = dir::sorted(entries, id as NodeId, parent[id])?;
@@ -172,16 +232,11 @@ pub fn plan(tree: &Tree, opts: &Options) -> Result<Plan, Error> {
         };
         let nlink =
             u32::try_from(links[id]).map_err(|_| Error::TooManyLinks { node: id as NodeId, links: links[id] })?;
-        let meta = node.meta();
-        let extended = size > u64::from(u32::MAX)
-            || nlink > u32::from(u16::MAX)
-            || meta.uid > u32::from(u16::MAX)
-            || meta.gid > u32::from(u16::MAX)
-            || meta.mtime.max(0) as u64 != opts.timestamp;
+        let extended = needs_extended(size, nlink, node.meta(), opts);
         let isize = if extended { EXTENDED } else { COMPACT };
         let (pos, inline) = place(cursor, isize, want);
         let inline = if inline { want as u32 } else { 0 };
-        let inode = Inode { pos, extended, inline, blkaddr: 0, size, nlink };
+        let inode = Inode { pos, extended, inline, blkaddr: 0, map: 0, size, nlink };
         cursor = inode.end().next_multiple_of(SLOT);
         inodes.push(inode);
     }
@@ -191,7 +246,13 @@ pub fn plan(tree: &Tree, opts: &Options) -> Result<Plan, Error> {
     let mut data = Vec::new();
     let mut job_of = vec![u32::MAX; n];
     for (id, inode) in inodes.iter_mut().enumerate() {
-        let count = if inode.inline > 0 { inode.size / BLOCK } else { inode.size.div_ceil(BLOCK) };
+        let count = if !packed[id].is_empty() {
+            packed[id].len() as u64
+        } else if inode.inline > 0 {
+            inode.size / BLOCK
+        } else {
+            inode.size.div_ceil(BLOCK)
+        };
         if matches!(tree.nodes[id], Node::Symlink { .. }) && inode.inline > 0 {
             continue;
         }
@@ -203,7 +264,8 @@ pub fn plan(tree: &Tree, opts: &Options) -> Result<Plan, Error> {
         {
             job_of[id] = data.len() as u32;
             let tail = (inode.inline > 0).then(|| (META_BLKADDR * BLOCK) + inode.pos + inode.isize());
-            data.push(DataJob { node: id as NodeId, size, blocks: next..next + count, tail });
+            let packed = !packed[id].is_empty();
+            data.push(DataJob { node: id as NodeId, size, blocks: next..next + count, tail, packed });
         }
         next += count;
     }
@@ -211,7 +273,20 @@ pub fn plan(tree: &Tree, opts: &Options) -> Result<Plan, Error> {
         return Err(Error::TooLarge { blocks: next });
     }
     let chunks = (0..n).step_by(CHUNK_NODES).map(|s| s as NodeId..(s + CHUNK_NODES).min(n) as NodeId).collect();
-    Ok(Plan { opts: opts.clone(), inodes, parent, blocks: next, data, job_of, chunks })
+    Ok(Plan { opts: opts.clone(), inodes, parent, blocks: next, data, job_of, chunks, packed })
+}
+
+/// Bytes of a compressed inode's map before its indexes: the map header and 8 reserved bytes.
+pub(crate) const MAP_HEADER: u64 = 16;
+
+/// Whether an inode needs the 64-byte form: a size, link count or owner too large for the compact one, or a
+/// modification time other than the superblock's.
+fn needs_extended(size: u64, nlink: u32, meta: &crate::ext4::Meta, opts: &Options) -> bool {
+    size > u64::from(u32::MAX)
+        || nlink > u32::from(u16::MAX)
+        || meta.uid > u32::from(u16::MAX)
+        || meta.gid > u32::from(u16::MAX)
+        || meta.mtime.max(0) as u64 != opts.timestamp
 }
 
 #[cfg(test)]

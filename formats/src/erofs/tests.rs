@@ -189,3 +189,84 @@ fn the_same_tree_gives_the_same_bytes_whatever_the_threads() {
     let four = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap().install(|| image(&t, &opts()).1);
     assert!(one == four);
 }
+
+mod lz4 {
+    use super::super::lz4::{Compressor, Extent, WINDOW, compress, decompress, worth_it};
+
+    fn text(len: usize) -> Vec<u8> {
+        let words = [&b"alpha "[..], b"beta ", b"gamma\n", b"delta ", b"store ", b"nix "];
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut out = Vec::new();
+        while out.len() < len {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            out.extend_from_slice(words[(x % 6) as usize]);
+        }
+        out.truncate(len);
+        out
+    }
+
+    fn noise(len: usize, mut x: u64) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn clusters_do_not_depend_on_how_the_bytes_are_fed() {
+        let mut data = text(700_000);
+        data.extend(noise(50_000, 5));
+        data.extend(vec![0u8; 600_000]);
+        data.extend(text(12_345));
+        let whole = compress(&data);
+        for piece in [1usize, 4095, 4096, 65_537, WINDOW, WINDOW + 1, 3 * WINDOW] {
+            let mut out = Vec::new();
+            let mut c = Compressor::new();
+            for chunk in data.chunks(piece) {
+                c.push(chunk, &mut out);
+            }
+            let extents = c.finish(&mut out);
+            assert!(extents == whole.1 && out == whole.0, "fed {piece} bytes at a time");
+        }
+        assert_eq!(decompress(&whole.1, &whole.0, data.len() as u64).unwrap(), data);
+    }
+
+    #[test]
+    fn clusters_cover_the_file_in_order_and_plain_ones_hold_a_block() {
+        let mut data = noise(10_000, 1);
+        data.extend(text(100_000));
+        data.extend(noise(5_000, 2));
+        let (blocks, extents) = compress(&data);
+        assert_eq!(blocks.len(), extents.len() * 4096);
+        assert_eq!(extents[0], Extent { start: 0, plain: true });
+        assert_eq!(extents[1], Extent { start: 4096, plain: true });
+        assert!(extents.iter().any(|e| !e.plain));
+        for (i, w) in extents.windows(2).enumerate() {
+            let len = w[1].start - w[0].start;
+            assert!(if w[0].plain { len == 4096 } else { len > 4096 }, "cluster {i}: {len} bytes");
+        }
+        let c = extents.iter().position(|e| !e.plain).unwrap();
+        assert_eq!(decompress(&extents, &blocks, data.len() as u64).unwrap(), data);
+        // Corrupt a compressed cluster: decompression fails or gives other bytes, never panics.
+        let mut bad = blocks.clone();
+        bad[c * 4096 + 4095] ^= 0xFF;
+        assert!(decompress(&extents, &bad, data.len() as u64).map_or(true, |d| d != data));
+    }
+
+    #[test]
+    fn small_and_incompressible_files_are_not_worth_it() {
+        let (_, e) = compress(&text(4096));
+        assert!(!worth_it(4096, e.len()));
+        let (_, e) = compress(&text(5000));
+        assert!(worth_it(5000, e.len()), "{e:?}");
+        let (_, e) = compress(&noise(100_000, 3));
+        assert!(e.iter().all(|e| e.plain) && !worth_it(100_000, e.len()));
+        assert!(compress(&[]).1.is_empty());
+    }
+}

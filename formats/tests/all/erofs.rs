@@ -1,6 +1,7 @@
 //! EROFS: a tree with every shape the writer handles (inline and block tails, multi-block directories, long
-//! symlinks, hard links, extended inodes, odd names), read back by erofs-utils (`fsck.erofs --extract`,
-//! `dump.erofs`) and by the Linux kernel (a read-only loop device mounted as erofs).
+//! symlinks, hard links, extended inodes, odd names, files LZ4 compresses and files it does not, clusters that
+//! start anywhere in a logical cluster), read back by erofs-utils (`fsck.erofs --extract`, `dump.erofs`) and by
+//! the Linux kernel (a read-only loop device mounted as erofs), uncompressed and compressed.
 
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use kiln_formats::erofs::{Options, Plan, plan};
+use kiln_formats::erofs::{Options, Plan, pack, plan, plan_packed};
 use kiln_formats::ext4::{Meta, Source, Tree};
 
 use crate::common::{run, tool, xorshift_bytes};
@@ -64,6 +65,17 @@ fn sample() -> Sample {
             data,
         );
     }
+    // Text LZ4 compresses: small (two blocks into one), over many windows, a multiple of the block, and mixed
+    // with stretches it cannot compress (plain clusters among compressed ones, starts anywhere).
+    for (name, len) in [(&b"text-small"[..], 5000usize), (b"text-big", 3_000_017), (b"text-exact", 65_536)] {
+        file(&mut tree, &mut expect, store, s, name, 0o444, words(len as u64, len));
+    }
+    let mut mixed = Vec::new();
+    for i in 0..40u64 {
+        mixed.extend(words(i, 20_000 + i as usize * 37));
+        mixed.extend(xorshift_bytes(i + 100, 9_000 + i as usize * 101));
+    }
+    file(&mut tree, &mut expect, store, s, b"mixed", 0o555, mixed);
     // A file of zeros (holes in the image) with a non-zero tail.
     let mut zeros = vec![0u8; 1 << 20];
     zeros.extend_from_slice(b"end");
@@ -105,10 +117,45 @@ fn sample() -> Sample {
     Sample { tree, expect, linked }
 }
 
-fn build(sample: &Sample, dir: &Path) -> (Plan, PathBuf) {
+/// `len` bytes of text from a small vocabulary (compresses about 3:1 with LZ4).
+fn words(seed: u64, len: usize) -> Vec<u8> {
+    const VOCABULARY: [&str; 16] = [
+        "store ",
+        "path ",
+        "nix ",
+        "derivation ",
+        "closure\n",
+        "kernel ",
+        "initrd ",
+        "module ",
+        "the ",
+        "of ",
+        "and ",
+        "systemd ",
+        "boot ",
+        "image ",
+        "verity ",
+        "erofs\n",
+    ];
+    let picks: Vec<u8> = xorshift_bytes(seed + 7, len).collect();
+    let mut out = Vec::with_capacity(len + 16);
+    let mut i = 0;
+    while out.len() < len {
+        out.extend_from_slice(VOCABULARY[usize::from(picks[i % picks.len()] % 16)].as_bytes());
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+fn build(sample: &Sample, dir: &Path, compress: bool) -> (Plan, PathBuf) {
     let opts = Options { label: b"nix-store".to_vec(), uuid: [3; 16], timestamp: 1 };
-    let plan = plan(&sample.tree, &opts).unwrap();
-    let img = dir.join("store.erofs");
+    let plan = if compress {
+        plan_packed(&sample.tree, &opts, pack(&sample.tree).unwrap()).unwrap()
+    } else {
+        plan(&sample.tree, &opts).unwrap()
+    };
+    let img = dir.join(if compress { "store-lz4.erofs" } else { "store.erofs" });
     let f = std::fs::File::create(&img).unwrap();
     f.set_len(plan.size_bytes()).unwrap();
     plan.write(&sample.tree, &f, 0).unwrap();
@@ -161,9 +208,19 @@ fn brief(n: &Node) -> String {
 
 #[test]
 fn erofs_utils_check_and_extract_every_file() {
+    check_with_erofs_utils(false);
+}
+
+#[test]
+fn erofs_utils_check_and_extract_every_file_lz4() {
+    check_with_erofs_utils(true);
+}
+
+fn check_with_erofs_utils(compress: bool) {
     let sample = sample();
     let dir = tempfile::tempdir().unwrap();
-    let (_, img) = build(&sample, dir.path());
+    let (plan, img) = build(&sample, dir.path(), compress);
+    assert_eq!(plan.compressed(), compress);
     let out = dir.path().join("out");
     let fsck =
         run(Command::new(tool("fsck.erofs", "erofs-utils")).arg(format!("--extract={}", out.display())).arg(&img));
@@ -195,9 +252,32 @@ impl Drop for Loop {
 
 #[test]
 fn the_kernel_mounts_it_and_reads_every_file() {
+    mount_and_read(false);
+}
+
+#[test]
+fn the_kernel_mounts_it_and_reads_every_file_lz4() {
+    mount_and_read(true);
+}
+
+/// Compressed: smaller than the same tree uncompressed, which clusters are compressed and which plain
+/// depends on the bytes alone, and the image is the same from run to run.
+#[test]
+fn lz4_is_smaller_and_deterministic() {
     let sample = sample();
     let dir = tempfile::tempdir().unwrap();
-    let (_, img) = build(&sample, dir.path());
+    let (flat, _) = build(&sample, dir.path(), false);
+    let (packed, b) = build(&sample, dir.path(), true);
+    assert!(packed.size_bytes() * 10 < flat.size_bytes() * 8, "{} vs {}", packed.size_bytes(), flat.size_bytes());
+    let first = std::fs::read(&b).unwrap();
+    let (_, c) = build(&sample, dir.path(), true);
+    assert!(std::fs::read(c).unwrap() == first, "the same tree compresses to the same bytes");
+}
+
+fn mount_and_read(compress: bool) {
+    let sample = sample();
+    let dir = tempfile::tempdir().unwrap();
+    let (_, img) = build(&sample, dir.path(), compress);
     let losetup = run(Command::new(tool("losetup", "mount")).args(["-f", "--show", "-r"]).arg(&img));
     assert!(losetup.ok, "losetup (the test runs as root): {}", losetup.text);
     let mut lo = Loop { dev: losetup.text.trim().to_owned(), mnt: None };
