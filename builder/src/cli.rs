@@ -179,6 +179,12 @@ pub struct BuildArgs {
     #[arg(long, value_name = "FILE", requires = "uki")]
     pub uki_stub: Option<PathBuf>,
 
+    /// Compress the read-only store of `--layout efi-verity` (EROFS): files LZ4 shrinks by at least a block are
+    /// stored in 4 KiB LZ4 clusters the kernel decompresses on read (as `mkfs.erofs -zlz4`); the rest as they
+    /// are.
+    #[arg(long, value_enum, value_name = "C", default_value_t = StoreCompression::None)]
+    pub store_compression: StoreCompression,
+
     /// Replace the output if it exists.
     #[arg(long)]
     pub force: bool,
@@ -321,6 +327,16 @@ pub enum Format {
     Gce,
     /// An AMI bundle: disk plus `image-info.json`.
     Ami,
+}
+
+/// How the store partition of `efi-verity` is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreCompression {
+    /// Every file as it is.
+    None,
+    /// LZ4 clusters (needs a kernel with `CONFIG_EROFS_FS_ZIP`, which NixOS's has).
+    Lz4,
 }
 
 /// Partition layouts, named as in nixpkgs' make-disk-image.

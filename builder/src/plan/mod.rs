@@ -263,10 +263,83 @@ fn store_fs(
     let (tree, nodes) = rootfs::store_tree(&r.store, &r.inventory, i64::from(opts.timestamp))?;
     let options =
         erofs::Options { label: disk::STORE_LABEL.as_bytes().to_vec(), uuid: seed.uuid("erofs-uuid"), timestamp: 1 };
-    let plan = erofs::plan(&tree, &options).context("planning the store filesystem")?;
+    let packed = if opts.store_lz4 { pack_store(r, &tree, &nodes)? } else { Vec::new() };
+    let plan = erofs::plan_packed(&tree, &options, packed).context("planning the store filesystem")?;
     let salt = seed.derive("verity-salt");
     let verity = Verity::new(plan.size_bytes(), &salt, seed.uuid("verity-uuid")).context("planning the hash tree")?;
     Ok((tree, nodes, plan, verity))
+}
+
+/// Compresses every store file LZ4 shrinks by a block (each inode once, store paths in parallel), for the plan
+/// of a compressed store: per tree node, the clusters of a file stored compressed. Only the clusters' places in
+/// the files are kept; the data pass compresses each file again as it copies it (the same bytes give the same
+/// clusters, and a file that changed in between fails the build there).
+fn pack_store(r: &Resolved, tree: &ext4::Tree, nodes: &[Vec<ext4::NodeId>]) -> Result<Vec<Vec<erofs::lz4::Extent>>> {
+    use rayon::prelude::*;
+    use std::io::Read;
+    // Each node's first name.
+    let mut seen = vec![false; tree.len()];
+    let mut work: Vec<(usize, Vec<(usize, ext4::NodeId)>)> = Vec::new();
+    for (pi, p) in r.inventory.paths.iter().enumerate() {
+        let mut files = Vec::new();
+        for (ei, e) in p.entries.iter().enumerate() {
+            let node = nodes[pi][ei];
+            if let crate::inventory::Kind::File { size, .. } = e.kind
+                && size > erofs::BLOCK
+                && !std::mem::replace(&mut seen[node as usize], true)
+            {
+                files.push((ei, node));
+            }
+        }
+        if !files.is_empty() {
+            work.push((pi, files));
+        }
+    }
+    let packed: Vec<Vec<(ext4::NodeId, Vec<erofs::lz4::Extent>)>> = work
+        .par_iter()
+        .map(|(pi, files)| -> Result<_> {
+            let p = &r.inventory.paths[*pi];
+            let root = r.store.physical(&p.path);
+            let opener = crate::store::StoreFiles::new(&root)?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut out = Vec::new();
+            let mut done = Vec::with_capacity(files.len());
+            for &(ei, node) in files {
+                let e = &p.entries[ei];
+                let shown = || crate::store::entry_path(&root, &e.rel).display().to_string();
+                let crate::inventory::Kind::File { size, .. } = e.kind else { unreachable!("files only") };
+                let mut file = opener.open(&e.rel).with_context(shown)?;
+                let mut c = erofs::lz4::Compressor::new();
+                let mut read = 0u64;
+                loop {
+                    let n = file.read(&mut buf).with_context(shown)?;
+                    if n == 0 {
+                        break;
+                    }
+                    read += n as u64;
+                    if read > size {
+                        break;
+                    }
+                    c.push(&buf[..n], &mut out);
+                    out.clear();
+                }
+                if read != size {
+                    bail!("{}: changed while the image was planned: listed with {size} bytes, read {read}", shown());
+                }
+                let extents = c.finish(&mut out);
+                out.clear();
+                if erofs::lz4::worth_it(size, extents.len()) {
+                    done.push((node, extents));
+                }
+            }
+            Ok(done)
+        })
+        .collect::<Result<_>>()?;
+    let mut per_node = vec![Vec::new(); tree.len()];
+    for (node, extents) in packed.into_iter().flatten() {
+        per_node[node as usize] = extents;
+    }
+    Ok(per_node)
 }
 
 /// The root filesystem's tree: the store (unless `with_store` is false: an empty `/nix/store` to mount it on),

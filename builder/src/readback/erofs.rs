@@ -1,7 +1,7 @@
 //! Reading an uncompressed EROFS filesystem back (the store partition of `efi-verity`): written here from the
 //! on-disk format (the kernel's `Documentation/filesystems/erofs.rst`), sharing no code with the writer in
-//! `kiln-formats`. Flat layouts only (plain and inline tails), which is all kiln writes; anything else is an
-//! error naming the inode.
+//! `kiln-formats`. Flat layouts (plain and inline tails) and LZ4-compressed files with full cluster maps, which
+//! is all kiln writes; anything else is an error naming the inode. Clusters are decompressed by liblz4.
 
 use anyhow::{Context, Result, bail};
 use kiln_formats::disk::Bytes;
@@ -45,6 +45,8 @@ pub struct Inode {
     pub size: u64,
     /// Inline tail (layout 2) or none (layout 0).
     inline: bool,
+    /// LZ4-compressed with a full cluster map (layout 1).
+    compressed: bool,
     blkaddr: u64,
     /// Byte offset (in the filesystem) of the data after the inode.
     tail_at: u64,
@@ -106,8 +108,8 @@ impl Erofs {
         self.read("an EROFS inode", at, &mut b[..32])?;
         let format = le16(&b, 0);
         let layout = (format >> 1) & 7;
-        if layout != 0 && layout != 2 {
-            bail!("EROFS inode {nid}: data layout {layout} (kiln reads flat layouts 0 and 2)");
+        if layout > 2 {
+            bail!("EROFS inode {nid}: data layout {layout} (kiln reads flat layouts 0 and 2 and full cluster maps, 1)");
         }
         let extended = format & 1 == 1;
         if extended {
@@ -125,6 +127,7 @@ impl Erofs {
             nlink: 0,
             size: 0,
             inline: layout == 2,
+            compressed: layout == 1,
             blkaddr: u64::from(le32(&b, 0x10)),
             tail_at: at + isize + xattr_bytes,
         };
@@ -160,6 +163,9 @@ impl Erofs {
         if end > inode.size {
             bail!("EROFS inode {}: read to byte {end} of a {}-byte file", inode.nid, inode.size);
         }
+        if inode.compressed {
+            return self.read_compressed(inode, offset, buf);
+        }
         let blocks_part = if inode.inline { inode.size / BLOCK * BLOCK } else { inode.size };
         let mut done = 0usize;
         if offset < blocks_part {
@@ -172,6 +178,74 @@ impl Erofs {
             let within = offset + done as u64 - blocks_part;
             self.read("EROFS inline data", inode.tail_at + within, &mut buf[done..])
                 .with_context(|| format!("EROFS inode {}", inode.nid))?;
+        }
+        Ok(())
+    }
+
+    /// A compressed file's clusters from its map: (first byte in the file, stored plain, block address), in file
+    /// order. Each logical cluster (4 KiB of the file) has an 8-byte index after the map header (which must say
+    /// LZ4 and 4 KiB logical clusters): type 0 (plain) or 1 (LZ4) where a cluster starts in it (at
+    /// `clusterofs`), type 2 where none does; a start at or past the end of the file only marks the end.
+    fn clusters(&self, inode: &Inode) -> Result<Vec<(u64, bool, u64)>> {
+        let map = inode.tail_at.next_multiple_of(8);
+        let mut header = [0u8; 8];
+        self.read("an EROFS cluster map", map, &mut header)?;
+        if header[6] & 0x0F != 0 || header[7] & 0x07 != 0 || le16(&header, 4) != 0 {
+            bail!(
+                "EROFS inode {}: cluster map header {header:02x?} (kiln reads LZ4, 4 KiB logical clusters, no options)",
+                inode.nid
+            );
+        }
+        let count = inode.size.div_ceil(BLOCK);
+        let mut indexes = vec![0u8; usize::try_from(count * 8)?];
+        self.read("an EROFS cluster map", map + 16, &mut indexes)?;
+        let mut out = Vec::new();
+        for (l, index) in indexes.chunks_exact(8).enumerate() {
+            let kind = le16(index, 0) & 3;
+            let start = l as u64 * BLOCK + u64::from(le16(index, 2));
+            match kind {
+                0 | 1 if start < inode.size => out.push((start, kind == 0, u64::from(le32(index, 4)))),
+                0..=2 => {}
+                _ => bail!("EROFS inode {}: logical cluster {l} has index type {kind}", inode.nid),
+            }
+        }
+        if out.first().map(|c| c.0) != Some(0) {
+            bail!("EROFS inode {}: no cluster starts at byte 0", inode.nid);
+        }
+        Ok(out)
+    }
+
+    fn read_compressed(&self, inode: &Inode, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let end = offset + buf.len() as u64;
+        let clusters = self.clusters(inode)?;
+        let mut block = vec![0u8; BLOCK as usize];
+        for (i, &(start, plain, blkaddr)) in clusters.iter().enumerate() {
+            let stop = clusters.get(i + 1).map_or(inode.size, |c| c.0);
+            if stop <= offset || start >= end {
+                continue;
+            }
+            self.read("an EROFS cluster", blkaddr * BLOCK, &mut block)
+                .with_context(|| format!("EROFS inode {}", inode.nid))?;
+            let len = usize::try_from(stop - start)?;
+            let data = if plain {
+                if len > block.len() {
+                    bail!("EROFS inode {}: plain cluster {i} covers {len} bytes", inode.nid);
+                }
+                block[..len].to_vec()
+            } else {
+                let from = block.iter().position(|&b| b != 0).unwrap_or(block.len());
+                let mut data = vec![0u8; len];
+                let n = lzzzz::lz4::decompress(&block[from..], &mut data).map_err(|e| {
+                    anyhow::anyhow!("EROFS inode {}: cluster {i} (block {blkaddr}) does not decompress: {e}", inode.nid)
+                })?;
+                if n != len {
+                    bail!("EROFS inode {}: cluster {i} (block {blkaddr}) holds {n} bytes, not {len}", inode.nid);
+                }
+                data
+            };
+            let (a, b) = (start.max(offset), stop.min(end));
+            buf[(a - offset) as usize..(b - offset) as usize]
+                .copy_from_slice(&data[(a - start) as usize..(b - start) as usize]);
         }
         Ok(())
     }

@@ -48,6 +48,8 @@ pub struct Options {
     pub registration_file: bool,
     /// Unified Kernel Images instead of entry files (`--uki`), and their stub (`--uki-stub`; else the closure's).
     pub uki: Option<crate::boot::systemd_boot::UkiStub>,
+    /// Whether the efi-verity store is LZ4-compressed (`--store-compression lz4`).
+    pub store_lz4: bool,
     /// ESP size (default 512 MiB).
     pub esp_size: Option<u64>,
     /// GRUB package directory, instead of the closure's.
@@ -143,6 +145,7 @@ impl Options {
             verify_hashes: !args.no_verify_hashes,
             registration_file: args.registration_file,
             uki: uki(args, layout)?,
+            store_lz4: store_lz4(args, layout)?,
             esp_size: args.esp_size.or(p.and_then(|p| p.esp_size.map(|b| b.get()))),
             grub: args.grub.clone(),
             default_specialisation: args.default_specialisation.clone(),
@@ -158,6 +161,17 @@ impl Options {
     #[must_use]
     pub fn custom_partitions(&self) -> Option<&[crate::profile::PartitionSpec]> {
         self.base.profile.as_ref().and_then(|p| p.partitions.as_deref()).filter(|_| self.layout == Some(Layout::Custom))
+    }
+}
+
+/// `--store-compression`: only for the layout with a store partition.
+fn store_lz4(args: &BuildArgs, layout: Option<Layout>) -> Result<bool> {
+    match args.store_compression {
+        crate::cli::StoreCompression::None => Ok(false),
+        crate::cli::StoreCompression::Lz4 if layout == Some(Layout::EfiVerity) => Ok(true),
+        crate::cli::StoreCompression::Lz4 => bail!(
+            "--store-compression lz4: only --layout efi-verity has a store filesystem of its own (EROFS) to compress"
+        ),
     }
 }
 

@@ -56,6 +56,14 @@ impl<'a> StorePlan<'a> {
         }
     }
 
+    /// The clusters of a file stored compressed (none for ext4).
+    fn extents(self, node: ext4::NodeId) -> &'a [erofs::lz4::Extent] {
+        match self {
+            Self::Ext4(_) => &[],
+            Self::Erofs(p) => p.extents(node),
+        }
+    }
+
     fn job_of(self, node: ext4::NodeId) -> Option<usize> {
         match self {
             Self::Ext4(p) => p.job_of(node),
@@ -88,6 +96,18 @@ impl FileWriter<'_> {
         match self {
             Self::Ext4(w) => w.locate(offset),
             Self::Erofs(w) => w.locate(offset),
+        }
+    }
+
+    /// Whether the file is stored compressed (offsets are then into its clusters).
+    fn packed(&self) -> bool {
+        matches!(self, Self::Erofs(w) if w.packed())
+    }
+
+    fn size(&self) -> u64 {
+        match self {
+            Self::Ext4(w) => w.size(),
+            Self::Erofs(w) => w.size(),
         }
     }
 
@@ -148,6 +168,9 @@ pub fn copy_and_hash(
                 at: 0,
                 slack_ok: false,
                 pending: None,
+                packing: None,
+                scratch: Vec::new(),
+                packed_read: false,
             };
             let mut done = Vec::new();
             while !failed.load(Ordering::Relaxed) {
@@ -223,6 +246,25 @@ struct ImageTee<'a> {
     /// (may be covered with zeros to gather the next file after them).
     slack_ok: bool,
     pending: Option<Pending>,
+    /// The compression of the file being read, when this path writes it and it is stored compressed.
+    packing: Option<Packing>,
+    /// Where a compressed file's reads go.
+    scratch: Vec<u8>,
+    /// The last buffer handed out was `scratch`.
+    packed_read: bool,
+}
+
+/// A file being compressed as it is read: its clusters written as they are made.
+struct Packing {
+    node: ext4::NodeId,
+    compressor: erofs::lz4::Compressor,
+    /// Clusters made and not yet written.
+    out: Vec<u8>,
+    /// Bytes of clusters written.
+    written: u64,
+    /// Bytes of the file compressed.
+    fed: u64,
+    size: u64,
 }
 
 impl<'a> ImageTee<'a> {
@@ -247,6 +289,42 @@ impl<'a> ImageTee<'a> {
     }
 }
 
+impl ImageTee<'_> {
+    /// Compresses the next `bytes` of the file being read (stored compressed) and writes the clusters made; at
+    /// its end, checks they are the clusters planned.
+    fn pack(&mut self, bytes: &[u8]) -> Result<()> {
+        let Some((_, Some(w))) = self.current.as_ref() else { unreachable!("packing a file this path writes") };
+        let Some(p) = self.packing.as_mut() else {
+            // Done: only the read past the end (which finds nothing) comes after.
+            anyhow::ensure!(bytes.is_empty(), "a store file grew while it was copied");
+            return Ok(());
+        };
+        p.fed += bytes.len() as u64;
+        p.compressor.push(bytes, &mut p.out);
+        let done = p.fed >= p.size;
+        if done {
+            let extents = std::mem::take(&mut p.compressor).finish(&mut p.out);
+            if extents != self.plan.extents(p.node) {
+                anyhow::bail!(
+                    "a store file compressed to other clusters than when the image was planned ({} instead of {}): \
+                     it changed during the build",
+                    extents.len(),
+                    self.plan.extents(p.node).len()
+                );
+            }
+        }
+        if !p.out.is_empty() {
+            w.write_at(p.written, &p.out).context("writing compressed file data")?;
+            p.written += p.out.len() as u64;
+            p.out.clear();
+        }
+        if done {
+            self.packing = None;
+        }
+        Ok(())
+    }
+}
+
 impl<'a> ImageTee<'a> {
     /// Makes `entry` the file being read: claims its data job unless another name of its inode (an identical
     /// file of its link group) has, and returns whether this path writes it.
@@ -255,7 +333,16 @@ impl<'a> ImageTee<'a> {
             let node = self.nodes[entry];
             let plan = self.plan;
             let mine = plan.job_of(node).is_some_and(|j| !self.claimed[j].swap(true, Ordering::Relaxed));
-            self.current = Some((entry, mine.then(|| plan.file_writer(node, self.sink, self.base)).flatten()));
+            let writer = mine.then(|| plan.file_writer(node, self.sink, self.base)).flatten();
+            self.packing = writer.as_ref().filter(|w| w.packed()).map(|w| Packing {
+                node,
+                compressor: erofs::lz4::Compressor::new(),
+                out: Vec::new(),
+                written: 0,
+                fed: 0,
+                size: w.size(),
+            });
+            self.current = Some((entry, writer));
         }
         matches!(self.current, Some((_, Some(_))))
     }
@@ -264,15 +351,32 @@ impl<'a> ImageTee<'a> {
 impl crate::nar::Tee for ImageTee<'_> {
     fn hole(&mut self, entry: usize, len: u64) -> Result<()> {
         // The image reads as zeros there already; the job is claimed all the same (a file that is one hole is
-        // then done), and the bytes count as copied.
+        // then done), and the bytes count as copied. A compressed file's zeros are compressed with the rest.
         if self.select(entry) {
             self.meter.add(len);
+            if self.packing.is_some() {
+                let zeros = vec![0u8; CHUNK];
+                let mut left = len;
+                while left > 0 {
+                    let n = left.min(CHUNK as u64) as usize;
+                    self.pack(&zeros[..n])?;
+                    left -= n as u64;
+                }
+            }
         }
         Ok(())
     }
 
     fn buffer(&mut self, entry: usize, offset: u64, max: usize) -> Result<&mut [u8]> {
         self.select(entry);
+        self.packed_read = matches!(&self.current, Some((_, Some(w))) if w.packed());
+        if self.packed_read {
+            self.pending = None;
+            if self.scratch.len() < CHUNK {
+                self.scratch.resize(CHUNK, 0);
+            }
+            return Ok(&mut self.scratch[..max.min(CHUNK)]);
+        }
         let want = max.min(MIN_ROOM);
         let located = match &self.current {
             Some((_, Some(w))) => Some(w.locate(offset).context("read beyond the file's planned blocks")?),
@@ -307,6 +411,13 @@ impl crate::nar::Tee for ImageTee<'_> {
     }
 
     fn filled(&mut self, n: usize) -> Result<()> {
+        if std::mem::take(&mut self.packed_read) {
+            self.meter.add(n as u64);
+            let mut scratch = std::mem::take(&mut self.scratch);
+            let packed = self.pack(&scratch[..n]);
+            std::mem::swap(&mut self.scratch, &mut scratch);
+            return packed;
+        }
         let Some(p) = self.pending.take() else { return Ok(()) };
         self.meter.add(n as u64);
         let data = &self.buf[p.start..p.start + n];
