@@ -141,13 +141,13 @@ fn build(args: &BuildArgs) -> Result<()> {
             writeln!(out, "{line}")?;
         }
         (_, None) => write!(out, "{}", report.to_text())?,
-        (_, Some(w)) => summary(&mut out, &w, &sink)?,
+        (_, Some(w)) => summary(&mut out, &w, &report, &sink)?,
     }
     out.flush().context("writing to stdout")
 }
 
 /// The lines saying what a build wrote.
-fn summary(out: &mut impl Write, w: &Written, sink: &Timed) -> Result<()> {
+fn summary(out: &mut impl Write, w: &Written, report: &crate::report::Report, sink: &Timed) -> Result<()> {
     writeln!(out, "wrote {} ({}, {} bytes)", w.output.display(), value_name(w.format), w.file_bytes)?;
     writeln!(
         out,
@@ -156,6 +156,10 @@ fn summary(out: &mut impl Write, w: &Written, sink: &Timed) -> Result<()> {
         human_bytes(w.disk_bytes),
         human_bytes(w.allocated_bytes)
     )?;
+    let store = report.image.as_ref().and_then(|i| i.store.as_ref());
+    if let Some(root) = store.and_then(|s| s.root_hash.as_ref()) {
+        writeln!(out, "  root hash    {root}  (usrhash=, the store's dm-verity tree)")?;
+    }
     if let Some(sum) = &w.sha256 {
         writeln!(out, "  sha256       {sum}  {}", w.image.display())?;
     }
