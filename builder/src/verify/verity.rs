@@ -33,6 +33,27 @@ pub(crate) fn check(s: &Store<'_>, problems: &mut Vec<Problem>) -> Result<Option
             return Ok(None);
         }
     };
+    // A partition shorter than the superblock says is a clear error, not a failed read somewhere in the tree.
+    let (have_hash, have_data) = (s.hash.range.len().get(), s.data.range.len().get());
+    let need_data = tree.data_blocks * verity::BLOCK;
+    if have_hash < tree.hash_bytes() {
+        problem(
+            hash_name,
+            format!(
+                "holds {have_hash} bytes, but its superblock's tree of {} data blocks needs {}: truncated",
+                tree.data_blocks,
+                tree.hash_bytes()
+            ),
+        );
+        return Ok(None);
+    }
+    if have_data < need_data {
+        problem(
+            data_name,
+            format!("holds {have_data} bytes, but the hash tree on {hash_name} covers {need_data}: truncated"),
+        );
+        return Ok(None);
+    }
     let mut roots: Vec<(String, String)> = Vec::new();
     for (subject, line) in s.command_lines {
         match line.split(' ').find_map(|p| p.strip_prefix("usrhash=")) {
@@ -84,7 +105,10 @@ pub(crate) fn check(s: &Store<'_>, problems: &mut Vec<Problem>) -> Result<Option
             Ok(None)
         }
         Err(e @ verity::Error::HashMismatch { .. }) => {
-            problem(hash_name, format!("{e} (root hash {root_hex})"));
+            problem(
+                hash_name,
+                format!("{e}: the tree does not lead to the root hash {root_hex} the boot entries give"),
+            );
             Ok(None)
         }
         Err(e) => {

@@ -403,3 +403,72 @@ fn lz4_store_passes_the_checkers_and_boots_through_dm_verity() {
     refused.fails_with(&["--store-compression lz4", "efi-verity"]);
     assert!(!tmp.path().join("no.img").exists());
 }
+
+/// Bad input for `kiln verify` and `veritysetup verify`: a hash block changed (the tree no longer leads to the
+/// root hash the boot entries give) and a hash partition cut short (its superblock's tree does not fit), each a
+/// clear error naming the hash partition.
+#[test]
+fn a_wrong_root_hash_and_a_truncated_hash_partition_are_clear_errors() {
+    let (tmp, img) = build_demo_disk("efi-verity", &[]);
+    let p = parts(&img);
+    let hash = usrhash(&img, &p[0]);
+    let veritysetup = tools::require("veritysetup", "cryptsetup-bin");
+    // The top level's first block comes right after the superblock.
+    let tampered = tmp.path().join("tampered.img");
+    std::fs::copy(&img, &tampered).unwrap();
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&tampered).unwrap();
+    let at = p[1].start + 4096 + 3;
+    let mut byte = [0u8];
+    f.read_exact_at(&mut byte, at).unwrap();
+    f.write_all_at(&[byte[0] ^ 0x01], at).unwrap();
+    drop(f);
+    let run = kiln([std::ffi::OsStr::new("verify"), tampered.as_os_str()]);
+    let said = format!("{}{}", run.stdout, run.stderr);
+    assert!(!run.status.success(), "kiln verify accepted a changed hash block:\n{said}");
+    assert!(
+        said.contains("hash block 1 of the hash device does not match")
+            && said.contains(&format!("root hash {hash} the boot entries give")),
+        "{said}"
+    );
+    let (store, hashes) = (tmp.path().join("store.img"), tmp.path().join("hashes.img"));
+    copy_range(&tampered, p[2].start, p[2].size, &store).unwrap();
+    copy_range(&tampered, p[1].start, p[1].size, &hashes).unwrap();
+    let verify = tools::run(Command::new(&veritysetup).arg("verify").arg(&store).arg(&hashes).arg(&hash));
+    assert!(!verify.status.success(), "veritysetup accepted a changed hash block");
+    // The hash partition cut to one block less than its tree needs (sgdisk recreates it with the same type,
+    // GUID and name).
+    let truncated = tmp.path().join("truncated.img");
+    std::fs::copy(&img, &truncated).unwrap();
+    copy_range(&img, p[1].start, p[1].size, &hashes).unwrap();
+    let dump = text(&tools::run_ok(Command::new(&veritysetup).arg("dump").arg(&hashes)));
+    let data_blocks: u64 = dump
+        .lines()
+        .find_map(|l| l.strip_prefix("Data blocks:")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no data block count in:\n{dump}"));
+    // The superblock's block, then each level (128 sha256 hashes per 4 KiB block) up to one block.
+    let (mut level, mut tree_blocks) = (data_blocks, 1);
+    loop {
+        level = level.div_ceil(128);
+        tree_blocks += level;
+        if level == 1 {
+            break;
+        }
+    }
+    let first = p[1].start / 512;
+    let last = first + tree_blocks * 8 - 1 - 8;
+    let sgdisk = tools::require("sgdisk", "gdisk");
+    tools::run_ok(
+        Command::new(&sgdisk)
+            .args(["-d", "2", "-n", &format!("2:{first}:{last}"), "-t", &format!("2:{USR_VERITY_X86_64}")])
+            .args(["-u", &format!("2:{}", p[1].guid), "-c", "2:store-verity"])
+            .arg(&truncated),
+    );
+    let run = kiln([std::ffi::OsStr::new("verify"), truncated.as_os_str()]);
+    let said = format!("{}{}", run.stdout, run.stderr);
+    assert!(!run.status.success(), "kiln verify accepted a truncated hash partition:\n{said}");
+    assert!(
+        said.contains(&format!("but its superblock's tree of {data_blocks} data blocks needs"))
+            && said.contains("truncated"),
+        "{said}"
+    );
+}
