@@ -15,7 +15,7 @@ use kiln_tests::ext4::{Expect, Links, compare_tree, e2fsck_clean, ext4_view_comp
 use kiln_tests::trees::{TreeSize, random_tree};
 
 /// The host directory `dir` as a tree under `/data`, with the host's metadata.
-fn host_tree(dir: &Path) -> Tree {
+pub(crate) fn host_tree(dir: &Path) -> Tree {
     let meta =
         |m: &std::fs::Metadata| Meta { perm: (m.mode() & 0o7777) as u16, uid: m.uid(), gid: m.gid(), mtime: m.mtime() };
     let mut tree = Tree::new(Meta { perm: 0o755, uid: 0, gid: 0, mtime: 1 });

@@ -5,6 +5,7 @@ mod boot_kiln;
 mod boot_reference;
 mod cmdline_boot;
 mod dry_run;
+mod erofs_property;
 mod errors;
 mod ext4_build;
 mod ext4_checkers;
