@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -85,7 +85,8 @@ impl PathInventory {
         let mut host_inodes = Vec::new();
         let meta = std::fs::symlink_metadata(&root)
             .with_context(|| format!("{}: missing from store directory {}", path, store.root().display()))?;
-        visit(&root, PathBuf::new(), 0, meta, path, &mut entries, &mut host_inodes)?;
+        let at = At { physical: &root, parent: None };
+        visit(&at, PathBuf::new(), 0, Lstat::of_metadata(&meta), path, &mut entries, &mut host_inodes)?;
         Ok(Self { path: path.clone(), entries, host_inodes })
     }
 
@@ -135,64 +136,127 @@ fn check_depth(sp: &StorePath, rel: &Path, depth: usize) -> Result<()> {
     )
 }
 
+/// What the walk takes from an entry's `lstat`.
+#[derive(Debug, Clone, Copy)]
+struct Lstat {
+    /// `st_mode`: type and permissions.
+    mode: u32,
+    nlink: u64,
+    dev: u64,
+    ino: u64,
+    size: u64,
+    /// 512-byte blocks allocated.
+    blocks: u64,
+}
+
+impl Lstat {
+    fn of_metadata(m: &std::fs::Metadata) -> Self {
+        Self { mode: m.mode(), nlink: m.nlink(), dev: m.dev(), ino: m.ino(), size: m.len(), blocks: m.blocks() }
+    }
+
+    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)] // stat's field types differ between targets
+    fn of_stat(st: &rustix::fs::Stat) -> Self {
+        Self {
+            mode: st.st_mode as u32,
+            nlink: st.st_nlink as u64,
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            size: u64::try_from(st.st_size).unwrap_or(0),
+            blocks: u64::try_from(st.st_blocks).unwrap_or(0),
+        }
+    }
+}
+
+/// Where an entry is: its physical path (for messages, and for the store path's own root) and, below the
+/// root, its parent directory's descriptor and its name there, which every system call uses (no path walk
+/// from `/` per entry, and nothing under the store path followed).
+struct At<'a> {
+    physical: &'a Path,
+    parent: Option<(std::os::fd::BorrowedFd<'a>, &'a std::ffi::OsStr)>,
+}
+
 fn visit(
-    physical: &Path,
+    at: &At<'_>,
     rel: PathBuf,
     depth: usize,
-    meta: std::fs::Metadata,
+    meta: Lstat,
     sp: &StorePath,
     out: &mut Vec<Entry>,
     host_inodes: &mut Vec<(u32, u64, u64)>,
 ) -> Result<()> {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
     check_depth(sp, &rel, depth)?;
-    let ft = meta.file_type();
-    if meta.nlink() > 1 && ft.is_file() {
+    let physical = at.physical;
+    let ft = FileType::from_raw_mode(meta.mode);
+    if meta.nlink > 1 && ft == FileType::RegularFile {
         let index = u32::try_from(out.len()).context("more than 2^32 entries in one store path")?;
-        host_inodes.push((index, meta.dev(), meta.ino()));
+        host_inodes.push((index, meta.dev, meta.ino));
     }
-    let mode = meta.mode() & 0o7777;
-    let kind = if ft.is_file() {
-        // Proves the file can be read now, before anything is written (cheaper than opening it).
-        rustix::fs::access(physical, rustix::fs::Access::READ_OK)
+    let mode = meta.mode & 0o7777;
+    let kind = match ft {
+        FileType::RegularFile => {
+            // Proves the file can be read now, before anything is written (cheaper than opening it).
+            match at.parent {
+                Some((dir, name)) => rustix::fs::accessat(dir, name, rustix::fs::Access::READ_OK, AtFlags::empty()),
+                None => rustix::fs::access(physical, rustix::fs::Access::READ_OK),
+            }
             .map_err(std::io::Error::from)
             .with_context(|| format!("{}: cannot read", physical.display()))?;
-        Kind::File { size: meta.len(), executable: mode & 0o100 != 0, sparse: meta.blocks() * 512 < meta.len() }
-    } else if ft.is_symlink() {
-        let target =
-            std::fs::read_link(physical).with_context(|| format!("{}: cannot read symlink", physical.display()))?;
-        Kind::Symlink { target }
-    } else if ft.is_dir() {
-        Kind::Dir
-    } else {
-        let what = if ft.is_fifo() {
-            "fifo"
-        } else if ft.is_socket() {
-            "socket"
-        } else if ft.is_block_device() {
-            "block device"
-        } else if ft.is_char_device() {
-            "character device"
-        } else {
-            "unknown"
-        };
-        bail!(
-            "{}: unsupported file type {what} in store path {sp} (a store holds only regular files, directories \
-             and symlinks)",
-            physical.display()
-        );
+            Kind::File { size: meta.size, executable: mode & 0o100 != 0, sparse: meta.blocks * 512 < meta.size }
+        }
+        FileType::Symlink => {
+            let target = match at.parent {
+                Some((dir, name)) => rustix::fs::readlinkat(dir, name, Vec::new())
+                    .map(|t| PathBuf::from(std::ffi::OsStr::from_bytes(t.as_bytes())))
+                    .map_err(std::io::Error::from),
+                None => std::fs::read_link(physical),
+            }
+            .with_context(|| format!("{}: cannot read symlink", physical.display()))?;
+            Kind::Symlink { target }
+        }
+        FileType::Directory => Kind::Dir,
+        other => {
+            let what = match other {
+                FileType::Fifo => "fifo",
+                FileType::Socket => "socket",
+                FileType::BlockDevice => "block device",
+                FileType::CharacterDevice => "character device",
+                _ => "unknown",
+            };
+            bail!(
+                "{}: unsupported file type {what} in store path {sp} (a store holds only regular files, \
+                 directories and symlinks)",
+                physical.display()
+            );
+        }
     };
     let is_dir = kind == Kind::Dir;
     out.push(Entry { rel: rel.clone(), kind, mode, link_group: None });
     if is_dir {
-        let mut names: Vec<OsString> = std::fs::read_dir(physical)
-            .and_then(|rd| rd.map(|e| e.map(|e| e.file_name())).collect())
-            .with_context(|| format!("{}: cannot read directory", physical.display()))?;
+        let cannot = || format!("{}: cannot read directory", physical.display());
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = match at.parent {
+            Some((dir, name)) => rustix::fs::openat(dir, name, flags, Mode::empty()),
+            None => rustix::fs::open(physical, flags, Mode::empty()),
+        }
+        .map_err(std::io::Error::from)
+        .with_context(cannot)?;
+        let mut names: Vec<OsString> = Vec::new();
+        for e in rustix::fs::Dir::read_from(&fd).map_err(std::io::Error::from).with_context(cannot)? {
+            let e = e.map_err(std::io::Error::from).with_context(cannot)?;
+            let name = e.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                names.push(OsString::from(std::ffi::OsStr::from_bytes(name)));
+            }
+        }
         names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         for name in names {
             let child = physical.join(&name);
-            let meta =
-                std::fs::symlink_metadata(&child).with_context(|| format!("{}: cannot stat", child.display()))?;
-            visit(&child, rel.join(&name), depth + 1, meta, sp, out, host_inodes)?;
+            let st = rustix::fs::statat(&fd, &name, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(std::io::Error::from)
+                .with_context(|| format!("{}: cannot stat", child.display()))?;
+            let child_at = At { physical: &child, parent: Some((std::os::fd::AsFd::as_fd(&fd), &name)) };
+            visit(&child_at, rel.join(&name), depth + 1, Lstat::of_stat(&st), sp, out, host_inodes)?;
         }
     }
     Ok(())
