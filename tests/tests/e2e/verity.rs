@@ -113,6 +113,18 @@ fn same_as_fixture_store(found: &Path, who: &str) {
     assert_eq!(got.len(), want.len(), "{who}: extra entries");
 }
 
+/// `fsck.erofs --extract` of the store filesystem `store` (into `dir`) succeeds and gives the fixture's store.
+fn extracted_is_the_fixture_store(store: &Path, dir: &Path, who: &str) {
+    let out = dir.join("extracted");
+    let fsck = tools::run(
+        Command::new(tools::require("fsck.erofs", "erofs-utils"))
+            .arg(format!("--extract={}", out.display()))
+            .arg(store),
+    );
+    assert!(fsck.status.success(), "fsck.erofs: {}", text(&fsck));
+    same_as_fixture_store(&out.join("nix/store"), who);
+}
+
 #[test]
 fn efi_verity_disk_passes_every_checker_and_boots_through_dm_verity() {
     let (tmp, img) = build_demo_disk("efi-verity", &[]);
@@ -139,14 +151,7 @@ fn efi_verity_disk_passes_every_checker_and_boots_through_dm_verity() {
     let dump = tools::run_ok(Command::new(&veritysetup).arg("dump").arg(&hashes));
     let dump = text(&dump);
     assert!(dump.contains("Hash algorithm:  \tsha256") && dump.contains("Hash type:       \t1"), "{dump}");
-    let out = tmp.path().join("extracted");
-    let fsck = tools::run(
-        Command::new(tools::require("fsck.erofs", "erofs-utils"))
-            .arg(format!("--extract={}", out.display()))
-            .arg(&store),
-    );
-    assert!(fsck.status.success(), "fsck.erofs: {}", text(&fsck));
-    same_as_fixture_store(&out.join("nix/store"), "fsck.erofs --extract");
+    extracted_is_the_fixture_store(&store, tmp.path(), "fsck.erofs --extract");
     // kiln verify reads the store from the EROFS partition (every narHash) and checks the tree and root hash.
     let verified = kiln([std::ffi::OsStr::new("verify"), img.as_os_str()]).ok();
     assert!(verified.contains(&format!("and root hash {hash}")), "{verified}");
@@ -364,14 +369,7 @@ fn lz4_store_passes_the_checkers_and_boots_through_dm_verity() {
     copy_range(&img, p[1].start, p[1].size, &hashes).unwrap();
     let dump = tools::run(Command::new(tools::require("dump.erofs", "erofs-utils")).arg("-s").arg(&store));
     assert!(text(&dump).contains("0padding"), "an LZ4 store: {}", text(&dump));
-    let out = tmp.path().join("extracted");
-    let fsck = tools::run(
-        Command::new(tools::require("fsck.erofs", "erofs-utils"))
-            .arg(format!("--extract={}", out.display()))
-            .arg(&store),
-    );
-    assert!(fsck.status.success(), "fsck.erofs: {}", text(&fsck));
-    same_as_fixture_store(&out.join("nix/store"), "fsck.erofs --extract (lz4)");
+    extracted_is_the_fixture_store(&store, tmp.path(), "fsck.erofs --extract (lz4)");
     let veritysetup = tools::require("veritysetup", "cryptsetup-bin");
     let verify = tools::run(Command::new(&veritysetup).arg("verify").arg(&store).arg(&hashes).arg(&hash));
     assert!(verify.status.success(), "veritysetup verify: {}", text(&verify));
