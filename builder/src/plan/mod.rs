@@ -89,6 +89,28 @@ pub struct StoreFs {
     pub verity: Verity,
     /// The hash partition's byte offset in the image.
     pub verity_offset: u64,
+    /// The compressed files' clusters, made while planning (`--store-compression lz4` with an output).
+    pub staged: Option<Staged>,
+}
+
+/// The clusters of a compressed store's files, made once while planning and kept in an unnamed temporary file
+/// beside the output until the data pass copies them into place.
+#[derive(Debug)]
+pub struct Staged {
+    /// The temporary file.
+    pub file: std::fs::File,
+    /// Per tree node (default for a node not stored compressed): where its clusters are in the file.
+    pub files: Vec<StagedFile>,
+}
+
+/// One compressed file's clusters in the staging file, and what they were made from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StagedFile {
+    /// (byte offset in the staging file, bytes) of its clusters, in order.
+    pub runs: Vec<(u64, u64)>,
+    /// XXH3-128 of the file's bytes when they were compressed: the data pass, which reads the file again to
+    /// check its narHash, proves with it that the clusters are of the bytes it checked.
+    pub digest: u128,
 }
 
 /// What the kernel command line says until the store's root hash is known: `usrhash=` and 64 zeros, replaced
@@ -218,7 +240,7 @@ fn plan_image(r: &Resolved, opts: &Options, p: &Planning<'_>) -> Result<(RootFs,
     let (tree, nodes) = root_tree(r, opts, p, !verity)?;
     let store = if verity { Some(store_fs(r, opts, p.seed)?) } else { None };
     let store_sizes =
-        store.as_ref().map(|(_, _, plan, v)| disk::StoreSizes { fs: plan.size_bytes(), hash: v.hash_bytes() });
+        store.as_ref().map(|(_, _, plan, v, _)| disk::StoreSizes { fs: plan.size_bytes(), hash: v.hash_bytes() });
     let custom = opts.custom_partitions();
     let label = custom_label(custom, Role::Root).map_or(ROOT_LABEL, str::as_bytes);
     let mut options =
@@ -245,9 +267,10 @@ fn plan_image(r: &Resolved, opts: &Options, p: &Planning<'_>) -> Result<(RootFs,
         None => None,
     };
     let offset = layout.byte_range(numbers.root).expect("root partition").start.get();
-    let store = store.map(|(tree, nodes, plan, verity)| {
+    let store = store.map(|(tree, nodes, plan, verity, staged)| {
         let at = |n: Option<usize>| layout.byte_range(n.expect("store partitions")).expect("planned").start.get();
-        StoreFs { tree, nodes, plan, offset: at(numbers.store), verity, verity_offset: at(numbers.store_verity) }
+        let (offset, verity_offset) = (at(numbers.store), at(numbers.store_verity));
+        StoreFs { tree, nodes, plan, offset, verity, verity_offset, staged }
     });
     let root = RootFs { tree, nodes, plan, options, offset };
     Ok((root, store, Some(Disk { layout, numbers, boot_fs, swaps, grub })))
@@ -259,22 +282,63 @@ fn store_fs(
     r: &Resolved,
     opts: &Options,
     seed: &Seed,
-) -> Result<(ext4::Tree, Vec<Vec<ext4::NodeId>>, erofs::Plan, Verity)> {
+) -> Result<(ext4::Tree, Vec<Vec<ext4::NodeId>>, erofs::Plan, Verity, Option<Staged>)> {
     let (tree, nodes) = rootfs::store_tree(&r.store, &r.inventory, i64::from(opts.timestamp))?;
     let options =
         erofs::Options { label: disk::STORE_LABEL.as_bytes().to_vec(), uuid: seed.uuid("erofs-uuid"), timestamp: 1 };
-    let packed = if opts.store_lz4 { pack_store(r, &tree, &nodes)? } else { Vec::new() };
+    let (packed, staged) = if opts.store_lz4 {
+        // The clusters are staged beside the output (the same filesystem: copied into place in the kernel).
+        let stage = match &opts.output {
+            Some(out) => {
+                let dir = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+                Some(
+                    tempfile::tempfile_in(dir)
+                        .with_context(|| format!("{}: cannot make a staging file", dir.display()))?,
+                )
+            }
+            None => None,
+        };
+        let (packed, files) = pack_store(r, &tree, &nodes, stage.as_ref())?;
+        (packed, stage.map(|file| Staged { file, files }))
+    } else {
+        (Vec::new(), None)
+    };
     let plan = erofs::plan_packed(&tree, &options, packed).context("planning the store filesystem")?;
     let salt = seed.derive("verity-salt");
     let verity = Verity::new(plan.size_bytes(), &salt, seed.uuid("verity-uuid")).context("planning the hash tree")?;
-    Ok((tree, nodes, plan, verity))
+    Ok((tree, nodes, plan, verity, staged))
 }
 
+/// Bytes of clusters gathered before they are written to the staging file.
+const STAGE_RUN: usize = 1 << 20;
+
+/// Per tree node: the clusters of a file stored compressed, and where they were staged.
+type Packed = (Vec<Vec<erofs::lz4::Extent>>, Vec<StagedFile>);
+
 /// Compresses every store file LZ4 shrinks by a block (each inode once, store paths in parallel), for the plan
-/// of a compressed store: per tree node, the clusters of a file stored compressed. Only the clusters' places in
-/// the files are kept; the data pass compresses each file again as it copies it (the same bytes give the same
-/// clusters, and a file that changed in between fails the build there).
-fn pack_store(r: &Resolved, tree: &ext4::Tree, nodes: &[Vec<ext4::NodeId>]) -> Result<Vec<Vec<erofs::lz4::Extent>>> {
+/// of a compressed store: per tree node, the clusters of a file stored compressed. With a `stage` file the
+/// clusters are written there (the data pass copies them into place once it has read the file again, checked
+/// its narHash and found the same bytes); without one (a dry run) only their places are kept.
+fn pack_store(
+    r: &Resolved,
+    tree: &ext4::Tree,
+    nodes: &[Vec<ext4::NodeId>],
+    stage: Option<&std::fs::File>,
+) -> Result<Packed> {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let cursor = AtomicU64::new(0);
+    let put = |out: &mut Vec<u8>, runs: &mut Vec<(u64, u64)>| -> Result<()> {
+        if let Some(f) = stage
+            && !out.is_empty()
+        {
+            let at = cursor.fetch_add(out.len() as u64, Ordering::Relaxed);
+            f.write_all_at(out, at).context("writing the staging file of the compressed store")?;
+            runs.push((at, out.len() as u64));
+        }
+        out.clear();
+        Ok(())
+    };
     use rayon::prelude::*;
     use std::io::Read;
     // Each node's first name.
@@ -295,7 +359,7 @@ fn pack_store(r: &Resolved, tree: &ext4::Tree, nodes: &[Vec<ext4::NodeId>]) -> R
             work.push((pi, files));
         }
     }
-    let packed: Vec<Vec<(ext4::NodeId, Vec<erofs::lz4::Extent>)>> = work
+    let packed: Vec<Vec<(ext4::NodeId, Vec<erofs::lz4::Extent>, StagedFile)>> = work
         .par_iter()
         .map(|(pi, files)| -> Result<_> {
             let p = &r.inventory.paths[*pi];
@@ -310,6 +374,8 @@ fn pack_store(r: &Resolved, tree: &ext4::Tree, nodes: &[Vec<ext4::NodeId>]) -> R
                 let crate::inventory::Kind::File { size, .. } = e.kind else { unreachable!("files only") };
                 let mut file = opener.open(&e.rel).with_context(shown)?;
                 let mut c = erofs::lz4::Compressor::new();
+                let mut digest = xxhash_rust::xxh3::Xxh3::new();
+                let mut runs = Vec::new();
                 let mut read = 0u64;
                 loop {
                     let n = file.read(&mut buf).with_context(shown)?;
@@ -320,26 +386,32 @@ fn pack_store(r: &Resolved, tree: &ext4::Tree, nodes: &[Vec<ext4::NodeId>]) -> R
                     if read > size {
                         break;
                     }
+                    digest.update(&buf[..n]);
                     c.push(&buf[..n], &mut out);
-                    out.clear();
+                    if out.len() >= STAGE_RUN {
+                        put(&mut out, &mut runs)?;
+                    }
                 }
                 if read != size {
                     bail!("{}: changed while the image was planned: listed with {size} bytes, read {read}", shown());
                 }
                 let extents = c.finish(&mut out);
-                out.clear();
                 if erofs::lz4::worth_it(size, extents.len()) {
-                    done.push((node, extents));
+                    put(&mut out, &mut runs)?;
+                    done.push((node, extents, StagedFile { runs, digest: digest.digest128() }));
                 }
+                out.clear();
             }
             Ok(done)
         })
         .collect::<Result<_>>()?;
     let mut per_node = vec![Vec::new(); tree.len()];
-    for (node, extents) in packed.into_iter().flatten() {
+    let mut staged = vec![StagedFile::default(); tree.len()];
+    for (node, extents, file) in packed.into_iter().flatten() {
         per_node[node as usize] = extents;
+        staged[node as usize] = file;
     }
-    Ok(per_node)
+    Ok((per_node, staged))
 }
 
 /// The root filesystem's tree: the store (unless `with_store` is false: an empty `/nix/store` to mount it on),

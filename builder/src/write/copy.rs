@@ -36,6 +36,8 @@ pub struct Job<'a> {
     pub plan: StorePlan<'a>,
     /// The root filesystem's offset in the image.
     pub base: u64,
+    /// The compressed files' clusters, staged while planning (a compressed store).
+    pub staged: Option<&'a crate::plan::Staged>,
 }
 
 /// The plan of the filesystem the store is copied into: the root filesystem's (ext4), or the store's own
@@ -143,7 +145,7 @@ pub fn copy_and_hash(
     self_hashed: &[bool],
     meter: &Meter<'_>,
 ) -> Result<(Vec<NarInfo>, Vec<AtomicBool>)> {
-    let Job { r, nodes, plan, base } = *job;
+    let Job { r, nodes, plan, base, staged } = *job;
     let claimed: Vec<AtomicBool> = (0..plan.jobs()).map(|_| AtomicBool::new(false)).collect();
     let paths = &r.inventory.paths;
     let mut order: Vec<(u64, usize)> = paths.iter().enumerate().map(|(i, p)| (p.counts().bytes, i)).collect();
@@ -169,6 +171,7 @@ pub fn copy_and_hash(
                 slack_ok: false,
                 pending: None,
                 packing: None,
+                staged,
                 scratch: Vec::new(),
                 packed_read: false,
             };
@@ -248,6 +251,8 @@ struct ImageTee<'a> {
     pending: Option<Pending>,
     /// The compression of the file being read, when this path writes it and it is stored compressed.
     packing: Option<Packing>,
+    /// Clusters made while planning: copied into place instead of compressing again.
+    staged: Option<&'a crate::plan::Staged>,
     /// Where a compressed file's reads go.
     scratch: Vec<u8>,
     /// The last buffer handed out was `scratch`.
@@ -257,6 +262,8 @@ struct ImageTee<'a> {
 /// A file being compressed as it is read: its clusters written as they are made.
 struct Packing {
     node: ext4::NodeId,
+    /// With staged clusters: the digest of the bytes read, to compare with the staged one.
+    digest: Option<xxhash_rust::xxh3::Xxh3>,
     compressor: erofs::lz4::Compressor,
     /// Clusters made and not yet written.
     out: Vec<u8>,
@@ -300,6 +307,24 @@ impl ImageTee<'_> {
             return Ok(());
         };
         p.fed += bytes.len() as u64;
+        if let Some(digest) = &mut p.digest {
+            digest.update(bytes);
+            if p.fed < p.size {
+                return Ok(());
+            }
+            let staged = &self.staged.expect("a digest only with staged clusters").files[p.node as usize];
+            anyhow::ensure!(
+                digest.digest128() == staged.digest,
+                "a store file is not what it was when the image was planned: it changed during the build"
+            );
+            let (mut to, _) = w.locate(0).expect("a compressed file has clusters");
+            for &(from, len) in &staged.runs {
+                copy_range(&self.staged.expect("staged").file, from, self.sink, to, len)?;
+                to += len;
+            }
+            self.packing = None;
+            return Ok(());
+        }
         p.compressor.push(bytes, &mut p.out);
         let done = p.fed >= p.size;
         if done {
@@ -325,6 +350,30 @@ impl ImageTee<'_> {
     }
 }
 
+/// Copies `len` bytes at `from` in `src` to `to` in `dst`: in the kernel where it can (the staging file is on
+/// the output's filesystem), else through a buffer.
+fn copy_range(src: &File, mut from: u64, dst: &File, mut to: u64, mut len: u64) -> Result<()> {
+    while len > 0 {
+        let want = usize::try_from(len.min(1 << 30)).expect("at most 1 GiB");
+        match rustix::fs::copy_file_range(src, Some(&mut from), dst, Some(&mut to), want) {
+            Ok(0) => anyhow::bail!("the staging file of the compressed store ends early (at byte {from})"),
+            Ok(n) => len -= n as u64,
+            Err(rustix::io::Errno::XDEV | rustix::io::Errno::NOSYS | rustix::io::Errno::INVAL) => {
+                let mut buf = vec![0u8; want.min(1 << 20)];
+                src.read_exact_at(&mut buf, from).context("reading the staging file of the compressed store")?;
+                dst.write_all_at(&buf, to).with_context(|| format!("writing compressed file data at {to}"))?;
+                from += buf.len() as u64;
+                to += buf.len() as u64;
+                len -= buf.len() as u64;
+            }
+            Err(e) => {
+                return Err(std::io::Error::from(e)).context("copying compressed file data into the image");
+            }
+        }
+    }
+    Ok(())
+}
+
 impl<'a> ImageTee<'a> {
     /// Makes `entry` the file being read: claims its data job unless another name of its inode (an identical
     /// file of its link group) has, and returns whether this path writes it.
@@ -334,8 +383,10 @@ impl<'a> ImageTee<'a> {
             let plan = self.plan;
             let mine = plan.job_of(node).is_some_and(|j| !self.claimed[j].swap(true, Ordering::Relaxed));
             let writer = mine.then(|| plan.file_writer(node, self.sink, self.base)).flatten();
+            let staged = self.staged.is_some();
             self.packing = writer.as_ref().filter(|w| w.packed()).map(|w| Packing {
                 node,
+                digest: staged.then(xxhash_rust::xxh3::Xxh3::new),
                 compressor: erofs::lz4::Compressor::new(),
                 out: Vec::new(),
                 written: 0,

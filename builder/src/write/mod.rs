@@ -40,8 +40,20 @@ pub fn write(
     let root = &plan.root;
     let meter = Meter::new(progress, Phase::Write, r.inventory.totals.unique_bytes);
     let job = match &plan.store {
-        Some(s) => copy::Job { r, nodes: &s.nodes, plan: copy::StorePlan::Erofs(&s.plan), base: s.offset },
-        None => copy::Job { r, nodes: &root.nodes, plan: copy::StorePlan::Ext4(&root.plan), base: root.offset },
+        Some(s) => copy::Job {
+            r,
+            nodes: &s.nodes,
+            plan: copy::StorePlan::Erofs(&s.plan),
+            base: s.offset,
+            staged: s.staged.as_ref(),
+        },
+        None => copy::Job {
+            r,
+            nodes: &root.nodes,
+            plan: copy::StorePlan::Ext4(&root.plan),
+            base: root.offset,
+            staged: None,
+        },
     };
     let (meta, data) = rayon::join(
         || -> Result<()> {
