@@ -282,7 +282,7 @@ fn store_fs(
     r: &Resolved,
     opts: &Options,
     seed: &Seed,
-) -> Result<(ext4::Tree, Vec<Vec<ext4::NodeId>>, erofs::Plan, Verity, Option<Staged>)> {
+) -> Result<StorePlanned> {
     let (tree, nodes) = rootfs::store_tree(&r.store, &r.inventory, i64::from(opts.timestamp))?;
     let options =
         erofs::Options { label: disk::STORE_LABEL.as_bytes().to_vec(), uuid: seed.uuid("erofs-uuid"), timestamp: 1 };
@@ -308,6 +308,10 @@ fn store_fs(
     let verity = Verity::new(plan.size_bytes(), &salt, seed.uuid("verity-uuid")).context("planning the hash tree")?;
     Ok((tree, nodes, plan, verity, staged))
 }
+
+/// The store filesystem as planned: its tree, the node of each inventory entry, its plan, its hash tree's shape
+/// and the staged clusters of a compressed store.
+type StorePlanned = (ext4::Tree, Vec<Vec<ext4::NodeId>>, erofs::Plan, Verity, Option<Staged>);
 
 /// Bytes of clusters gathered before they are written to the staging file.
 const STAGE_RUN: usize = 1 << 20;
