@@ -278,11 +278,7 @@ fn plan_image(r: &Resolved, opts: &Options, p: &Planning<'_>) -> Result<(RootFs,
 
 /// The store as an EROFS filesystem (label `store`, the canonical mtime as its build time so every store inode is
 /// compact) and the shape of its hash tree, salted from the seed.
-fn store_fs(
-    r: &Resolved,
-    opts: &Options,
-    seed: &Seed,
-) -> Result<StorePlanned> {
+fn store_fs(r: &Resolved, opts: &Options, seed: &Seed) -> Result<StorePlanned> {
     let (tree, nodes) = rootfs::store_tree(&r.store, &r.inventory, i64::from(opts.timestamp))?;
     let options =
         erofs::Options { label: disk::STORE_LABEL.as_bytes().to_vec(), uuid: seed.uuid("erofs-uuid"), timestamp: 1 };
