@@ -204,31 +204,20 @@ pub fn plan_packed(tree: &Tree, opts: &Options, mut packed: Vec<Vec<Extent>>) ->
     let mut inodes = Vec::with_capacity(n);
     let mut cursor = 0u64;
     for (id, node) in tree.nodes.iter().enumerate() {
-        if !packed[id].is_empty() {
-            let size = match node {
-                Node::File { size, .. } => *size,
-                _ => unreachable!("checked above"),
-            };
-            let nlink =
-                u32::try_from(links[id]).map_err(|_| Error::TooManyLinks { node: id as NodeId, links: links[id] })?;
-            let extended = needs_extended(size, nlink, node.meta(), opts);
-            let isize = if extended { EXTENDED } else { COMPACT };
-            let (pos, _) = place(cursor, isize, 0);
-            let map = u32::try_from(MAP_HEADER + 8 * size.div_ceil(BLOCK))
-                .map_err(|_| Error::TooLarge { blocks: size.div_ceil(BLOCK) })?;
-            let inode = Inode { pos, extended, inline: 0, blkaddr: 0, map, size, nlink };
-            cursor = inode.end().next_multiple_of(SLOT);
-            inodes.push(inode);
-            continue;
-        }
-        let (size, want) = match node {
+        // A compressed file keeps no data inline: its cluster map follows the inode (and may cross a block).
+        let (size, want, map) = match node {
+            Node::File { size, .. } if !packed[id].is_empty() => {
+                let map = u32::try_from(MAP_HEADER + 8 * size.div_ceil(BLOCK))
+                    .map_err(|_| Error::TooLarge { blocks: size.div_ceil(BLOCK) })?;
+                (*size, 0, map)
+            }
             Node::Dir { entries, .. } => {
                 let sorted = dir::sorted(entries, id as NodeId, parent[id])?;
                 let size = dir::size(&sorted, &dir::split(sorted.iter().map(|e| e.0.len())));
-                (size, size % BLOCK)
+                (size, size % BLOCK, 0)
             }
-            Node::File { size, .. } => (*size, size % BLOCK),
-            Node::Symlink { target, .. } => (target.len() as u64, target.len() as u64),
+            Node::File { size, .. } => (*size, size % BLOCK, 0),
+            Node::Symlink { target, .. } => (target.len() as u64, target.len() as u64, 0),
         };
         let nlink =
             u32::try_from(links[id]).map_err(|_| Error::TooManyLinks { node: id as NodeId, links: links[id] })?;
@@ -236,7 +225,7 @@ pub fn plan_packed(tree: &Tree, opts: &Options, mut packed: Vec<Vec<Extent>>) ->
         let isize = if extended { EXTENDED } else { COMPACT };
         let (pos, inline) = place(cursor, isize, want);
         let inline = if inline { want as u32 } else { 0 };
-        let inode = Inode { pos, extended, inline, blkaddr: 0, map: 0, size, nlink };
+        let inode = Inode { pos, extended, inline, blkaddr: 0, map, size, nlink };
         cursor = inode.end().next_multiple_of(SLOT);
         inodes.push(inode);
     }

@@ -291,7 +291,7 @@ impl FileWriter<'_> {
             return Some((self.base + self.job.blocks.start * BLOCK + offset, blocks - offset));
         }
         let tail = self.job.tail?;
-        (offset < self.limit()).then(|| (self.base + tail + (offset - blocks), self.job.size - offset))
+        (offset < self.job.size).then(|| (self.base + tail + (offset - blocks), self.job.size - offset))
     }
 
     /// Whether the bytes after the file's last one, to the end of its block, are free for the caller to write
