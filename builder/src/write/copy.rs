@@ -58,14 +58,6 @@ impl<'a> StorePlan<'a> {
         }
     }
 
-    /// The clusters of a file stored compressed (none for ext4).
-    fn extents(self, node: ext4::NodeId) -> &'a [erofs::lz4::Extent] {
-        match self {
-            Self::Ext4(_) => &[],
-            Self::Erofs(p) => p.extents(node),
-        }
-    }
-
     fn job_of(self, node: ext4::NodeId) -> Option<usize> {
         match self {
             Self::Ext4(p) => p.job_of(node),
@@ -249,9 +241,10 @@ struct ImageTee<'a> {
     /// (may be covered with zeros to gather the next file after them).
     slack_ok: bool,
     pending: Option<Pending>,
-    /// The compression of the file being read, when this path writes it and it is stored compressed.
+    /// The file being read, when this path writes it and it is stored compressed.
     packing: Option<Packing>,
-    /// Clusters made while planning: copied into place instead of compressing again.
+    /// The compressed files' clusters, made while planning: copied into place once a file's bytes are proven
+    /// the same.
     staged: Option<&'a crate::plan::Staged>,
     /// Where a compressed file's reads go.
     scratch: Vec<u8>,
@@ -259,17 +252,11 @@ struct ImageTee<'a> {
     packed_read: bool,
 }
 
-/// A file being compressed as it is read: its clusters written as they are made.
+/// A compressed file being read: the digest of its bytes, compared with the staged one at its end.
 struct Packing {
     node: ext4::NodeId,
-    /// With staged clusters: the digest of the bytes read, to compare with the staged one.
-    digest: Option<xxhash_rust::xxh3::Xxh3>,
-    compressor: erofs::lz4::Compressor,
-    /// Clusters made and not yet written.
-    out: Vec<u8>,
-    /// Bytes of clusters written.
-    written: u64,
-    /// Bytes of the file compressed.
+    digest: xxhash_rust::xxh3::Xxh3,
+    /// Bytes of the file read.
     fed: u64,
     size: u64,
 }
@@ -297,8 +284,8 @@ impl<'a> ImageTee<'a> {
 }
 
 impl ImageTee<'_> {
-    /// Compresses the next `bytes` of the file being read (stored compressed) and writes the clusters made; at
-    /// its end, checks they are the clusters planned.
+    /// Takes the next `bytes` of the file being read (stored compressed); at its end, checks they are the bytes
+    /// its staged clusters were made from and copies the clusters into place.
     fn pack(&mut self, bytes: &[u8]) -> Result<()> {
         let Some((_, Some(w))) = self.current.as_ref() else { unreachable!("packing a file this path writes") };
         let Some(p) = self.packing.as_mut() else {
@@ -307,45 +294,22 @@ impl ImageTee<'_> {
             return Ok(());
         };
         p.fed += bytes.len() as u64;
-        if let Some(digest) = &mut p.digest {
-            digest.update(bytes);
-            if p.fed < p.size {
-                return Ok(());
-            }
-            let staged = &self.staged.expect("a digest only with staged clusters").files[p.node as usize];
-            anyhow::ensure!(
-                digest.digest128() == staged.digest,
-                "a store file is not what it was when the image was planned: it changed during the build"
-            );
-            let (mut to, _) = w.locate(0).expect("a compressed file has clusters");
-            for &(from, len) in &staged.runs {
-                copy_range(&self.staged.expect("staged").file, from, self.sink, to, len)?;
-                to += len;
-            }
-            self.packing = None;
+        p.digest.update(bytes);
+        if p.fed < p.size {
             return Ok(());
         }
-        p.compressor.push(bytes, &mut p.out);
-        let done = p.fed >= p.size;
-        if done {
-            let extents = std::mem::take(&mut p.compressor).finish(&mut p.out);
-            if extents != self.plan.extents(p.node) {
-                anyhow::bail!(
-                    "a store file compressed to other clusters than when the image was planned ({} instead of {}): \
-                     it changed during the build",
-                    extents.len(),
-                    self.plan.extents(p.node).len()
-                );
-            }
+        let staged = self.staged.expect("a compressed store is planned with its clusters staged");
+        let file = &staged.files[p.node as usize];
+        anyhow::ensure!(
+            p.digest.digest128() == file.digest,
+            "a store file is not what it was when the image was planned: it changed during the build"
+        );
+        let (mut to, _) = w.locate(0).expect("a compressed file has clusters");
+        for &(from, len) in &file.runs {
+            copy_range(&staged.file, from, self.sink, to, len)?;
+            to += len;
         }
-        if !p.out.is_empty() {
-            w.write_at(p.written, &p.out).context("writing compressed file data")?;
-            p.written += p.out.len() as u64;
-            p.out.clear();
-        }
-        if done {
-            self.packing = None;
-        }
+        self.packing = None;
         Ok(())
     }
 }
@@ -383,13 +347,9 @@ impl<'a> ImageTee<'a> {
             let plan = self.plan;
             let mine = plan.job_of(node).is_some_and(|j| !self.claimed[j].swap(true, Ordering::Relaxed));
             let writer = mine.then(|| plan.file_writer(node, self.sink, self.base)).flatten();
-            let staged = self.staged.is_some();
             self.packing = writer.as_ref().filter(|w| w.packed()).map(|w| Packing {
                 node,
-                digest: staged.then(xxhash_rust::xxh3::Xxh3::new),
-                compressor: erofs::lz4::Compressor::new(),
-                out: Vec::new(),
-                written: 0,
+                digest: xxhash_rust::xxh3::Xxh3::new(),
                 fed: 0,
                 size: w.size(),
             });
@@ -402,7 +362,7 @@ impl<'a> ImageTee<'a> {
 impl crate::nar::Tee for ImageTee<'_> {
     fn hole(&mut self, entry: usize, len: u64) -> Result<()> {
         // The image reads as zeros there already; the job is claimed all the same (a file that is one hole is
-        // then done), and the bytes count as copied. A compressed file's zeros are compressed with the rest.
+        // then done), and the bytes count as copied. A compressed file's zeros are digested with the rest.
         if self.select(entry) {
             self.meter.add(len);
             if self.packing.is_some() {
