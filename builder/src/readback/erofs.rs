@@ -45,8 +45,9 @@ pub struct Inode {
     pub size: u64,
     /// Inline tail (layout 2) or none (layout 0).
     inline: bool,
-    /// LZ4-compressed with a full cluster map (layout 1).
-    compressed: bool,
+    /// LZ4-compressed with a full cluster map (layout 1): its clusters, read from the map once, as
+    /// (first byte in the file, stored plain, block address).
+    clusters: Option<Vec<(u64, bool, u64)>>,
     blkaddr: u64,
     /// Byte offset (in the filesystem) of the data after the inode.
     tail_at: u64,
@@ -127,7 +128,7 @@ impl Erofs {
             nlink: 0,
             size: 0,
             inline: layout == 2,
-            compressed: layout == 1,
+            clusters: None,
             blkaddr: u64::from(le32(&b, 0x10)),
             tail_at: at + isize + xattr_bytes,
         };
@@ -142,6 +143,9 @@ impl Erofs {
             inode.size = u64::from(le32(&b, 8));
             inode.uid = u32::from(le16(&b, 0x18));
             inode.gid = u32::from(le16(&b, 0x1A));
+        }
+        if layout == 1 {
+            inode.clusters = Some(self.clusters(&inode)?);
         }
         Ok(inode)
     }
@@ -163,8 +167,8 @@ impl Erofs {
         if end > inode.size {
             bail!("EROFS inode {}: read to byte {end} of a {}-byte file", inode.nid, inode.size);
         }
-        if inode.compressed {
-            return self.read_compressed(inode, offset, buf);
+        if let Some(clusters) = &inode.clusters {
+            return self.read_compressed(inode, clusters, offset, buf);
         }
         let blocks_part = if inode.inline { inode.size / BLOCK * BLOCK } else { inode.size };
         let mut done = 0usize;
@@ -215,9 +219,8 @@ impl Erofs {
         Ok(out)
     }
 
-    fn read_compressed(&self, inode: &Inode, offset: u64, buf: &mut [u8]) -> Result<()> {
+    fn read_compressed(&self, inode: &Inode, clusters: &[(u64, bool, u64)], offset: u64, buf: &mut [u8]) -> Result<()> {
         let end = offset + buf.len() as u64;
-        let clusters = self.clusters(inode)?;
         let mut block = vec![0u8; BLOCK as usize];
         for (i, &(start, plain, blkaddr)) in clusters.iter().enumerate() {
             let stop = clusters.get(i + 1).map_or(inode.size, |c| c.0);
