@@ -7,6 +7,7 @@ pub mod ext4;
 pub mod fat;
 pub mod grub;
 pub mod image;
+pub mod sha256x2;
 pub mod sink;
 pub mod sparse;
 pub mod swap;

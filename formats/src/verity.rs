@@ -185,6 +185,18 @@ impl Verity {
         h.finalize().into()
     }
 
+    /// The digests of the 4 KiB blocks `blocks` holds, two at a time ([`crate::sha256x2`]).
+    fn hash_blocks(&self, blocks: &[u8]) -> Vec<[u8; 32]> {
+        let block = BLOCK as usize;
+        let mut out = Vec::with_capacity(blocks.len() / block);
+        let mut pairs = blocks.chunks_exact(2 * block);
+        for two in &mut pairs {
+            out.extend(crate::sha256x2::prefixed(&self.salt, &two[..block], &two[block..]));
+        }
+        out.extend(pairs.remainder().chunks(block).map(|b| self.hash(b)));
+        out
+    }
+
     /// Hashes of the data, a hash block's worth (128 blocks) per task, in parallel: one digest per block.
     fn leaf_digests(&self, data: &ReadAt<'_>) -> Result<Vec<Vec<[u8; 32]>>, Error> {
         (0..self.data_blocks.div_ceil(FANOUT))
@@ -195,7 +207,7 @@ impl Verity {
                 let mut buf = vec![0u8; (n * BLOCK) as usize];
                 let offset = first * BLOCK;
                 data(&mut buf, offset).map_err(|source| Error::Read { what: "verity data", offset, source })?;
-                Ok(buf.chunks(BLOCK as usize).map(|blk| self.hash(blk)).collect())
+                Ok(self.hash_blocks(&buf))
             })
             .collect()
     }
@@ -215,14 +227,15 @@ impl Verity {
         for &(start, _) in &self.levels {
             // Each group of digests is one hash block of this level; the level above hashes those blocks.
             let above: Vec<[u8; 32]> = digests
-                .par_iter()
+                .par_chunks(2)
                 .enumerate()
-                .map(|(i, group)| {
-                    let block = hash_block(group);
-                    put(&block, base + (start + i as u64) * BLOCK)?;
-                    Ok(self.hash(&block))
+                .map(|(i, groups)| {
+                    let blocks: Vec<u8> = groups.iter().flat_map(|g| hash_block(g)).collect();
+                    put(&blocks, base + (start + 2 * i as u64) * BLOCK)?;
+                    Ok(self.hash_blocks(&blocks))
                 })
-                .collect::<Result<_, Error>>()?;
+                .collect::<Result<Vec<_>, Error>>()?
+                .concat();
             digests = above.chunks(FANOUT as usize).map(<[_]>::to_vec).collect();
         }
         Ok(digests[0][0])

@@ -355,8 +355,12 @@ impl Inventory {
 }
 
 /// What makes two regular files identical for `nix-store --optimise`: size, executable bit and the sha256 of
-/// the contents.
-type ContentKey = (u64, bool, [u8; 32]);
+/// the contents (or, marked `true`, of its first [`PREFIX`] bytes when no other file of its size begins with
+/// them).
+type ContentKey = (u64, bool, bool, [u8; 32]);
+
+/// Bytes of each candidate file hashed first: only files that share them with another are hashed whole.
+const PREFIX: u64 = 4096;
 
 /// The hard-link groups of the closure `paths` (sorted): (path index, entry index, group) for every regular
 /// file that shares its inode with others, in closure order; groups numbered by first appearance, each of at
@@ -407,25 +411,44 @@ fn content_groups(store: &StoreDir, paths: &[PathInventory], cap: usize) -> Resu
             v.insert(StoreFiles::new(&store.physical(&paths[pi].path))?);
         }
     }
-    let digests: Vec<[u8; 32]> = reads
-        .par_iter()
-        .map(|&(pi, ei, size)| {
-            let rel = &paths[pi].entries[ei].rel;
-            sha256_of(&opened[&pi], rel, size).with_context(|| {
-                format!(
-                    "{}: reading its contents to find identical files",
-                    entry_path(&store.physical(&paths[pi].path), rel).display()
-                )
-            })
+    // Hashed in two rounds: the first PREFIX bytes of every file (all of a small one), then all of those whose
+    // size and first bytes another shares. Files of the same size mostly differ early (an ELF file's headers
+    // and build ID come first), so most of the bytes of a large closure are never read here.
+    let hash = |(pi, ei, size): (usize, usize, u64), limit: u64| {
+        let rel = &paths[pi].entries[ei].rel;
+        sha256_of(&opened[&pi], rel, size, limit).with_context(|| {
+            format!(
+                "{}: reading its contents to find identical files",
+                entry_path(&store.physical(&paths[pi].path), rel).display()
+            )
         })
-        .collect::<Result<_>>()?;
+    };
+    let mut digests: Vec<[u8; 32]> = reads.par_iter().map(|&r| hash(r, PREFIX)).collect::<Result<_>>()?;
+    let mut shared: HashMap<(u64, [u8; 32]), u32> = HashMap::new();
+    for (&(_, _, size), d) in reads.iter().zip(&digests) {
+        if size > PREFIX {
+            *shared.entry((size, *d)).or_default() += 1;
+        }
+    }
+    let again: Vec<usize> =
+        (0..reads.len()).filter(|&r| reads[r].2 > PREFIX && shared[&(reads[r].2, digests[r])] > 1).collect();
+    // A large file whose first bytes no other file of its size shares is identical to no other: its prefix
+    // digest, marked as one, keeps it apart from every whole-file digest.
+    let partial: Vec<bool> =
+        (0..reads.len()).map(|r| reads[r].2 > PREFIX && shared[&(reads[r].2, digests[r])] == 1).collect();
+    let whole: Vec<[u8; 32]> = again.par_iter().map(|&r| hash(reads[r], u64::MAX)).collect::<Result<_>>()?;
+    for (&r, d) in again.iter().zip(whole) {
+        digests[r] = d;
+    }
     let empty: [u8; 32] = Sha256::digest([]).into();
 
     // Group by contents; numbers in order of first appearance, runs of at most `cap` names.
     let keys: Vec<ContentKey> = files
         .iter()
         .zip(&read_of)
-        .map(|(&(_, _, size, executable), r)| (size, executable, r.map_or(empty, |r| digests[r])))
+        .map(|(&(_, _, size, executable), r)| {
+            (size, executable, r.is_some_and(|r| partial[r]), r.map_or(empty, |r| digests[r]))
+        })
         .collect();
     let mut members: HashMap<ContentKey, usize> = HashMap::new();
     for key in &keys {
@@ -448,17 +471,19 @@ fn content_groups(store: &StoreDir, paths: &[PathInventory], cap: usize) -> Resu
     Ok(groups)
 }
 
-/// The sha256 of the regular file `rel` of a store path, which the inventory found `size` bytes long. Errors
-/// say what is wrong without the path, which the caller adds.
-fn sha256_of(files: &StoreFiles, rel: &Path, size: u64) -> Result<[u8; 32]> {
+/// The sha256 of the regular file `rel` of a store path, which the inventory found `size` bytes long, or of its
+/// first `limit` bytes if it has more. Errors say what is wrong without the path, which the caller adds.
+fn sha256_of(files: &StoreFiles, rel: &Path, size: u64, limit: u64) -> Result<[u8; 32]> {
     const CHUNK: u64 = 256 << 10;
     let mut file = files.open(rel)?;
     let mut hasher = Sha256::new();
-    // One byte more than the size, so that a file that grew shows in the reads.
-    let mut buf = vec![0u8; usize::try_from((size + 1).min(CHUNK)).expect("chunk fits usize")];
+    // Reading all of it: one byte more than the size, so that a file that grew shows in the reads.
+    let want = if size > limit { limit } else { size + 1 };
+    let mut buf = vec![0u8; usize::try_from(want.min(CHUNK)).expect("chunk fits usize")];
     let mut total = 0u64;
-    loop {
-        let n = match file.read(&mut buf) {
+    while total < want {
+        let room = usize::try_from((want - total).min(buf.len() as u64)).expect("fits the buffer");
+        let n = match file.read(&mut buf[..room]) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -470,7 +495,7 @@ fn sha256_of(files: &StoreFiles, rel: &Path, size: u64) -> Result<[u8; 32]> {
             bail!("changed since the inventory: {size} bytes then, more now");
         }
     }
-    if total != size {
+    if total != want.min(size) {
         bail!("changed since the inventory: {size} bytes then, {total} now");
     }
     Ok(hasher.finalize().into())

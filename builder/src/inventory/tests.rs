@@ -99,6 +99,33 @@ fn identical_contents_are_one_group_across_store_paths() {
     assert_eq!(t.unique_bytes, 20, "one copy of `same bytes` and `same_bytes`");
 }
 
+/// Files larger than the prefix hashed first: the same size and first bytes are not enough to be linked (the
+/// rest is compared too), and a file whose first bytes differ is kept apart without being read whole.
+#[test]
+fn large_files_are_linked_only_when_all_their_bytes_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let base: Vec<u8> = (0..3 * PREFIX as u32 + 5).map(|i| (i * 7 % 251) as u8).collect();
+    let mut late = base.clone();
+    *late.last_mut().unwrap() ^= 1;
+    let mut early = base.clone();
+    early[10] ^= 1;
+    let mut at_prefix = base.clone();
+    at_prefix[PREFIX as usize] ^= 1;
+    let names = ["same-1", "same-2", "late", "early", "at-prefix"].map(|n| format!("{A}/{n}"));
+    let contents = [&base, &base, &late, &early, &at_prefix];
+    let files: Vec<(&str, &[u8], bool)> =
+        names.iter().zip(contents).map(|(n, c)| (n.as_str(), c.as_slice(), false)).collect();
+    write_files(dir.path(), &files);
+    let inv = inventory(dir.path());
+    let g = group_of(&inv, &names[0]);
+    assert!(g.is_some());
+    assert_eq!(group_of(&inv, &names[1]), g);
+    for name in &names[2..] {
+        assert_eq!(group_of(&inv, name), None, "{name}");
+    }
+    assert_eq!((inv.totals.hardlink_groups, inv.totals.hardlink_extra), (1, 1));
+}
+
 /// The same bytes with another executable bit are another NAR serialisation: not linked. Empty files are
 /// linked (per executable bit) like any others.
 #[test]
