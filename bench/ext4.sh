@@ -287,6 +287,14 @@ rm -f "$work/kiln.img"
 timed kiln-ref "${kiln_cmd[@]}"
 [ -f "$work/kiln.img" ] || die "kiln exited 0 but wrote no $work/kiln.img"
 img_size=$(stat -c %s "$work/kiln.img")
+# mkfs.ext4 -d stores every copy of identical files (kiln links them, as `nix-store --optimise` would): it gets
+# kiln's size plus what kiln saved that way (the bytes, and a block per extra name for the rounding).
+"${kiln_cmd[@]}" --dry-run > "$work/dry.txt" 2>&1 || { cat "$work/dry.txt" >&2; die "kiln --dry-run failed"; }
+all_bytes=$(sed -n 's/^contents .* symlinks, \([0-9]*\) bytes.*/\1/p' "$work/dry.txt")
+unique_bytes=$(sed -n 's/^hard links .* unique file data \([0-9]*\) bytes.*/\1/p' "$work/dry.txt")
+extra_names=$(sed -n 's/^hard links .* groups, \([0-9]*\) extra names.*/\1/p' "$work/dry.txt")
+for v in all_bytes unique_bytes extra_names; do [[ ${!v} =~ ^[0-9]+$ ]] || die "cannot read '$v' from kiln --dry-run"; done
+mkfs_size=$(( (img_size + all_bytes - unique_bytes + extra_names * 4096 + 4095) / 4096 * 4096 ))
 dumpe2fs -h "$work/kiln.img" > "$work/kiln.img.dumpe2fs" 2>&1 || {
   sed -n '1,20s/^/  | /p' "$work/kiln.img.dumpe2fs" >&2
   die "dumpe2fs cannot read kiln's image (is it an ext4 file system?)"
@@ -320,7 +328,7 @@ fi
 mkfs_cmd+=(-E lazy_itable_init=1,lazy_journal_init=1,nodiscard -d "$corpus" "$work/mkfs.img")
 
 msg "reference run of mkfs.ext4 -d (untimed)"
-rm -f "$work/mkfs.img"; truncate -s "$img_size" "$work/mkfs.img"
+rm -f "$work/mkfs.img"; truncate -s "$mkfs_size" "$work/mkfs.img"
 timed mkfs-ref "${mkfs_cmd[@]}"
 dumpe2fs -h "$work/mkfs.img" > "$work/mkfs.img.dumpe2fs" 2>&1 || die "dumpe2fs cannot read mkfs.ext4's image"
 mf=$(sb_field "$work/mkfs.img" 'Filesystem features')
@@ -344,7 +352,7 @@ for ((i = 0; i < runs; i++)); do
     t=${tools[(i + j) % ${#tools[@]}]}
     case $t in
       kiln) rm -f "$work/kiln.img"; timed kiln "${kiln_cmd[@]}"; rm -f "$work/kiln.img" ;;
-      mkfs) rm -f "$work/mkfs.img"; truncate -s "$img_size" "$work/mkfs.img"
+      mkfs) rm -f "$work/mkfs.img"; truncate -s "$mkfs_size" "$work/mkfs.img"
             timed mkfs "${mkfs_cmd[@]}"; rm -f "$work/mkfs.img" ;;
       copy) rm -f "$work/one.bin"; timed copy "${copy_cmd[@]}"; rm -f "$work/one.bin" ;;
       dry) timed dry "${dry_cmd[@]}" ;;
@@ -388,6 +396,7 @@ mkfs      $(mkfs.ext4 -V 2>&1 | head -n 1)
 corpus    $corpus: $n_paths store paths, $n_files files ($n_inodes distinct inodes), $n_dirs directories, $n_links symlinks
           $n_bytes bytes of file data ($(human "$n_bytes"))
 image     $img_size bytes ($(human "$img_size")), kiln --size auto --extra-space 0; block $bs, inode $isz, $icount inodes, $bcount blocks
+          mkfs.ext4 image $mkfs_size bytes: kiln's plus the $((all_bytes - unique_bytes)) bytes in $extra_names names kiln links to identical files
           features: $kf ($features_note)
           used inodes: kiln $((icount - ifree)), mkfs $((mkfs_icount - mkfs_ifree)) (corpus entries: $n_entries); free blocks: kiln $bfree, mkfs $mkfs_bfree
 
@@ -413,8 +422,9 @@ e2fsck -fn mkfs image: $mkfs_fsck
 
 Notes: wall times of single runs with the corpus in the page cache; writes go to the page cache (no sync inside
 a timing; a sync between runs). mkfs.ext4 runs with -E lazy_itable_init=1,lazy_journal_init=1,nodiscard,
-because kiln leaves unused inode tables and the journal as holes (effectively lazy); it gets kiln's image size,
-features, inode count, journal size and group geometry. The copy bound is
+because kiln leaves unused inode tables and the journal as holes (effectively lazy); it gets kiln's image size
+(plus what kiln saves by linking identical files, which mkfs.ext4 -d stores once per name), features, inode
+count, journal size and group geometry. The copy bound is
 'find STORE -type f -print0 | xargs -0 cat > one.bin'. Peak RSS is the largest of GNU time's %M over the runs.
 kiln runs with the corpus's closureInfo (as nixpkgs' image builders hand it one): every file is read once,
 copied and hashed, and every store path's narHash is verified against the registration. kiln --dry-run is not a

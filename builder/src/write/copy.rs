@@ -274,9 +274,12 @@ impl<'a> ImageTee<'a> {
             self.sink
                 .write_all_at(&self.buf[..self.fill], self.at)
                 .with_context(|| format!("writing file data at image offset {}", self.at))?;
-            // Start writing these pages back now (asynchronously), so the final fsync finds little left.
             let len = std::num::NonZeroU64::new(self.fill as u64);
-            let _ = rustix::fs::fadvise(self.sink, self.at, len, rustix::fs::Advice::DontNeed);
+            // Start writing these pages back now (asynchronously), so the final fsync finds little left; not
+            // for an EROFS store, which the verity pass reads back (flushed by `super::writing_back` instead).
+            if matches!(self.plan, StorePlan::Ext4(_)) {
+                let _ = rustix::fs::fadvise(self.sink, self.at, len, rustix::fs::Advice::DontNeed);
+            }
             self.fill = 0;
         }
         Ok(())

@@ -37,6 +37,50 @@ pub fn write(
     {
         write_disk(d, sink, shown)?;
     }
+    // A verity store is read back for its hash tree: its pages must stay cached while they are written back
+    // (the data pass of an ext4 root drops each written chunk from the cache instead, see `copy`).
+    if plan.store.is_some() {
+        return writing_back(sink, shown, || write_data(plan, r, verify_hashes, sink, shown, progress));
+    }
+    write_data(plan, r, verify_hashes, sink, shown, progress)
+}
+
+/// How often written data is flushed while the image is being written.
+const WRITEBACK_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Runs `f` (which writes `sink`) while a thread of its own flushes what it has written so far (`fdatasync`)
+/// every [`WRITEBACK_EVERY`]: the disk writes while the image is made, instead of all at the final flush, and
+/// the pages stay cached for what reads them back (the verity tree, an output format). A failed flush fails
+/// the build (the kernel reports a writeback error once per open file, so the final flush would not see it).
+fn writing_back<T>(sink: &File, shown: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    use std::sync::mpsc::{RecvTimeoutError, channel};
+    let (done, stop) = channel::<()>();
+    std::thread::scope(|s| {
+        let flusher = s.spawn(move || -> std::io::Result<()> {
+            loop {
+                match stop.recv_timeout(WRITEBACK_EVERY) {
+                    Err(RecvTimeoutError::Timeout) => sink.sync_data()?,
+                    Ok(()) | Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                }
+            }
+        });
+        let out = f();
+        drop(done);
+        let flushed = flusher.join().expect("the flusher does not panic");
+        let out = out?;
+        flushed.with_context(|| format!("flushing {shown} while writing it"))?;
+        Ok(out)
+    })
+}
+
+fn write_data(
+    plan: &Plan,
+    r: &Resolved,
+    verify_hashes: bool,
+    sink: &File,
+    shown: &str,
+    progress: &dyn Progress,
+) -> Result<Option<[u8; 32]>> {
     let root = &plan.root;
     let meter = Meter::new(progress, Phase::Write, r.inventory.totals.unique_bytes);
     let job = match &plan.store {
