@@ -340,7 +340,6 @@ fn pack_store(
         Ok(())
     };
     use rayon::prelude::*;
-    use std::io::Read;
     // Each node's first name.
     let mut seen = vec![false; tree.len()];
     let mut work: Vec<(usize, Vec<(usize, ext4::NodeId)>)> = Vec::new();
@@ -359,50 +358,29 @@ fn pack_store(
             work.push((pi, files));
         }
     }
-    let packed: Vec<Vec<(ext4::NodeId, Vec<erofs::lz4::Extent>, StagedFile)>> = work
-        .par_iter()
-        .map(|(pi, files)| -> Result<_> {
-            let p = &r.inventory.paths[*pi];
-            let root = r.store.physical(&p.path);
-            let opener = crate::store::StoreFiles::new(&root)?;
-            let mut buf = vec![0u8; 1 << 20];
-            let mut out = Vec::new();
-            let mut done = Vec::with_capacity(files.len());
-            for &(ei, node) in files {
-                let e = &p.entries[ei];
-                let shown = || crate::store::entry_path(&root, &e.rel).display().to_string();
-                let crate::inventory::Kind::File { size, .. } = e.kind else { unreachable!("files only") };
-                let mut file = opener.open(&e.rel).with_context(shown)?;
-                let mut c = erofs::lz4::Compressor::new();
-                let mut digest = xxhash_rust::xxh3::Xxh3::new();
-                let mut runs = Vec::new();
-                let mut read = 0u64;
-                loop {
-                    let n = file.read(&mut buf).with_context(shown)?;
-                    if n == 0 {
-                        break;
-                    }
-                    read += n as u64;
-                    if read > size {
-                        break;
-                    }
-                    digest.update(&buf[..n]);
-                    c.push(&buf[..n], &mut out);
-                    if out.len() >= STAGE_RUN {
-                        put(&mut out, &mut runs)?;
-                    }
-                }
-                if read != size {
-                    bail!("{}: changed while the image was planned: listed with {size} bytes, read {read}", shown());
-                }
-                let extents = c.finish(&mut out);
-                if erofs::lz4::worth_it(size, extents.len()) {
-                    put(&mut out, &mut runs)?;
-                    done.push((node, extents, StagedFile { runs, digest: digest.digest128() }));
-                }
-                out.clear();
+    // Largest store paths first, each worker taking the next when it is done: one large library left to the
+    // end would otherwise keep one thread compressing while the others wait.
+    let bytes = |files: &[(usize, ext4::NodeId)], pi: usize| -> u64 {
+        files
+            .iter()
+            .map(|&(ei, _)| match r.inventory.paths[pi].entries[ei].kind {
+                crate::inventory::Kind::File { size, .. } => size,
+                _ => 0,
+            })
+            .sum()
+    };
+    work.sort_by_cached_key(|(pi, files)| std::cmp::Reverse(bytes(files, *pi)));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = rayon::current_num_threads().min(work.len()).max(1);
+    let packed: Vec<Vec<(ext4::NodeId, Vec<erofs::lz4::Extent>, StagedFile)>> = (0..workers)
+        .into_par_iter()
+        .with_max_len(1)
+        .map(|_| -> Result<Vec<_>> {
+            let mut all = Vec::new();
+            while let Some((pi, files)) = work.get(next.fetch_add(1, Ordering::Relaxed)) {
+                all.extend(pack_path(r, *pi, files, &put)?);
             }
-            Ok(done)
+            Ok(all)
         })
         .collect::<Result<_>>()?;
     let mut per_node = vec![Vec::new(); tree.len()];
@@ -412,6 +390,57 @@ fn pack_store(
         staged[node as usize] = file;
     }
     Ok((per_node, staged))
+}
+
+/// Compresses the `files` (entry, node) of store path `pi`, handing each file's clusters to `put`.
+fn pack_path(
+    r: &Resolved,
+    pi: usize,
+    files: &[(usize, ext4::NodeId)],
+    put: &(dyn Fn(&mut Vec<u8>, &mut Vec<(u64, u64)>) -> Result<()> + Sync),
+) -> Result<Vec<(ext4::NodeId, Vec<erofs::lz4::Extent>, StagedFile)>> {
+    use std::io::Read;
+    let p = &r.inventory.paths[pi];
+    let root = r.store.physical(&p.path);
+    let opener = crate::store::StoreFiles::new(&root)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut out = Vec::new();
+    let mut done = Vec::with_capacity(files.len());
+    for &(ei, node) in files {
+        let e = &p.entries[ei];
+        let shown = || crate::store::entry_path(&root, &e.rel).display().to_string();
+        let crate::inventory::Kind::File { size, .. } = e.kind else { unreachable!("files only") };
+        let mut file = opener.open(&e.rel).with_context(shown)?;
+        let mut c = erofs::lz4::Compressor::new();
+        let mut digest = xxhash_rust::xxh3::Xxh3::new();
+        let mut runs = Vec::new();
+        let mut read = 0u64;
+        loop {
+            let n = file.read(&mut buf).with_context(shown)?;
+            if n == 0 {
+                break;
+            }
+            read += n as u64;
+            if read > size {
+                break;
+            }
+            digest.update(&buf[..n]);
+            c.push(&buf[..n], &mut out);
+            if out.len() >= STAGE_RUN {
+                put(&mut out, &mut runs)?;
+            }
+        }
+        if read != size {
+            bail!("{}: changed while the image was planned: listed with {size} bytes, read {read}", shown());
+        }
+        let extents = c.finish(&mut out);
+        if erofs::lz4::worth_it(size, extents.len()) {
+            put(&mut out, &mut runs)?;
+            done.push((node, extents, StagedFile { runs, digest: digest.digest128() }));
+        }
+        out.clear();
+    }
+    Ok(done)
 }
 
 /// The root filesystem's tree: the store (unless `with_store` is false: an empty `/nix/store` to mount it on),
