@@ -185,8 +185,10 @@ impl Verity {
         h.finalize().into()
     }
 
-    /// The digests of the 4 KiB blocks `blocks` holds, two at a time ([`crate::sha256x2`]).
-    fn hash_blocks(&self, blocks: &[u8]) -> Vec<[u8; 32]> {
+    /// The digests of the 4 KiB blocks `blocks` holds, two at a time ([`crate::sha256x2`]): the leaves of the
+    /// tree for those data blocks, for a writer that hashes the data as it writes it ([`Self::write_known`]).
+    #[must_use]
+    pub fn hash_blocks(&self, blocks: &[u8]) -> Vec<[u8; 32]> {
         let block = BLOCK as usize;
         let mut out = Vec::with_capacity(blocks.len() / block);
         let mut pairs = blocks.chunks_exact(2 * block);
@@ -198,17 +200,32 @@ impl Verity {
     }
 
     /// Hashes of the data, a hash block's worth (128 blocks) per task, in parallel: one digest per block.
-    fn leaf_digests(&self, data: &ReadAt<'_>) -> Result<Vec<Vec<[u8; 32]>>, Error> {
+    /// Blocks `known` holds a digest for are not read; a group of them that are all known is not read at all.
+    fn leaf_digests(&self, data: &ReadAt<'_>, known: &Known) -> Result<Vec<Vec<[u8; 32]>>, Error> {
         (0..self.data_blocks.div_ceil(FANOUT))
             .into_par_iter()
-            .map(|b| {
-                let first = b * FANOUT;
-                let n = FANOUT.min(self.data_blocks - first);
-                let mut buf = vec![0u8; (n * BLOCK) as usize];
-                let offset = first * BLOCK;
-                data(&mut buf, offset).map_err(|source| Error::Read { what: "verity data", offset, source })?;
-                Ok(self.hash_blocks(&buf))
-            })
+            .map_init(
+                || vec![0u8; (FANOUT * BLOCK) as usize],
+                |buf, b| {
+                    let first = b * FANOUT;
+                    let n = FANOUT.min(self.data_blocks - first);
+                    let have: Vec<Option<[u8; 32]>> = (first..first + n).map(|i| known.get(i)).collect();
+                    if have.iter().all(Option::is_some) {
+                        return Ok(have.into_iter().flatten().collect());
+                    }
+                    let buf = &mut buf[..(n * BLOCK) as usize];
+                    let offset = first * BLOCK;
+                    data(buf, offset).map_err(|source| Error::Read { what: "verity data", offset, source })?;
+                    if have.iter().all(Option::is_none) {
+                        return Ok(self.hash_blocks(buf));
+                    }
+                    Ok(have
+                        .into_iter()
+                        .zip(buf.chunks(BLOCK as usize))
+                        .map(|(h, block)| h.unwrap_or_else(|| self.hash(block)))
+                        .collect())
+                },
+            )
             .collect()
     }
 
@@ -217,10 +234,25 @@ impl Verity {
     /// # Errors
     /// Reading the data or writing the hash device.
     pub fn write(&self, data: &ReadAt<'_>, sink: &dyn WriteAt, base: u64) -> Result<[u8; 32], Error> {
+        self.write_known(&Known::default(), data, sink, base)
+    }
+
+    /// [`Self::write`], with the digests of the data blocks in `known` taken as they are (from a writer that
+    /// hashed the blocks as it wrote them, with [`Self::hash_blocks`]); only the other blocks are read.
+    ///
+    /// # Errors
+    /// Reading the data or writing the hash device.
+    pub fn write_known(
+        &self,
+        known: &Known,
+        data: &ReadAt<'_>,
+        sink: &dyn WriteAt,
+        base: u64,
+    ) -> Result<[u8; 32], Error> {
         let put =
             |buf: &[u8], at: u64| sink.write_all_at(buf, at).map_err(|source| Error::Write { offset: at, source });
         put(&self.superblock(), base)?;
-        let mut digests = self.leaf_digests(data)?;
+        let mut digests = self.leaf_digests(data, known)?;
         if self.levels.is_empty() {
             return Ok(digests[0][0]);
         }
@@ -254,7 +286,7 @@ impl Verity {
             Ok::<_, Error>(buf)
         };
         if self.levels.is_empty() {
-            let d = self.leaf_digests(data)?;
+            let d = self.leaf_digests(data, &Known::default())?;
             return if &d[0][0] == root { Ok(()) } else { Err(Error::DataMismatch { block: 0 }) };
         }
         // Top down: each block's hash against the level above's digest (the root for the top block).
@@ -269,13 +301,59 @@ impl Verity {
             }
             expected = blocks.iter().flat_map(|b| b.chunks(32).map(|c| c.try_into().expect("32 bytes"))).collect();
         }
-        let leaves = self.leaf_digests(data)?;
+        let leaves = self.leaf_digests(data, &Known::default())?;
         for (i, d) in leaves.iter().flatten().enumerate() {
             if *d != expected[i] {
                 return Err(Error::DataMismatch { block: i as u64 });
             }
         }
         Ok(())
+    }
+}
+
+/// Digests of consecutive data blocks: (the first block's number, the digests).
+pub type Run = (u64, Vec<[u8; 32]>);
+
+/// Digests of data blocks already hashed, as runs of consecutive blocks.
+#[derive(Debug, Default)]
+pub struct Known {
+    /// Sorted by first block; runs do not overlap.
+    runs: Vec<Run>,
+}
+
+impl Known {
+    /// The digests gathered by every writer: `runs` of consecutive blocks, each (first block, digests).
+    ///
+    /// # Panics
+    /// If two runs overlap (a block hashed twice means two writers wrote it).
+    #[must_use]
+    pub fn new(mut runs: Vec<Run>) -> Self {
+        runs.retain(|r| !r.1.is_empty());
+        runs.sort_unstable_by_key(|r| r.0);
+        for w in runs.windows(2) {
+            assert!(w[0].0 + w[0].1.len() as u64 <= w[1].0, "data blocks {} and on hashed twice", w[1].0);
+        }
+        Self { runs }
+    }
+
+    /// The digest of data block `block`, if known.
+    #[must_use]
+    pub fn get(&self, block: u64) -> Option<[u8; 32]> {
+        let i = self.runs.partition_point(|r| r.0 <= block).checked_sub(1)?;
+        let (first, digests) = &self.runs[i];
+        digests.get(usize::try_from(block - first).ok()?).copied()
+    }
+
+    /// Blocks known.
+    #[must_use]
+    pub fn len(&self) -> u64 {
+        self.runs.iter().map(|r| r.1.len() as u64).sum()
+    }
+
+    /// Whether no block is known.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
     }
 }
 
@@ -337,5 +415,30 @@ mod tests {
         assert!(matches!(err, Error::HashMismatch { block: 2 }), "{err}");
         let err = v.check(&mem_reader(&data), &mem_reader(&hashes), &[0; 32]).unwrap_err();
         assert!(matches!(err, Error::HashMismatch { block: 1 }), "{err}");
+    }
+
+    /// Digests handed in by a writer that hashed blocks as it wrote them give the same tree as reading every
+    /// block (whole groups, parts of groups, runs across groups, in any order); the known ones are not read.
+    #[test]
+    fn known_digests_give_the_same_tree_and_are_not_read_again() {
+        let data: Vec<u8> = (0..300 * BLOCK as usize).map(|i| (i / 4096 % 251) as u8 ^ (i % 7) as u8).collect();
+        let v = Verity::new(data.len() as u64, &[5; 32], [9; 16]).unwrap();
+        let full = MemSink::new(v.hash_bytes() as usize);
+        let root = v.write(&mem_reader(&data), &full, 0).unwrap();
+        let block = |b: u64| &data[(b * BLOCK) as usize..((b + 1) * BLOCK) as usize];
+        let run = |from: u64, to: u64| (from, v.hash_blocks(&data[(from * BLOCK) as usize..(to * BLOCK) as usize]));
+        // Blocks 0..128 (a whole group), 130..131, 140..290 (across groups), 299 (the last, odd one).
+        let known = Known::new(vec![run(140, 290), run(299, 300), run(0, 128), run(130, 131)]);
+        assert_eq!(known.len(), 128 + 1 + 150 + 1);
+        assert_eq!(known.get(129), None);
+        assert_eq!(known.get(299).unwrap(), v.hash(block(299)));
+        // Known blocks read as garbage: had they been read, the tree would differ.
+        let mut scrambled = data.clone();
+        for b in (0..128).chain(130..131).chain(140..290).chain(299..300) {
+            scrambled[(b * BLOCK) as usize] ^= 0xff;
+        }
+        let sink = MemSink::new(v.hash_bytes() as usize);
+        assert_eq!(v.write_known(&known, &mem_reader(&scrambled), &sink, 0).unwrap(), root);
+        assert_eq!(sink.into_inner(), full.into_inner());
     }
 }

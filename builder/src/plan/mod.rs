@@ -392,12 +392,16 @@ fn pack_store(
     Ok((per_node, staged))
 }
 
+/// Takes a compressed file's clusters gathered so far (and empties the buffer): stages them, adding where to the
+/// file's runs.
+type Put<'a> = dyn Fn(&mut Vec<u8>, &mut Vec<(u64, u64)>) -> Result<()> + Sync + 'a;
+
 /// Compresses the `files` (entry, node) of store path `pi`, handing each file's clusters to `put`.
 fn pack_path(
     r: &Resolved,
     pi: usize,
     files: &[(usize, ext4::NodeId)],
-    put: &(dyn Fn(&mut Vec<u8>, &mut Vec<(u64, u64)>) -> Result<()> + Sync),
+    put: &Put<'_>,
 ) -> Result<Vec<(ext4::NodeId, Vec<erofs::lz4::Extent>, StagedFile)>> {
     use std::io::Read;
     let p = &r.inventory.paths[pi];

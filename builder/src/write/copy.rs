@@ -38,6 +38,21 @@ pub struct Job<'a> {
     pub base: u64,
     /// The compressed files' clusters, staged while planning (a compressed store).
     pub staged: Option<&'a crate::plan::Staged>,
+    /// The store's hash tree (a verity store): the data blocks the pass writes whole are hashed from its
+    /// buffers, so the tree need not read them back.
+    pub verity: Option<&'a kiln_formats::verity::Verity>,
+}
+
+/// What the data pass did: every path's NAR hash and size (inventory order), which data jobs it wrote, and the
+/// verity digests of the data blocks it wrote whole (runs of consecutive blocks).
+#[derive(Debug)]
+pub struct Copied {
+    /// Per store path, in inventory order.
+    pub nar: Vec<NarInfo>,
+    /// Per data job of the plan: written by a store path.
+    pub claimed: Vec<AtomicBool>,
+    /// (first data block of the store filesystem, digests) for a verity store.
+    pub leaves: Vec<kiln_formats::verity::Run>,
 }
 
 /// The plan of the filesystem the store is copied into: the root filesystem's (ext4), or the store's own
@@ -129,15 +144,14 @@ impl FileWriter<'_> {
 /// `self_hashed` (inventory order: the image's database records that hash, so a store path that changed in
 /// between must fail the build). A link group (identical files, one inode in the image) is written once, by
 /// whichever of its names is read first, and hashed for each.
-/// Returns every path's NAR hash and size, in inventory order, and which data jobs it wrote.
 pub fn copy_and_hash(
     job: &Job<'_>,
     sink: &File,
     verify: bool,
     self_hashed: &[bool],
     meter: &Meter<'_>,
-) -> Result<(Vec<NarInfo>, Vec<AtomicBool>)> {
-    let Job { r, nodes, plan, base, staged } = *job;
+) -> Result<Copied> {
+    let Job { r, nodes, plan, base, staged, verity } = *job;
     let claimed: Vec<AtomicBool> = (0..plan.jobs()).map(|_| AtomicBool::new(false)).collect();
     let paths = &r.inventory.paths;
     let mut order: Vec<(u64, usize)> = paths.iter().enumerate().map(|(i, p)| (p.counts().bytes, i)).collect();
@@ -148,7 +162,7 @@ pub fn copy_and_hash(
     let per_worker = (0..workers)
         .into_par_iter()
         .with_max_len(1)
-        .map(|_| -> Result<Vec<(usize, NarInfo)>> {
+        .map(|_| -> Result<WorkerDone> {
             let mut tee = ImageTee {
                 plan,
                 sink,
@@ -166,6 +180,8 @@ pub fn copy_and_hash(
                 staged,
                 scratch: Vec::new(),
                 packed_read: false,
+                verity,
+                leaves: Vec::new(),
             };
             let mut done = Vec::new();
             while !failed.load(Ordering::Relaxed) {
@@ -203,14 +219,23 @@ pub fn copy_and_hash(
                     }
                 }
             }
-            Ok(done)
+            Ok((done, tee.leaves))
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut done: Vec<(usize, NarInfo)> = per_worker.into_iter().flatten().collect();
+    let (done, leaves): (Vec<_>, Vec<_>) = per_worker.into_iter().unzip();
+    let mut done: Vec<(usize, NarInfo)> = done.into_iter().flatten().collect();
     done.sort_unstable_by_key(|&(i, _)| i);
     assert_eq!(done.len(), paths.len(), "every store path copied once");
-    Ok((done.into_iter().map(|(_, info)| info).collect(), claimed))
+    Ok(Copied {
+        nar: done.into_iter().map(|(_, info)| info).collect(),
+        claimed,
+        leaves: leaves.into_iter().flatten().collect(),
+    })
 }
+
+/// What one worker of the data pass did: (inventory index, NAR hash and size) of the paths it copied, and the
+/// verity digests of the blocks it wrote whole.
+type WorkerDone = (Vec<(usize, NarInfo)>, Vec<kiln_formats::verity::Run>);
 
 /// The buffer last handed out for a file this path writes: where it starts in `buf`, the file offset and
 /// image offset of its first byte, and how many bytes from there are contiguous in the image.
@@ -250,6 +275,10 @@ struct ImageTee<'a> {
     scratch: Vec<u8>,
     /// The last buffer handed out was `scratch`.
     packed_read: bool,
+    /// The store's hash tree, when the blocks written whole are to be hashed.
+    verity: Option<&'a kiln_formats::verity::Verity>,
+    /// (first data block, digests) of the blocks written whole.
+    leaves: Vec<kiln_formats::verity::Run>,
 }
 
 /// A compressed file being read: the digest of its bytes, compared with the staged one at its end.
@@ -280,6 +309,7 @@ impl<'a> ImageTee<'a> {
             if matches!(self.plan, StorePlan::Ext4(_)) {
                 let _ = rustix::fs::fadvise(self.sink, self.at, len, rustix::fs::Advice::DontNeed);
             }
+            self.hash_whole_blocks(self.at, 0, self.fill);
             self.fill = 0;
         }
         Ok(())
@@ -287,6 +317,20 @@ impl<'a> ImageTee<'a> {
 }
 
 impl ImageTee<'_> {
+    /// For a verity store: hashes the data blocks that `buf[from..to]`, just written at image offset `at`,
+    /// covers whole. Those hold their final bytes: nothing else writes a data block, and each is written once.
+    /// (A block written in part is read back by the tree instead.)
+    fn hash_whole_blocks(&mut self, at: u64, from: usize, to: usize) {
+        let Some(v) = self.verity else { return };
+        let rel = at - self.base;
+        let (first, end) = (rel.div_ceil(BLOCK), (rel + (to - from) as u64) / BLOCK);
+        if first < end {
+            let skip = usize::try_from(first * BLOCK - rel).expect("within the buffer");
+            let len = usize::try_from((end - first) * BLOCK).expect("within the buffer");
+            self.leaves.push((first, v.hash_blocks(&self.buf[from + skip..from + skip + len])));
+        }
+    }
+
     /// Takes the next `bytes` of the file being read (stored compressed); at its end, checks they are the bytes
     /// its staged clusters were made from and copies the clusters into place.
     fn pack(&mut self, bytes: &[u8]) -> Result<()> {
@@ -445,6 +489,8 @@ impl crate::nar::Tee for ImageTee<'_> {
                 unreachable!("pending only for files this path writes")
             };
             w.write_at(p.offset, &self.buf[p.start..p.start + n]).context("writing file data")?;
+            let contiguous = usize::try_from(p.contiguous).expect("less than the read");
+            self.hash_whole_blocks(p.at, p.start, p.start + contiguous);
             return self.flush();
         }
         if p.start == 0 {

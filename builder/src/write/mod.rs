@@ -90,6 +90,7 @@ fn write_data(
             plan: copy::StorePlan::Erofs(&s.plan),
             base: s.offset,
             staged: s.staged.as_ref(),
+            verity: Some(&s.verity),
         },
         None => copy::Job {
             r,
@@ -97,6 +98,7 @@ fn write_data(
             plan: copy::StorePlan::Ext4(&root.plan),
             base: root.offset,
             staged: None,
+            verity: None,
         },
     };
     let (meta, data) = rayon::join(
@@ -110,10 +112,10 @@ fn write_data(
         || copy::copy_and_hash(&job, sink, verify_hashes, &plan.self_hashed, &meter),
     );
     meta.with_context(|| format!("writing {shown}"))?;
-    let (_, copied) = data?;
+    let copied = data?;
     // Files outside the store (the database, its schema file, …) are the ones no store path copied.
     match &plan.store {
-        None => root.plan.write_files(&root.tree, sink, root.offset, &|i| copied[i].load(Ordering::Relaxed)),
+        None => root.plan.write_files(&root.tree, sink, root.offset, &|i| copied.claimed[i].load(Ordering::Relaxed)),
         Some(_) => root.plan.write_files(&root.tree, sink, root.offset, &|_| false),
     }
     .with_context(|| format!("writing {shown}"))?;
@@ -128,7 +130,13 @@ fn write_data(
     let hash = progress::phase(
         progress,
         Phase::Verity,
-        || store.verity.write(&read, sink, store.verity_offset).with_context(|| format!("writing {shown}")),
+        || {
+            let known = kiln_formats::verity::Known::new(copied.leaves);
+            store
+                .verity
+                .write_known(&known, &read, sink, store.verity_offset)
+                .with_context(|| format!("writing {shown}"))
+        },
         |h| format!("root hash {}", kiln_formats::verity::hex(h)),
     )?;
     write_disk(&with_root_hash(d, &hash), sink, shown)?;
