@@ -189,14 +189,7 @@ impl Verity {
     /// tree for those data blocks, for a writer that hashes the data as it writes it ([`Self::write_known`]).
     #[must_use]
     pub fn hash_blocks(&self, blocks: &[u8]) -> Vec<[u8; 32]> {
-        let block = BLOCK as usize;
-        let mut out = Vec::with_capacity(blocks.len() / block);
-        let mut pairs = blocks.chunks_exact(2 * block);
-        for two in &mut pairs {
-            out.extend(crate::sha256x2::prefixed(&self.salt, &two[..block], &two[block..]));
-        }
-        out.extend(pairs.remainder().chunks(block).map(|b| self.hash(b)));
-        out
+        block_digests(&self.salt, blocks)
     }
 
     /// Hashes of the data, a hash block's worth (128 blocks) per task, in parallel: one digest per block.
@@ -309,6 +302,30 @@ impl Verity {
         }
         Ok(())
     }
+}
+
+/// The digests `sha256(salt ‖ block)` of the 4 KiB blocks `blocks` holds, two at a time ([`crate::sha256x2`]):
+/// the leaves of a tree with that salt ([`Verity::hash_blocks`]), for a writer that knows the salt before the
+/// tree's shape.
+///
+/// # Panics
+/// If `blocks` is not whole blocks.
+#[must_use]
+pub fn block_digests(salt: &[u8], blocks: &[u8]) -> Vec<[u8; 32]> {
+    let block = BLOCK as usize;
+    assert!(blocks.len().is_multiple_of(block), "whole blocks");
+    let mut out = Vec::with_capacity(blocks.len() / block);
+    let mut pairs = blocks.chunks_exact(2 * block);
+    for two in &mut pairs {
+        out.extend(crate::sha256x2::prefixed(salt, &two[..block], &two[block..]));
+    }
+    out.extend(pairs.remainder().chunks(block).map(|b| {
+        let mut h = Sha256::new();
+        h.update(salt);
+        h.update(b);
+        <[u8; 32]>::from(h.finalize())
+    }));
+    out
 }
 
 /// Digests of consecutive data blocks: (the first block's number, the digests).

@@ -111,6 +111,8 @@ pub struct StagedFile {
     /// XXH3-128 of the file's bytes when they were compressed: the data pass, which reads the file again to
     /// check its narHash, proves with it that the clusters are of the bytes it checked.
     pub digest: u128,
+    /// The verity digest of each cluster's block (the store's hash tree takes them as they are).
+    pub leaves: Vec<[u8; 32]>,
 }
 
 /// What the kernel command line says until the store's root hash is known: `usrhash=` and 64 zeros, replaced
@@ -282,6 +284,7 @@ fn store_fs(r: &Resolved, opts: &Options, seed: &Seed) -> Result<StorePlanned> {
     let (tree, nodes) = rootfs::store_tree(&r.store, &r.inventory, i64::from(opts.timestamp))?;
     let options =
         erofs::Options { label: disk::STORE_LABEL.as_bytes().to_vec(), uuid: seed.uuid("erofs-uuid"), timestamp: 1 };
+    let salt = seed.derive("verity-salt");
     let (packed, staged) = if opts.store_lz4 {
         // The clusters are staged beside the output (the same filesystem: copied into place in the kernel).
         let stage = match &opts.output {
@@ -294,13 +297,12 @@ fn store_fs(r: &Resolved, opts: &Options, seed: &Seed) -> Result<StorePlanned> {
             }
             None => None,
         };
-        let (packed, files) = pack_store(r, &tree, &nodes, stage.as_ref())?;
+        let (packed, files) = pack_store(r, &tree, &nodes, stage.as_ref(), &salt)?;
         (packed, stage.map(|file| Staged { file, files }))
     } else {
         (Vec::new(), None)
     };
     let plan = erofs::plan_packed(&tree, &options, packed).context("planning the store filesystem")?;
-    let salt = seed.derive("verity-salt");
     let verity = Verity::new(plan.size_bytes(), &salt, seed.uuid("verity-uuid")).context("planning the hash tree")?;
     Ok((tree, nodes, plan, verity, staged))
 }
@@ -324,17 +326,19 @@ fn pack_store(
     tree: &ext4::Tree,
     nodes: &[Vec<ext4::NodeId>],
     stage: Option<&std::fs::File>,
+    salt: &[u8],
 ) -> Result<Packed> {
     use std::os::unix::fs::FileExt;
     use std::sync::atomic::{AtomicU64, Ordering};
     let cursor = AtomicU64::new(0);
-    let put = |out: &mut Vec<u8>, runs: &mut Vec<(u64, u64)>| -> Result<()> {
+    let put = |out: &mut Vec<u8>, file: &mut StagedFile| -> Result<()> {
         if let Some(f) = stage
             && !out.is_empty()
         {
             let at = cursor.fetch_add(out.len() as u64, Ordering::Relaxed);
             f.write_all_at(out, at).context("writing the staging file of the compressed store")?;
-            runs.push((at, out.len() as u64));
+            file.runs.push((at, out.len() as u64));
+            file.leaves.extend(kiln_formats::verity::block_digests(salt, out));
         }
         out.clear();
         Ok(())
@@ -393,8 +397,8 @@ fn pack_store(
 }
 
 /// Takes a compressed file's clusters gathered so far (and empties the buffer): stages them, adding where to the
-/// file's runs.
-type Put<'a> = dyn Fn(&mut Vec<u8>, &mut Vec<(u64, u64)>) -> Result<()> + Sync + 'a;
+/// file's runs and their blocks' verity digests to its leaves.
+type Put<'a> = dyn Fn(&mut Vec<u8>, &mut StagedFile) -> Result<()> + Sync + 'a;
 
 /// Compresses the `files` (entry, node) of store path `pi`, handing each file's clusters to `put`.
 fn pack_path(
@@ -417,7 +421,7 @@ fn pack_path(
         let mut file = opener.open(&e.rel).with_context(shown)?;
         let mut c = erofs::lz4::Compressor::new();
         let mut digest = xxhash_rust::xxh3::Xxh3::new();
-        let mut runs = Vec::new();
+        let mut staged = StagedFile::default();
         let mut read = 0u64;
         loop {
             let n = file.read(&mut buf).with_context(shown)?;
@@ -431,7 +435,7 @@ fn pack_path(
             digest.update(&buf[..n]);
             c.push(&buf[..n], &mut out);
             if out.len() >= STAGE_RUN {
-                put(&mut out, &mut runs)?;
+                put(&mut out, &mut staged)?;
             }
         }
         if read != size {
@@ -439,8 +443,9 @@ fn pack_path(
         }
         let extents = c.finish(&mut out);
         if erofs::lz4::worth_it(size, extents.len()) {
-            put(&mut out, &mut runs)?;
-            done.push((node, extents, StagedFile { runs, digest: digest.digest128() }));
+            put(&mut out, &mut staged)?;
+            staged.digest = digest.digest128();
+            done.push((node, extents, staged));
         }
         out.clear();
     }

@@ -352,6 +352,10 @@ impl ImageTee<'_> {
             "a store file is not what it was when the image was planned: it changed during the build"
         );
         let (mut to, _) = w.locate(0).expect("a compressed file has clusters");
+        if self.verity.is_some() {
+            debug_assert_eq!((to - self.base) % BLOCK, 0, "clusters start at a block");
+            self.leaves.push(((to - self.base) / BLOCK, file.leaves.clone()));
+        }
         for &(from, len) in &file.runs {
             copy_range(&staged.file, from, self.sink, to, len)?;
             to += len;
