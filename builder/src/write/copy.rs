@@ -305,7 +305,8 @@ impl<'a> ImageTee<'a> {
                 .with_context(|| format!("writing file data at image offset {}", self.at))?;
             let len = std::num::NonZeroU64::new(self.fill as u64);
             // Start writing these pages back now (asynchronously), so the final fsync finds little left; not
-            // for an EROFS store, which the verity pass reads back (flushed by `super::writing_back` instead).
+            // for an EROFS store, whose tree reads back what was not hashed here (flushed by
+            // `super::writing_back` instead).
             if matches!(self.plan, StorePlan::Ext4(_)) {
                 let _ = rustix::fs::fadvise(self.sink, self.at, len, rustix::fs::Advice::DontNeed);
             }

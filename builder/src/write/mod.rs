@@ -37,23 +37,87 @@ pub fn write(
     {
         write_disk(d, sink, shown)?;
     }
-    // A verity store is read back for its hash tree: its pages must stay cached while they are written back
-    // (the data pass of an ext4 root drops each written chunk from the cache instead, see `copy`).
-    if plan.store.is_some() {
-        return writing_back(sink, shown, || write_data(plan, r, verify_hashes, sink, shown, progress));
-    }
-    write_data(plan, r, verify_hashes, sink, shown, progress)
+    // A verity store's disk is flushed while it is written, its pages kept for the tree to read back what the
+    // data pass did not hash (the data pass of an ext4 root starts writeback and drops each chunk instead, see
+    // `copy`: each measured the faster for its layout).
+    writing_back(plan.store.is_some(), sink, shown, || {
+        let root = &plan.root;
+        let meter = Meter::new(progress, Phase::Write, r.inventory.totals.unique_bytes);
+        let job = match &plan.store {
+            Some(s) => copy::Job {
+                r,
+                nodes: &s.nodes,
+                plan: copy::StorePlan::Erofs(&s.plan),
+                base: s.offset,
+                staged: s.staged.as_ref(),
+                verity: Some(&s.verity),
+            },
+            None => copy::Job {
+                r,
+                nodes: &root.nodes,
+                plan: copy::StorePlan::Ext4(&root.plan),
+                base: root.offset,
+                staged: None,
+                verity: None,
+            },
+        };
+        let (meta, data) = rayon::join(
+            || -> Result<()> {
+                root.plan.write_metadata(&root.tree, sink, root.offset)?;
+                if let Some(s) = &plan.store {
+                    s.plan.write_metadata(&s.tree, sink, s.offset).context("writing the store filesystem")?;
+                }
+                Ok(())
+            },
+            || copy::copy_and_hash(&job, sink, verify_hashes, &plan.self_hashed, &meter),
+        );
+        meta.with_context(|| format!("writing {shown}"))?;
+        let copied = data?;
+        // Files outside the store (the database, its schema file, …) are the ones no store path copied.
+        match &plan.store {
+            None => {
+                root.plan.write_files(&root.tree, sink, root.offset, &|i| copied.claimed[i].load(Ordering::Relaxed))
+            }
+            Some(_) => root.plan.write_files(&root.tree, sink, root.offset, &|_| false),
+        }
+        .with_context(|| format!("writing {shown}"))?;
+        if let Some(embedding) = plan.disk.as_ref().and_then(|d| d.grub.as_ref()) {
+            embedding.write(sink).with_context(|| format!("installing GRUB into {shown}"))?;
+            embedding
+                .verify(|offset, buf| sink.read_exact_at(buf, offset.get()))
+                .with_context(|| format!("reading GRUB back from {shown}"))?;
+        }
+        let (Some(store), Some(d)) = (&plan.store, &plan.disk) else { return Ok(None) };
+        let read = |buf: &mut [u8], at: u64| sink.read_exact_at(buf, store.offset + at);
+        let hash = progress::phase(
+            progress,
+            Phase::Verity,
+            || {
+                let known = kiln_formats::verity::Known::new(copied.leaves);
+                store
+                    .verity
+                    .write_known(&known, &read, sink, store.verity_offset)
+                    .with_context(|| format!("writing {shown}"))
+            },
+            |h| format!("root hash {}", kiln_formats::verity::hex(h)),
+        )?;
+        write_disk(&with_root_hash(d, &hash), sink, shown)?;
+        Ok(Some(hash))
+    })
 }
 
 /// How often written data is flushed while the image is being written.
 const WRITEBACK_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Runs `f` (which writes `sink`) while a thread of its own flushes what it has written so far (`fdatasync`)
+/// Runs `f` (which writes `sink`), if `enabled` while a thread of its own flushes what it has written so far (`fdatasync`)
 /// every [`WRITEBACK_EVERY`]: the disk writes while the image is made, instead of all at the final flush, and
 /// the pages stay cached for what reads them back (the verity tree, an output format). A failed flush fails
 /// the build (the kernel reports a writeback error once per open file, so the final flush would not see it).
-fn writing_back<T>(sink: &File, shown: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+fn writing_back<T>(enabled: bool, sink: &File, shown: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     use std::sync::mpsc::{RecvTimeoutError, channel};
+    if !enabled {
+        return f();
+    }
     let (done, stop) = channel::<()>();
     std::thread::scope(|s| {
         let flusher = s.spawn(move || -> std::io::Result<()> {
@@ -71,76 +135,6 @@ fn writing_back<T>(sink: &File, shown: &str, f: impl FnOnce() -> Result<T>) -> R
         flushed.with_context(|| format!("flushing {shown} while writing it"))?;
         Ok(out)
     })
-}
-
-fn write_data(
-    plan: &Plan,
-    r: &Resolved,
-    verify_hashes: bool,
-    sink: &File,
-    shown: &str,
-    progress: &dyn Progress,
-) -> Result<Option<[u8; 32]>> {
-    let root = &plan.root;
-    let meter = Meter::new(progress, Phase::Write, r.inventory.totals.unique_bytes);
-    let job = match &plan.store {
-        Some(s) => copy::Job {
-            r,
-            nodes: &s.nodes,
-            plan: copy::StorePlan::Erofs(&s.plan),
-            base: s.offset,
-            staged: s.staged.as_ref(),
-            verity: Some(&s.verity),
-        },
-        None => copy::Job {
-            r,
-            nodes: &root.nodes,
-            plan: copy::StorePlan::Ext4(&root.plan),
-            base: root.offset,
-            staged: None,
-            verity: None,
-        },
-    };
-    let (meta, data) = rayon::join(
-        || -> Result<()> {
-            root.plan.write_metadata(&root.tree, sink, root.offset)?;
-            if let Some(s) = &plan.store {
-                s.plan.write_metadata(&s.tree, sink, s.offset).context("writing the store filesystem")?;
-            }
-            Ok(())
-        },
-        || copy::copy_and_hash(&job, sink, verify_hashes, &plan.self_hashed, &meter),
-    );
-    meta.with_context(|| format!("writing {shown}"))?;
-    let copied = data?;
-    // Files outside the store (the database, its schema file, …) are the ones no store path copied.
-    match &plan.store {
-        None => root.plan.write_files(&root.tree, sink, root.offset, &|i| copied.claimed[i].load(Ordering::Relaxed)),
-        Some(_) => root.plan.write_files(&root.tree, sink, root.offset, &|_| false),
-    }
-    .with_context(|| format!("writing {shown}"))?;
-    if let Some(embedding) = plan.disk.as_ref().and_then(|d| d.grub.as_ref()) {
-        embedding.write(sink).with_context(|| format!("installing GRUB into {shown}"))?;
-        embedding
-            .verify(|offset, buf| sink.read_exact_at(buf, offset.get()))
-            .with_context(|| format!("reading GRUB back from {shown}"))?;
-    }
-    let (Some(store), Some(d)) = (&plan.store, &plan.disk) else { return Ok(None) };
-    let read = |buf: &mut [u8], at: u64| sink.read_exact_at(buf, store.offset + at);
-    let hash = progress::phase(
-        progress,
-        Phase::Verity,
-        || {
-            let known = kiln_formats::verity::Known::new(copied.leaves);
-            store
-                .verity
-                .write_known(&known, &read, sink, store.verity_offset)
-                .with_context(|| format!("writing {shown}"))
-        },
-        |h| format!("root hash {}", kiln_formats::verity::hex(h)),
-    )?;
-    write_disk(&with_root_hash(d, &hash), sink, shown)?;
-    Ok(Some(hash))
 }
 
 /// The disk with what the root hash decides filled in: the store partitions' GUIDs (its first and last 128
