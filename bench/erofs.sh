@@ -43,6 +43,8 @@ case $compress in
 esac
 # shellcheck source=bench/common.sh
 source "$here/common.sh"
+# shellcheck source=bench/closure-info.sh
+source "$here/closure-info.sh"
 
 # The system's store: the corpus's store paths hard-linked into a directory of their own (made once), so that
 # the paths added here stay out of the corpus other benchmarks copy whole (bench/ext4.sh gives `mkfs.ext4 -d`
@@ -77,18 +79,7 @@ if [ ! -s "$ci/registration" ] || [ "$ci/registration" -ot "$store" ]; then
   msg "making a closureInfo for the system (once)"
   "$kiln" build --system "/nix/store/$top" --store-dir "$store" --layout none --registration-file --progress none \
     --force --output "$work/scan.img" >&2 || die "kiln build (scan) failed"
-  rm -rf "$ci.tmp" && mkdir -p "$ci.tmp"
-  debugfs -R 'cat /nix-path-registration' "$work/scan.img" >"$ci.tmp/registration" 2>/dev/null
-  python3 - "$ci.tmp/registration" >"$ci.tmp/store-paths" <<'PY'
-import sys
-lines = open(sys.argv[1]).read().split("\n")[:-1]
-paths, i = [], 0
-while i < len(lines):
-    paths.append(lines[i]); i += 5 + int(lines[i + 4])
-print("\n".join(sorted(paths)))
-PY
-  rm -rf "$ci" && mv "$ci.tmp" "$ci"
-  rm -f "$work/scan.img"
+  closure_info_from "$work/scan.img" "$ci"
 fi
 
 msg "warming the page cache (reading the corpus once)"

@@ -27,6 +27,8 @@ case $size in small | medium | large) ;; *) die "unknown corpus size '$size' (us
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
+# shellcheck source=bench/closure-info.sh
+source "$here/closure-info.sh"
 bench_dir=${BENCH_DIR:-/var/tmp/kiln-bench}
 corpus=$bench_dir/$size
 store=$corpus/nix/store
@@ -232,18 +234,7 @@ ci="$bench_dir/$size.closure-info"
 if [ ! -s "$ci/registration" ] || [ "$ci/registration" -ot "$store" ]; then
   msg "making a closureInfo for the corpus (once)"
   "${scan_cmd[@]}" --registration-file
-  rm -rf "$ci.tmp" && mkdir -p "$ci.tmp"
-  debugfs -R 'cat /nix-path-registration' "$work/kiln.img" > "$ci.tmp/registration" 2>/dev/null
-  python3 - "$ci.tmp/registration" > "$ci.tmp/store-paths" <<'PY'
-import sys
-lines = open(sys.argv[1]).read().split("\n")[:-1]
-paths, i = [], 0
-while i < len(lines):
-    paths.append(lines[i]); i += 5 + int(lines[i + 4])
-print("\n".join(sorted(paths)))
-PY
-  rm -rf "$ci" && mv "$ci.tmp" "$ci"
-  rm -f "$work/kiln.img"
+  closure_info_from "$work/kiln.img" "$ci"
 fi
 
 # The build timed against mkfs: closureInfo given, so each file is read once, hashed and copied.
