@@ -179,10 +179,7 @@ impl Verity {
     }
 
     fn hash(&self, block: &[u8]) -> [u8; 32] {
-        let mut h = Sha256::new();
-        h.update(&self.salt);
-        h.update(block);
-        h.finalize().into()
+        salted(&self.salt, block)
     }
 
     /// The digests of the 4 KiB blocks `blocks` holds, two at a time ([`crate::sha256x2`]): the leaves of the
@@ -319,13 +316,16 @@ pub fn block_digests(salt: &[u8], blocks: &[u8]) -> Vec<[u8; 32]> {
     for two in &mut pairs {
         out.extend(crate::sha256x2::prefixed(salt, &two[..block], &two[block..]));
     }
-    out.extend(pairs.remainder().chunks(block).map(|b| {
-        let mut h = Sha256::new();
-        h.update(salt);
-        h.update(b);
-        <[u8; 32]>::from(h.finalize())
-    }));
+    out.extend(pairs.remainder().chunks(block).map(|b| salted(salt, b)));
     out
+}
+
+/// `sha256(salt ‖ block)`.
+fn salted(salt: &[u8], block: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(salt);
+    h.update(block);
+    h.finalize().into()
 }
 
 /// Digests of consecutive data blocks: (the first block's number, the digests).

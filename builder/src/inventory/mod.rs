@@ -430,12 +430,11 @@ fn content_groups(store: &StoreDir, paths: &[PathInventory], cap: usize) -> Resu
             *shared.entry((size, *d)).or_default() += 1;
         }
     }
-    let again: Vec<usize> =
-        (0..reads.len()).filter(|&r| reads[r].2 > PREFIX && shared[&(reads[r].2, digests[r])] > 1).collect();
     // A large file whose first bytes no other file of its size shares is identical to no other: its prefix
-    // digest, marked as one, keeps it apart from every whole-file digest.
+    // digest, marked as one, keeps it apart from every whole-file digest. The other large ones are read whole.
     let partial: Vec<bool> =
         (0..reads.len()).map(|r| reads[r].2 > PREFIX && shared[&(reads[r].2, digests[r])] == 1).collect();
+    let again: Vec<usize> = (0..reads.len()).filter(|&r| reads[r].2 > PREFIX && !partial[r]).collect();
     let whole: Vec<[u8; 32]> = again.par_iter().map(|&r| hash(reads[r], u64::MAX)).collect::<Result<_>>()?;
     for (&r, d) in again.iter().zip(whole) {
         digests[r] = d;

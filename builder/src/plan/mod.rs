@@ -362,31 +362,11 @@ fn pack_store(
             work.push((pi, files));
         }
     }
-    // Largest store paths first, each worker taking the next when it is done: one large library left to the
-    // end would otherwise keep one thread compressing while the others wait.
-    let bytes = |files: &[(usize, ext4::NodeId)], pi: usize| -> u64 {
-        files
-            .iter()
-            .map(|&(ei, _)| match r.inventory.paths[pi].entries[ei].kind {
-                crate::inventory::Kind::File { size, .. } => size,
-                _ => 0,
-            })
-            .sum()
-    };
-    work.sort_by_cached_key(|(pi, files)| std::cmp::Reverse(bytes(files, *pi)));
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let workers = rayon::current_num_threads().min(work.len()).max(1);
-    let packed: Vec<Vec<(ext4::NodeId, Vec<erofs::lz4::Extent>, StagedFile)>> = (0..workers)
-        .into_par_iter()
-        .with_max_len(1)
-        .map(|_| -> Result<Vec<_>> {
-            let mut all = Vec::new();
-            while let Some((pi, files)) = work.get(next.fetch_add(1, Ordering::Relaxed)) {
-                all.extend(pack_path(r, *pi, files, &put)?);
-            }
-            Ok(all)
-        })
-        .collect::<Result<_>>()?;
+    // Largest store paths first (as the data pass and `nar::hash_closure` take them): one large library left to
+    // the end would otherwise keep one thread compressing while the others wait.
+    work.sort_by_cached_key(|&(pi, _)| std::cmp::Reverse(r.inventory.paths[pi].counts().bytes));
+    let packed: Vec<Vec<(ext4::NodeId, Vec<erofs::lz4::Extent>, StagedFile)>> =
+        work.par_iter().with_max_len(1).map(|(pi, files)| pack_path(r, *pi, files, &put)).collect::<Result<_>>()?;
     let mut per_node = vec![Vec::new(); tree.len()];
     let mut staged = vec![StagedFile::default(); tree.len()];
     for (node, extents, file) in packed.into_iter().flatten() {

@@ -110,9 +110,9 @@ pub fn write(
 /// 7%: the disk's queue never runs dry, and little is left for the final flush).
 const WRITEBACK_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// Runs `f` (which writes `sink`), if `enabled` while a thread of its own flushes what it has written so far (`fdatasync`)
-/// every [`WRITEBACK_EVERY`]: the disk writes while the image is made, instead of all at the final flush, and
-/// the pages stay cached for what reads them back (the verity tree, an output format). A failed flush fails
+/// Runs `f` (which writes `sink`); if `enabled`, while a thread of its own flushes what it has written so far
+/// (`fdatasync`) every [`WRITEBACK_EVERY`]: the disk writes while the image is made, instead of all at the final
+/// flush, and the pages stay cached for what reads them back (the verity tree, an output format). A failed flush fails
 /// the build (the kernel reports a writeback error once per open file, so the final flush would not see it).
 fn writing_back<T>(enabled: bool, sink: &File, shown: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     use std::sync::mpsc::{RecvTimeoutError, channel};
