@@ -68,6 +68,48 @@ const MAX_DEPTH: u32 = 8;
 /// Longest relative path made, in bytes.
 const MAX_PATH: usize = 3000;
 
+/// A random tree made a store path of a NixOS-shaped system, by [`random_system`].
+#[derive(Debug, Clone)]
+pub struct RandomSystem {
+    /// The toplevel's logical path (`/nix/store/<hash>-nixos-system-soak-<seed>`): a bootspec whose kernel,
+    /// initrd and init are stand-ins inside it, and a symlink to the tree, so a reference scan finds both.
+    pub toplevel: String,
+    /// The tree's logical path (`/nix/store/<hash>-soak-<seed>`).
+    pub tree: String,
+    /// Where the tree lies on the host.
+    pub src: PathBuf,
+    /// What the tree holds.
+    pub stats: TreeStats,
+}
+
+/// Makes the random tree of `seed` a store path in `store`, with a toplevel that refers to it. Store hashes are
+/// derived from the seed (in Nix's base-32 alphabet), so names are stable.
+pub fn random_system(seed: u64, store: &Path, size: TreeSize) -> RandomSystem {
+    use sha2::Digest;
+    let name = |what: &str| {
+        const ALPHABET: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
+        let digest = sha2::Sha256::digest(format!("kiln-soak-{what}-{seed}").as_bytes());
+        let hash: String = (0..32).map(|i| ALPHABET[(digest[i] & 31) as usize] as char).collect();
+        format!("{hash}-{what}-{seed}")
+    };
+    let (tree_name, top_name) = (name("soak"), name("nixos-system-soak"));
+    let src = store.join(&tree_name);
+    let stats = random_tree(seed, &src, size);
+    let (tree, toplevel) = (format!("/nix/store/{tree_name}"), format!("/nix/store/{top_name}"));
+    let top = store.join(&top_name);
+    let io = |r: std::io::Result<()>| r.unwrap_or_else(|e| panic!("making {}: {e}", top.display()));
+    io(std::fs::create_dir_all(&top));
+    io(std::os::unix::fs::symlink(&tree, top.join("tree")));
+    io(std::fs::write(top.join("bzImage"), b"not a real kernel\n"));
+    io(std::fs::write(top.join("initrd"), b"not a real initrd\n"));
+    io(std::fs::write(top.join("init"), b"#!/bin/sh\n"));
+    let bootspec = format!(
+        r#"{{"org.nixos.bootspec.v1":{{"init":"{toplevel}/init","initrd":"{toplevel}/initrd","kernel":"{toplevel}/bzImage","kernelParams":["console=ttyS0"],"label":"soak {seed}","system":"x86_64-linux","toplevel":"{toplevel}"}},"org.nixos.specialisation.v1":{{}}}}"#
+    );
+    io(std::fs::write(top.join("boot.json"), bootspec));
+    RandomSystem { toplevel, tree, src, stats }
+}
+
 /// Creates a random tree under `dir` (created if missing; should be empty), deterministically from `seed`.
 /// Panics on any I/O error.
 pub fn random_tree(seed: u64, dir: &Path, size: TreeSize) -> TreeStats {

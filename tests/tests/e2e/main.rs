@@ -17,6 +17,7 @@ mod golden;
 mod harness;
 mod inspect;
 mod interrupt;
+mod kernel_rw;
 mod nar;
 mod nix_build;
 mod nix_state;

@@ -31,6 +31,31 @@ impl Loop {
         Self::with_args(file, &["-b", &sector.to_string()])
     }
 
+    /// A loop device over `file` (512-byte sectors) that takes partitions (`losetup -P`), with none yet: this
+    /// kernel may have no partition-table parsers, so they are added with [`Loop::add_partition`].
+    pub fn partitionable(file: &Path) -> Self {
+        Self::with_args(file, &["-P"])
+    }
+
+    /// Adds partition `n` over `len` bytes at `offset` through the kernel's `BLKPG` ioctl (`addpart`, which needs
+    /// no partition-table parser) and returns its device (`/dev/loopNpM`, made by devtmpfs).
+    pub fn add_partition(&self, n: u32, offset: u64, len: u64) -> PathBuf {
+        let addpart = tools::require("addpart", "util-linux");
+        tools::run_ok(Command::new(addpart).arg(&self.dev).args([
+            n.to_string(),
+            (offset / 512).to_string(),
+            (len / 512).to_string(),
+        ]));
+        let part = PathBuf::from(format!("{}p{n}", self.dev.display()));
+        for _ in 0..100 {
+            if part.exists() {
+                return part;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("{} was added but has no device node", part.display());
+    }
+
     /// A read-only loop device over `len` bytes at `offset` of `dev` (a partition of a flashed device).
     pub fn part(dev: &Path, offset: u64, len: u64, sector: u32) -> Self {
         Self::with_args(

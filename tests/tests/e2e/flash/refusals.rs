@@ -1,6 +1,7 @@
 //! Every refusal, each with a clear error and nothing written: a mounted device, a device used as swap, a device
 //! held open exclusively, a target too small, a BIOS image onto a 4Kn device, an existing partition table
-//! without `--force`, the source itself as the target; and a read-back mismatch (a byte flipped on the device
+//! without `--force`, the source itself as the target, a partition (unless `--allow-partition`: then the image is
+//! written inside it and nowhere else), a disk whose partition is mounted; and a read-back mismatch (a byte flipped on the device
 //! between write and verify, through kiln's test hook) reported with its offset, the tables wiped.
 
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -174,4 +175,73 @@ fn the_disk_of_the_running_root_is_refused() {
     let raw = Images::get().raw("efi");
     flash(&[raw.as_os_str(), disk.as_os_str(), "--force".as_ref(), "--dry-run".as_ref()])
         .fails_with(&["holds the running system's root filesystem"]);
+}
+
+/// The bytes of `file` at `at`, `len` of them.
+fn bytes_at(file: &Path, at: u64, len: usize) -> Vec<u8> {
+    let mut b = vec![0u8; len];
+    std::fs::File::open(file).unwrap().read_exact_at(&mut b, at).unwrap();
+    b
+}
+
+#[test]
+fn a_partition_is_refused_unless_allowed_and_then_only_it_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A disk with one partition from 1 MiB to 1 MiB before its end; the disk is marked everywhere the flash
+    // into the partition must not write: its first MiB and its last.
+    let (size, start) = ((1u64 << 30) + (2 << 20), 1u64 << 20);
+    let len = size - 2 * start;
+    let backing = blank(tmp.path(), "disk", size);
+    let f = std::fs::OpenOptions::new().write(true).open(&backing).unwrap();
+    let mark = vec![0x5Au8; 2 << 20];
+    f.write_all_at(&mark, 0).unwrap();
+    f.write_all_at(&mark[..1 << 20], size - (1 << 20)).unwrap();
+    drop(f);
+    let disk = Loop::partitionable(&backing);
+    let part = disk.add_partition(1, start, len);
+    let raw = Images::get().raw("efi");
+    flash(&[raw.as_os_str(), part.as_os_str(), "--force".as_ref()]).fails_with(&[
+        "is a partition",
+        &format!("of {}", disk.dev.display()),
+        "--allow-partition",
+    ]);
+    assert!(starts_with_only(&part, 1 << 20, 0x5A), "the refused flash wrote into the partition");
+
+    let out = flash(&[raw.as_os_str(), part.as_os_str(), "--force".as_ref(), "--allow-partition".as_ref()]).ok();
+    assert!(out.contains("flashed"), "{out}");
+    // The partition holds the image, its backup GPT moved to the partition's end; the disk around it is as it was.
+    super::assert_holds(&part, &raw, 33 * 512);
+    super::assert_table_fits(&part, 512);
+    assert!(bytes_at(&backing, 0, 1 << 20).iter().all(|&b| b == 0x5A), "the disk's first MiB was written");
+    assert!(
+        bytes_at(&backing, size - (1 << 20), 1 << 20).iter().all(|&b| b == 0x5A),
+        "the disk's last MiB was written"
+    );
+}
+
+#[test]
+fn a_disk_whose_partition_is_mounted_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backing = blank(tmp.path(), "disk", 1 << 30);
+    let disk = Loop::partitionable(&backing);
+    let part = disk.add_partition(1, 1 << 20, 64 << 20);
+    tools::run_ok(Command::new(tools::require("mkfs.ext4", "e2fsprogs")).args(["-q", "-F"]).arg(&part));
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    tools::run_ok(Command::new("mount").arg(&part).arg(&mnt));
+    struct Umount<'a>(&'a Path);
+    impl Drop for Umount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _u = Umount(&mnt);
+    let before = bytes_at(&backing, 0, 1 << 20);
+    let raw = Images::get().raw("efi");
+    flash(&[raw.as_os_str(), disk.dev.as_os_str(), "--force".as_ref()]).fails_with(&[
+        "is mounted",
+        &part.display().to_string(),
+        &mnt.display().to_string(),
+    ]);
+    assert!(bytes_at(&backing, 0, 1 << 20) == before, "the refused flash wrote something");
 }
