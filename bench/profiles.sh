@@ -172,12 +172,15 @@ for p in "${profiles[@]}"; do
     openstack | qemu-efi | qemu-bios) ext=qcow2 kext=qcow2 kind=compressed ;;
     *) ext=raw kext=raw kind=sparse ;;
   esac
-  # As qcow2 without compression, then raw: every profile takes that (a profile's own compression is refused
-  # with --format raw).
+  # As raw, or where the profile refuses that (its own compression goes with qcow2 only) as qcow2 without
+  # compression, then converted to raw.
   msg "$p: kiln's disk of the same profile, as raw (geometry for the anchor)"
-  kiln_build "$p" "$work/ref.qcow2" --format qcow2 --compress none
-  qemu-img convert -f qcow2 -O raw "$work/ref.qcow2" "$work/ref.raw"
-  rm -f "$work/ref.qcow2"
+  if ! "$kiln" build --profile "$p" --system "/nix/store/$top" --store-dir "$store" --closure-info "$ci" \
+    --progress none --force --format raw --no-checksum --output "$work/ref.raw" >"$work/log.ref" 2>&1; then
+    kiln_build "$p" "$work/ref.qcow2" --format qcow2 --compress none
+    qemu-img convert -f qcow2 -O raw "$work/ref.qcow2" "$work/ref.raw"
+    rm -f "$work/ref.qcow2"
+  fi
   sfdisk --dump "$work/ref.raw" | grep -v '^\(last-lba\|device\):' | sed "s|^$work/ref.raw[0-9]* : ||" >"$work/ref.table"
   disk_size=$(stat -c %s "$work/ref.raw")
   eval "$(sfdisk --json "$work/ref.raw" | python3 -c '
