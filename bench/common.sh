@@ -2,7 +2,8 @@
 # name the corpus: small, medium or large, default large).
 #
 # Sets kiln (KILN, or a release build of this checkout), corpus and store (the corpus, built once with
-# MAKE_STORE, default /work/shared/bench/make-store.sh), and defines nixhash, store_path and toplevel.
+# MAKE_STORE, default /work/shared/bench/make-store.sh), and defines nixhash, store_path, toplevel, own_store
+# and host_boot.
 
 if [ -n "${KILN:-}" ]; then
   kiln=$KILN
@@ -85,4 +86,29 @@ JSON
     mv "$t" "$store/$name"
   fi
   printf '%s' "$name"
+}
+
+# own_store NAME: the corpus's store paths hard-linked into $bench_dir/$corpus_size-NAME (made once), and corpus
+# and store pointed there, so the paths a benchmark adds stay out of the corpus the others copy whole (ext4.sh
+# gives `mkfs.ext4 -d` the corpus directory); the toplevels and boot paths other benchmarks added are left out.
+own_store() {
+  local own=$bench_dir/$corpus_size-$1
+  if [ ! -d "$own/nix/store" ]; then
+    msg "linking the corpus into $own (once)"
+    rm -rf "$own.tmp" && mkdir -p "$own.tmp/nix/store"
+    (cd "$store" && find . -mindepth 1 -maxdepth 1 ! -name '.*' ! -name '*-nixos-system-*' ! -name '*bench' \
+      -exec cp -al {} "$own.tmp/nix/store/" \;)
+    mv "$own.tmp" "$own"
+  fi
+  corpus=$own
+  store=$own/nix/store
+}
+
+# host_boot NAME: this machine's newest kernel (x86_kernel) and systemd-boot as store paths of their own,
+# linux-NAME and systemd-NAME; sets kernel and systemd to their names. The store directory must be writable.
+host_boot() {
+  x86_kernel=$(ls /boot/vmlinuz-* 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$x86_kernel" ] || die "no /boot/vmlinuz-* (install linux-image-amd64)"
+  kernel=$(store_path "linux-$1" "$x86_kernel" bzImage)
+  systemd=$(store_path "systemd-$1" /usr/lib/systemd/boot/efi/systemd-bootx64.efi lib/systemd/boot/efi/systemd-bootx64.efi)
 }

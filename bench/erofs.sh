@@ -46,26 +46,11 @@ source "$here/common.sh"
 # shellcheck source=bench/closure-info.sh
 source "$here/closure-info.sh"
 
-# The system's store: the corpus's store paths hard-linked into a directory of their own (made once), so that
-# the paths added here stay out of the corpus other benchmarks copy whole (bench/ext4.sh gives `mkfs.ext4 -d`
-# the corpus directory); the toplevels the other benchmarks add are left out.
-own=$bench_dir/$corpus_size-verity
-if [ ! -d "$own/nix/store" ]; then
-  msg "linking the corpus into $own (once)"
-  rm -rf "$own.tmp" && mkdir -p "$own.tmp/nix/store"
-  (cd "$store" && find . -mindepth 1 -maxdepth 1 ! -name '.*' ! -name '*-nixos-system-*' ! -name '*-verity-bench' \
-    -exec cp -al {} "$own.tmp/nix/store/" \;)
-  mv "$own.tmp" "$own"
-fi
-corpus=$own
-store=$own/nix/store
+own_store verity
 
 # A NixOS system over the corpus: the host's kernel and systemd-boot as store paths of their own.
-x86_kernel=$(ls /boot/vmlinuz-* 2>/dev/null | sort -V | tail -n 1)
-[ -n "$x86_kernel" ] || die "no /boot/vmlinuz-* (install linux-image-amd64)"
 chmod u+w "$store"
-kernel=$(store_path linux-verity-bench "$x86_kernel" bzImage)
-systemd=$(store_path systemd-verity-bench /usr/lib/systemd/boot/efi/systemd-bootx64.efi lib/systemd/boot/efi/systemd-bootx64.efi)
+host_boot verity-bench
 top=$(toplevel nixos-system-verity-bench-24.11 x86_64-linux "$kernel/bzImage" "$systemd")
 chmod a-w "$store"
 

@@ -61,25 +61,11 @@ source "$here/common.sh"
 # shellcheck source=bench/closure-info.sh
 source "$here/closure-info.sh"
 
-# The system's store: the corpus's store paths hard-linked into a directory of their own (made once), so the
-# paths added here stay out of the corpus other benchmarks copy whole; the toplevels they add are left out.
-own=$bench_dir/$corpus_size-profiles
-if [ ! -d "$own/nix/store" ]; then
-  msg "linking the corpus into $own (once)"
-  rm -rf "$own.tmp" && mkdir -p "$own.tmp/nix/store"
-  (cd "$store" && find . -mindepth 1 -maxdepth 1 ! -name '.*' ! -name '*-nixos-system-*' ! -name '*bench' \
-    -exec cp -al {} "$own.tmp/nix/store/" \;)
-  mv "$own.tmp" "$own"
-fi
-corpus=$own
-store=$own/nix/store
+own_store profiles
 
 # A NixOS system over the corpus: the host's kernel, systemd-boot and GRUB's i386-pc modules as store paths.
-x86_kernel=$(ls /boot/vmlinuz-* 2>/dev/null | sort -V | tail -n 1)
-[ -n "$x86_kernel" ] || die "no /boot/vmlinuz-* (install linux-image-amd64)"
 chmod u+w "$store"
-kernel=$(store_path linux-profiles-bench "$x86_kernel" bzImage)
-systemd=$(store_path systemd-profiles-bench /usr/lib/systemd/boot/efi/systemd-bootx64.efi lib/systemd/boot/efi/systemd-bootx64.efi)
+host_boot profiles-bench
 store_path grub-2.06-profiles-bench /usr/lib/grub/i386-pc lib/grub/i386-pc >/dev/null
 top=$(toplevel nixos-system-profiles-bench-24.11 x86_64-linux "$kernel/bzImage" "$systemd")
 chmod a-w "$store"
