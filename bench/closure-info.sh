@@ -1,4 +1,4 @@
-# Sourced by the benchmarks that hand kiln a closureInfo (bench/ext4.sh, bench/erofs.sh).
+# Sourced by the benchmarks that hand kiln a closureInfo (bench/ext4.sh, erofs.sh, profiles.sh, scale.sh).
 #
 # closure_info_from IMAGE CI: makes CI, a closureInfo directory (what nixpkgs hands an image builder:
 # `registration` and `store-paths`), from the `/nix-path-registration` kiln wrote into the ext4 image IMAGE
@@ -19,4 +19,17 @@ print("\n".join(sorted(paths)))
 PY
   rm -rf "$ci" && mv "$ci.tmp" "$ci"
   rm -f "$image"
+}
+
+# system_closure_info TOP CI WORK: makes CI the closureInfo of the toplevel /nix/store/TOP of $store, unless it is
+# there and newer than the store, from a scan build of kiln's (WORK holds its image meanwhile).
+system_closure_info() {
+  local top=$1 ci=$2 work=$3
+  if [ ! -s "$ci/registration" ] || [ "$ci/registration" -ot "$store" ]; then
+    printf 'bench: %s\n' "making a closureInfo for the system (once)" >&2
+    "$kiln" build --system "/nix/store/$top" --store-dir "$store" --layout none --registration-file \
+      --progress none --force --output "$work/scan.img" >&2 ||
+      { printf 'bench: error: kiln build (scan) failed\n' >&2; exit 1; }
+    closure_info_from "$work/scan.img" "$ci"
+  fi
 }

@@ -60,12 +60,7 @@ trap 'rm -rf "$work"' EXIT
 # A closureInfo for the system (what nixpkgs hands an image builder), made once from kiln's own registration
 # of a reference scan: the timed builds check every narHash against it while copying.
 ci=$bench_dir/$corpus_size.verity-closure-info
-if [ ! -s "$ci/registration" ] || [ "$ci/registration" -ot "$store" ]; then
-  msg "making a closureInfo for the system (once)"
-  "$kiln" build --system "/nix/store/$top" --store-dir "$store" --layout none --registration-file --progress none \
-    --force --output "$work/scan.img" >&2 || die "kiln build (scan) failed"
-  closure_info_from "$work/scan.img" "$ci"
-fi
+system_closure_info "$top" "$ci" "$work"
 
 msg "warming the page cache (reading the corpus once)"
 find "$store" -type f -print0 | xargs -0 -r cat >/dev/null
