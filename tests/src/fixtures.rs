@@ -133,7 +133,7 @@ pub fn demo_closure_aarch64() -> PathBuf {
 pub fn nix_closure() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        tools::require("nix-build", "nix-bin");
+        crate::nix::init_default_store();
         generated("nix-closure.gen.sh")
     })
     .clone()

@@ -33,9 +33,20 @@ const VERIFY_PROGRESS: [&str; 4] =
 /// The Nix command `name` (from nix-bin), with the settings every Nix command of the tests runs with.
 #[must_use]
 pub fn nix_command(name: &str) -> Command {
+    init_default_store();
     let mut cmd = Command::new(tools::require(name, "nix-bin"));
     cmd.env("NIX_CONFIG", NIX_CONFIG);
     cmd
+}
+
+/// Creates the default store's state (`/nix/var/nix`: database, `gcroots/profiles`, …) once per process,
+/// before any other Nix command runs: on a fresh machine, Nix processes started together race to create it,
+/// and the loser fails ("creating symlink from '/nix/var/nix/gcroots/profiles' …: File exists").
+pub fn init_default_store() {
+    static INIT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    INIT.get_or_init(|| {
+        tools::run_ok(Command::new(tools::require("nix-store", "nix-bin")).env("NIX_CONFIG", NIX_CONFIG).arg("--init"));
+    });
 }
 
 /// `local?root=DIR`, refusing directories whose names would change the meaning of the store URI.
@@ -109,7 +120,7 @@ impl Drop for Scratch {
 /// closureInfo: `store-paths`, `registration`) and `expected/` (`requisites`, `nar-hashes`,
 /// `nar-sizes`), all produced by Nix itself. Panics with the script's output if it fails.
 pub fn build_closure_fixture(out: &Path) {
-    tools::require("nix-build", "nix-bin");
+    init_default_store();
     tools::run_ok(Command::new("sh").arg(CLOSURE_FIXTURE_SCRIPT).arg(out));
 }
 

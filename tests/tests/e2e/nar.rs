@@ -38,8 +38,7 @@ fn inventories(store: &StoreDir) -> Vec<PathInventory> {
 /// `nix-store --dump PATH | nix-hash --flat --type sha256 /dev/stdin`, counting the bytes on the way through:
 /// Nix's NAR hash (base16) and length from a single dump.
 fn nix_dump_once(physical: &Path) -> (String, u64) {
-    let mut dump = Command::new(tools::require("nix-store", "nix-bin"))
-        .env("NIX_CONFIG", NIX_CONFIG)
+    let mut dump = nix::nix_command("nix-store")
         .arg("--dump")
         .arg(physical)
         .stdout(Stdio::piped())

@@ -11,10 +11,6 @@ use kiln::nixdb;
 use kiln::store::StorePath;
 use kiln_tests::{fixtures, nix, tools};
 
-/// What every Nix command here runs with (as in `kiln_tests::nix`): no `nixbld` group on this machine, and no
-/// 8 MiB `reserved` file in the stores we open.
-const NIX_CONFIG: &str = "build-users-group =\ngc-reserved-space = 0";
-
 /// A fixed registration time (2023-11-14), as a build with SOURCE_DATE_EPOCH would use.
 const REGISTRATION_TIME: i64 = 1_700_000_000;
 
@@ -79,11 +75,7 @@ fn nix_store_on_copy(root: &Path, args: &[&str]) -> String {
     std::fs::create_dir_all(copy.path().join("nix/var/nix")).unwrap();
     tools::run_ok(Command::new("cp").arg("-a").arg(root.join("nix/var/nix/db")).arg(copy.path().join("nix/var/nix")));
     let out = tools::run_ok(
-        Command::new(tools::require("nix-store", "nix-bin"))
-            .env("NIX_CONFIG", NIX_CONFIG)
-            .args(args)
-            .arg("--store")
-            .arg(format!("local?root={}", copy.path().display())),
+        nix::nix_command("nix-store").args(args).arg("--store").arg(format!("local?root={}", copy.path().display())),
     );
     String::from_utf8(out.stdout).unwrap()
 }
@@ -176,8 +168,7 @@ fn schema_is_what_nix_creates() {
     // A store Nix 2.8 initialises itself, and kiln's database for the fixture.
     let fresh = Root::new();
     let out = tools::run(
-        Command::new(tools::require("nix-store", "nix-bin"))
-            .env("NIX_CONFIG", NIX_CONFIG)
+        nix::nix_command("nix-store")
             .arg("--init")
             .arg("--store")
             .arg(format!("local?root={}", fresh.path().display())),
