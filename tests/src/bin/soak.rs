@@ -34,19 +34,13 @@ struct Args {
     count: u64,
     size: TreeSize,
     dir: PathBuf,
-    replay: bool,
 }
 
 const USAGE: &str = "usage: soak N [--from SEED] [--large] [--dir DIR] | soak --seed SEED [--large] [--dir DIR]";
 
 fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args> {
-    let mut args = Args {
-        first: 0,
-        count: 0,
-        size: TreeSize::Small,
-        dir: fixtures::workspace_root().join("target/soak"),
-        replay: false,
-    };
+    let mut args =
+        Args { first: 0, count: 0, size: TreeSize::Small, dir: fixtures::workspace_root().join("target/soak") };
     let mut count = None;
     let number = |flag: &str, v: Option<String>| -> Result<u64> {
         let v = v.with_context(|| format!("{flag} needs a number\n{USAGE}"))?;
@@ -57,7 +51,6 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args> {
             "--from" => args.first = number("--from", argv.next())?,
             "--seed" => {
                 args.first = number("--seed", argv.next())?;
-                args.replay = true;
                 count = Some(1);
             }
             "--large" => args.size = TreeSize::Large,

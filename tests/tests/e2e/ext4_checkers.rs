@@ -8,12 +8,14 @@ use std::ffi::OsStr;
 use std::fs::{File, Permissions};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use kiln_tests::ext4::{self, Expect, InodeInfo, Links};
 use kiln_tests::tools;
 use kiln_tests::trees::{self, TreeSize, set_mtime};
+
+use crate::util::walk;
 
 const FEATURES: &str = "metadata_csum,64bit,extent,huge_file,dir_nlink,extra_isize";
 const MIB: u64 = 1 << 20;
@@ -196,17 +198,6 @@ fn edge_tree(root: &Path) {
             _ => 1_600_000_000 + i as i64,
         };
         set_mtime(path, mtime);
-    }
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
-    entries.sort();
-    for e in entries {
-        if std::fs::symlink_metadata(&e).unwrap().is_dir() {
-            walk(&e, out);
-        }
-        out.push(e);
     }
 }
 

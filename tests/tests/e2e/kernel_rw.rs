@@ -14,28 +14,7 @@ use kiln_tests::tools;
 use kiln_tests::trees::{TreeSize, random_system};
 
 use crate::flash::Loop;
-use crate::util::kiln;
-
-/// Every path below `dir`, directories before their contents, sorted.
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut names: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
-    names.sort();
-    for p in names {
-        out.push(p.clone());
-        if std::fs::symlink_metadata(&p).unwrap().is_dir() {
-            walk(&p, out);
-        }
-    }
-}
-
-/// Unmounts when dropped (also when the test fails).
-struct Mounted(PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
+use crate::util::{Unmount, kiln, walk};
 
 /// Changes the tree mounted at `root` (the store path inside the mounted image); returns what the new big file
 /// and the appended file must read back as.
@@ -121,14 +100,14 @@ fn the_kernel_writes_random_tree_images_and_e2fsck_finds_them_clean() {
         let mnt = tmp.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
         tools::run_ok(Command::new("mount").args(["-t", "ext4", "-o", "rw"]).arg(&dev.dev).arg(&mnt));
-        let mounted = Mounted(mnt.clone());
+        let mounted = Unmount(mnt.clone());
         let root = mnt.join(sys.tree.trim_start_matches('/'));
         let expect = change(&root, seed);
         drop(mounted);
         e2fsck_clean(&img, 0).unwrap_or_else(|e| panic!("seed {seed} ({:?}): after the kernel wrote:\n{e}", sys.stats));
         // What was written is there after a fresh mount.
         tools::run_ok(Command::new("mount").args(["-t", "ext4", "-o", "ro"]).arg(&dev.dev).arg(&mnt));
-        let _mounted = Mounted(mnt.clone());
+        let _mounted = Unmount(mnt.clone());
         for (p, want) in &expect {
             let have = std::fs::read(p).unwrap_or_else(|e| panic!("seed {seed}: {}: {e}", p.display()));
             assert!(&have == want, "seed {seed}: {} reads back {} bytes, want {}", p.display(), have.len(), want.len());

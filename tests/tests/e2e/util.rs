@@ -171,3 +171,25 @@ impl MiniStore {
         kiln(args)
     }
 }
+
+/// Every path below `dir`, sorted, each directory's contents before the directory itself.
+pub fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    entries.sort();
+    for e in entries {
+        if std::fs::symlink_metadata(&e).unwrap().is_dir() {
+            walk(&e, out);
+        }
+        out.push(e);
+    }
+}
+
+/// Unmounts the mount point when dropped (also when the test fails).
+#[derive(Debug)]
+pub struct Unmount(pub PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}

@@ -11,6 +11,7 @@ use std::process::Command;
 use kiln_tests::tools;
 
 use super::{Images, Loop, blank, flash, has_partition_table};
+use crate::util::Unmount;
 
 /// The first `n` bytes of `dev` are all `byte`.
 fn starts_with_only(dev: &Path, n: usize, byte: u8) -> bool {
@@ -35,13 +36,7 @@ fn a_mounted_device_is_refused() {
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     tools::run_ok(Command::new("mount").arg(&dev.dev).arg(&mnt));
-    struct Umount<'a>(&'a Path);
-    impl Drop for Umount<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _u = Umount(&mnt);
+    let _u = Unmount(mnt.clone());
     let raw = Images::get().raw("efi");
     flash(&[raw.as_os_str(), dev.dev.as_os_str(), "--force".as_ref()])
         .fails_with(&["is mounted", &mnt.display().to_string()]);
@@ -229,13 +224,7 @@ fn a_disk_whose_partition_is_mounted_is_refused() {
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     tools::run_ok(Command::new("mount").arg(&part).arg(&mnt));
-    struct Umount<'a>(&'a Path);
-    impl Drop for Umount<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _u = Umount(&mnt);
+    let _u = Unmount(mnt.clone());
     let before = bytes_at(&backing, 0, 1 << 20);
     let raw = Images::get().raw("efi");
     flash(&[raw.as_os_str(), disk.dev.as_os_str(), "--force".as_ref()]).fails_with(&[
