@@ -72,7 +72,6 @@ for ((i = 1; i <= runs; i++)); do
   if ((i % 2)); then timed x86_64 "$top_x86"; timed aarch64 "$top_arm"; else timed aarch64 "$top_arm"; timed x86_64 "$top_x86"; fi
 done
 
-median() { sort -n | awk '{ a[NR] = $1 } END { printf "%.3f", NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 mx=$(median <"$work/times.x86_64")
 ma=$(median <"$work/times.aarch64")
 ratio=$(awk -v a="$ma" -v b="$mx" 'BEGIN { printf "%.3f", a / b }')

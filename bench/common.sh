@@ -3,7 +3,7 @@
 #
 # Sets kiln (KILN, or a release build of this checkout), corpus and store (the corpus, built once with
 # MAKE_STORE, default /work/shared/bench/make-store.sh), and defines nixhash, store_path, toplevel, own_store
-# and host_boot.
+# and host_boot, and the timing helpers seconds and median.
 
 if [ -n "${KILN:-}" ]; then
   kiln=$KILN
@@ -112,3 +112,8 @@ host_boot() {
   kernel=$(store_path "linux-$1" "$x86_kernel" bzImage)
   systemd=$(store_path "systemd-$1" /usr/lib/systemd/boot/efi/systemd-bootx64.efi lib/systemd/boot/efi/systemd-bootx64.efi)
 }
+
+# seconds START END: END - START (EPOCHREALTIME values), to the millisecond.
+seconds() { awk -v s="$1" -v e="$2" 'BEGIN { printf "%.3f\n", e - s }'; }
+# median: the median of the numbers on standard input, to the millisecond.
+median() { sort -n | awk '{ a[NR] = $1 } END { printf "%.3f", NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }

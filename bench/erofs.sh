@@ -65,7 +65,6 @@ system_closure_info "$top" "$ci" "$work"
 msg "warming the page cache (reading the corpus once)"
 find "$store" -type f -print0 | xargs -0 -r cat >/dev/null
 
-seconds() { awk -v s="$1" -v e="$2" 'BEGIN { printf "%.3f\n", e - s }'; }
 run_kiln() {
   local start end
   rm -f "$work/kiln.img"
@@ -106,7 +105,6 @@ for ((i = 1; i <= runs; i++)); do
   if ((i % 2)); then run_kiln; run_anchor; else run_anchor; run_kiln; fi
 done
 
-median() { sort -n | awk '{ a[NR] = $1 } END { printf "%.3f", NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 mk=$(median <"$work/times.kiln")
 ma=$(median <"$work/times.anchor")
 mm=$(median <"$work/times.mkfs")

@@ -79,8 +79,6 @@ system_closure_info "$top" "$ci" "$work"
 msg "warming the page cache (reading the corpus once)"
 find "$store" -type f -print0 | xargs -0 -r cat >/dev/null
 
-seconds() { awk -v s="$1" -v e="$2" 'BEGIN { printf "%.3f\n", e - s }'; }
-median() { sort -n | awk '{ a[NR] = $1 } END { printf "%.3f", NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 kiln_build() { # PROFILE OUTPUT [ARGS...]
   local p=$1 out=$2
   shift 2

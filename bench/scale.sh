@@ -157,8 +157,6 @@ system() {
   toplevel "nixos-system-$1" x86_64-linux "$k/bzImage" "$k"
 }
 
-seconds() { awk -v s="$1" -v e="$2" 'BEGIN { printf "%.3f\n", e - s }'; }
-median() { sort -n | awk '{ a[NR] = $1 } END { printf "%.3f", NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 timed() { # NAME LIMIT CMD...: appends "seconds peak-RSS-KiB" to $work/times.NAME; a run stopped at LIMIT
   # seconds is recorded as taking LIMIT (a lower bound: the table then says ">")
   local name=$1 limit=$2 start end rc=0
@@ -183,10 +181,7 @@ measure() {
   store=$work/s/nix/store
   top=$(system "$label")
   ci=$work/ci
-  msg "$label: closureInfo (untimed scan)"
-  "$kiln" build --system "/nix/store/$top" --store-dir "$store" --layout none --registration-file --progress none \
-    --force --output "$work/scan.img" >&2 || die "kiln build (scan) failed"
-  closure_info_from "$work/scan.img" "$ci"
+  system_closure_info "$top" "$ci" "$work"
   find "$store" -type f -print0 | xargs -0 -r cat >/dev/null
   rm -f "$work"/times.*
   for ((i = 1; i <= runs; i++)); do
