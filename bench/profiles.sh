@@ -79,12 +79,14 @@ system_closure_info "$top" "$ci" "$work"
 msg "warming the page cache (reading the corpus once)"
 find "$store" -type f -print0 | xargs -0 -r cat >/dev/null
 
-kiln_build() { # PROFILE OUTPUT [ARGS...]
+try_kiln_build() { # PROFILE OUTPUT [ARGS...]: its status; what kiln said in $work/log.kiln
   local p=$1 out=$2
   shift 2
   "$kiln" build --profile "$p" --system "/nix/store/$top" --store-dir "$store" --closure-info "$ci" \
-    --threads "$threads" --progress none --force --output "$out" "$@" >"$work/log.kiln" 2>&1 ||
-    { cat "$work/log.kiln" >&2; die "kiln build --profile $p failed"; }
+    --threads "$threads" --progress none --force --output "$out" "$@" >"$work/log.kiln" 2>&1
+}
+kiln_build() { # PROFILE OUTPUT [ARGS...]
+  try_kiln_build "$@" || { cat "$work/log.kiln" >&2; die "kiln build --profile $1 failed"; }
 }
 
 # The anchor's pipeline for profile $1, writing $work/anchor.*; the disk's geometry from $work/ref.raw (kiln's
@@ -154,8 +156,7 @@ for p in "${profiles[@]}"; do
   # As raw, or where the profile refuses that (its own compression goes with qcow2 only) as qcow2 without
   # compression, then converted to raw.
   msg "$p: kiln's disk of the same profile, as raw (geometry for the anchor)"
-  if ! "$kiln" build --profile "$p" --system "/nix/store/$top" --store-dir "$store" --closure-info "$ci" \
-    --progress none --force --format raw --no-checksum --output "$work/ref.raw" >"$work/log.ref" 2>&1; then
+  if ! try_kiln_build "$p" "$work/ref.raw" --format raw --no-checksum; then
     kiln_build "$p" "$work/ref.qcow2" --format qcow2 --compress none
     qemu-img convert -f qcow2 -O raw "$work/ref.qcow2" "$work/ref.raw"
     rm -f "$work/ref.qcow2"
